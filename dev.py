@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Set up and run DepthFusion on Linux, macOS and Windows (no make needed).
+
+    python3 dev.py serve [SERVE FLAGS]   # .venv with the generator, then `python -m generator serve`
+    python3 dev.py test [PYTEST FLAGS]   # .venv-test with CPU torch, then the whole test suite
+
+Each command creates its virtual environment once and reinstalls only when pyproject.toml
+or this file changes. On Windows use `py dev.py ...`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+# The CPU build the tests use; project machines keep this wheel locally, so set-up stays small.
+TEST_TORCH = "torch==2.13.0"
+# PyPI's Windows torch wheels are CPU-only; PyTorch publishes CUDA builds on its own index.
+WINDOWS_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
+
+
+def venv_python(env: Path) -> Path:
+    return env / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def has_nvidia_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    try:
+        return subprocess.run([smi, "-L"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def serve_torch() -> list[str]:
+    """pip arguments for the torch build that suits this machine."""
+    system = platform.system()
+    if system == "Darwin":
+        return ["torch"]  # Apple silicon: MPS build
+    gpu = has_nvidia_gpu()
+    if system == "Windows":
+        return ["torch", "--index-url", WINDOWS_CUDA_INDEX] if gpu else ["torch"]
+    return ["torch"] if gpu else [TEST_TORCH]  # Linux PyPI wheels are CUDA builds
+
+
+def ensure_env(env: Path, installs: list[list[str]]) -> Path:
+    """Create ``env`` and run the pip installs unless an identical set-up is already there."""
+    stamp_text = "\n".join(
+        [sys.version, (ROOT / "pyproject.toml").read_text(encoding="utf-8"), Path(__file__).read_text(encoding="utf-8")]
+        + [" ".join(step) for step in installs]
+    )
+    stamp = hashlib.sha256(stamp_text.encode()).hexdigest()
+    stamp_file = env / ".depthfusion-setup"
+    python = venv_python(env)
+    if python.exists() and stamp_file.exists() and stamp_file.read_text().strip() == stamp:
+        return python
+    print(f"[dev] setting up {env.name} (once; repeated only when the requirements change)", flush=True)
+    if not python.exists():
+        venv.EnvBuilder(with_pip=True, clear=env.exists()).create(env)
+    for step in installs:
+        run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *step])
+    stamp_file.write_text(stamp + "\n")
+    return python
+
+
+def run(cmd: list[str]) -> None:
+    print("[dev] " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def serve(args: list[str]) -> int:
+    python = ensure_env(ROOT / ".venv", [serve_torch(), ["-e", ".[generator]"]])
+    return subprocess.call([str(python), "-m", "generator", "serve", *args], cwd=ROOT)
+
+
+def test(args: list[str]) -> int:
+    python = ensure_env(ROOT / ".venv-test", [[TEST_TORCH], ["-e", ".[generator,test]"]])
+    return subprocess.call([str(python), "-m", "pytest", *args], cwd=ROOT)
+
+
+def main(argv: list[str]) -> int:
+    commands = {"serve": serve, "test": test}
+    if not argv or argv[0] not in commands:
+        print(__doc__, file=sys.stderr)
+        return 2
+    try:
+        return commands[argv[0]](argv[1:])
+    except subprocess.CalledProcessError as exc:
+        print(f"[dev] set-up step failed (exit {exc.returncode}): {' '.join(map(str, exc.cmd))}", file=sys.stderr)
+        return exc.returncode or 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

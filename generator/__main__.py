@@ -1,0 +1,160 @@
+"""Command line: ``python -m generator serve`` and ``python -m generator generate PROMPT -o DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES, AddressError
+from td_bridge.params import GENERATION_PARAMS, Param, ParamError, resolve_seed, validate_generation
+
+from .backends.base import BackendUnavailable
+
+log = logging.getLogger("depthfusion")
+
+
+def _param_type(param: Param):
+    def convert(text: str) -> Any:
+        try:
+            return param.coerce(text)
+        except ParamError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = param.kind.__name__
+    return convert
+
+
+def _add_generation_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    group = parser.add_argument_group("generation parameters")
+    for param in GENERATION_PARAMS:
+        if param.name in skip:
+            continue
+        unit = f" [{param.unit}]" if param.unit else ""
+        group.add_argument(param.flag, dest=param.name, type=_param_type(param), default=None,
+                           help=f"{param.help}{unit} ({param.describe_range()}; default {param.default!r})")
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="auto",
+                        help="auto (LDM3D if its weights load, else demo), demo, or an LDM3D hub id / local folder")
+    parser.add_argument("--demo-step-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="demo backend: pause per step to rehearse with model-like timing (0-10)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m generator", description="DepthFusion RGBD generator")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve frames over ZeroMQ")
+    _add_model_flags(serve)
+    serve.add_argument("--frames", default=DEFAULT_FRAMES, help=f"PUB endpoint for frames and events ({DEFAULT_FRAMES})")
+    serve.add_argument("--commands", default=DEFAULT_COMMANDS, help=f"ROUTER endpoint for commands ({DEFAULT_COMMANDS})")
+    serve.add_argument("--allow-lan", action="store_true", help="allow binding to addresses other than loopback")
+    serve.add_argument("--history", type=int, default=32, help="frames kept in memory for get_frame (1-1000)")
+    serve.add_argument("--queue-size", type=int, default=16, help="maximum waiting jobs (1-1000)")
+    serve.add_argument("--generate", action="store_true", help="queue one generation at start-up")
+    _add_generation_flags(serve)
+
+    gen = sub.add_parser("generate", help="generate one frame and write rgb.png, depth.png, metadata.json")
+    gen.add_argument("prompt", type=_param_type(GENERATION_PARAMS[0]), help="what to generate")
+    gen.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if missing)")
+    gen.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_model_flags(gen)
+    _add_generation_flags(gen, skip=("prompt",))
+    return parser
+
+
+def _given_params(args: argparse.Namespace) -> dict[str, Any]:
+    return {p.name: getattr(args, p.name) for p in GENERATION_PARAMS if getattr(args, p.name, None) is not None}
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {value:g}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .backends import load_backend
+    from .server import GeneratorServer
+
+    _check_range("--history", args.history, 1, 1000)
+    _check_range("--queue-size", args.queue_size, 1, 1000)
+    startup = validate_generation(_given_params(args))
+    backend = load_backend(args.model, demo_step_delay=args.demo_step_delay)
+    server = GeneratorServer(backend, frames_address=args.frames, commands_address=args.commands,
+                             allow_lan=args.allow_lan, history=args.history, max_waiting=args.queue_size)
+    server.bind()
+    log.info("backend %s (model %s)", backend.name, backend.model)
+    log.info("frames on %s, commands on %s", server.frames_endpoint, server.commands_endpoint)
+    if args.generate:
+        job = server.jobs.submit(resolve_seed(startup))
+        log.info("job %s queued at start-up", job.id)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    server.serve(stop)
+    log.info("stopped")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from td_bridge.depth import write_depth_png
+    from td_bridge.protocol import frame_header
+
+    from .backends import load_backend
+    from .frames import frame_meta, new_frame_id
+    from .images import write_rgb_png
+
+    params = resolve_seed(validate_generation({"prompt": args.prompt, **_given_params(args)}))
+    out: Path = args.output
+    targets = [out / "rgb.png", out / "depth.png", out / "metadata.json"]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist; pass --overwrite or choose another folder")
+    backend = load_backend(args.model, demo_step_delay=args.demo_step_delay)
+    started = time.perf_counter()
+    with tqdm(desc=f"{backend.name}", unit="step", leave=False) as bar:
+        def progress(step: int, total: int) -> None:
+            bar.total = total
+            bar.update(step - bar.n)
+
+        result = backend.generate(params, progress, lambda: False)
+    meta = frame_meta(backend, params, result, generate_s=time.perf_counter() - started)
+    header = frame_header(result.rgb, result.depth, frame_id=new_frame_id(), seq=0, meta=meta,
+                          near=result.near, far=result.far)
+    out.mkdir(parents=True, exist_ok=True)
+    write_rgb_png(targets[0], result.rgb)
+    write_depth_png(targets[1], result.depth)
+    targets[2].write_text(json.dumps(header, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {out} (frame {header['frame_id']}, seed {params['seed']}, {meta['timings']['generate_s']:.2f} s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return {"serve": cmd_serve, "generate": cmd_generate}[args.command](args)
+    except (ParamError, AddressError, BackendUnavailable, ValueError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Logging that cannot be flooded: a hostile peer must not fill the disk or the console."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+
+class RateLimitedLogger:
+    """Logs at most ``per_window`` messages per ``window_s`` seconds, then one summary line."""
+
+    def __init__(self, logger: logging.Logger, per_window: int = 5, window_s: float = 10.0) -> None:
+        self.logger = logger
+        self.per_window = per_window
+        self.window_s = window_s
+        self._window_start = 0.0
+        self._count = 0
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def warning(self, message: str, *args: object) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._window_start >= self.window_s:
+                if self._suppressed:
+                    self.logger.warning("... %d similar messages suppressed", self._suppressed)
+                self._window_start, self._count, self._suppressed = now, 0, 0
+            self._count += 1
+            if self._count > self.per_window:
+                self._suppressed += 1
+                return
+        self.logger.warning(message, *args)

@@ -1,0 +1,342 @@
+"""The generator server: commands on a ROUTER, frames and events on a PUB, one worker.
+
+Only the command loop's thread touches the ROUTER and PUB sockets. The worker runs the
+backend and hands progress and results back over an inproc PUSH/PULL pair, so a frame is
+published the moment it is ready.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import secrets
+import threading
+import time
+from typing import Any, Callable
+
+import zmq
+
+from td_bridge import protocol as wire
+from td_bridge.addresses import check_endpoint
+from td_bridge.params import ParamError, resolve_seed, validate_generation
+
+from . import __version__
+from .backends.base import Backend, Cancelled
+from .frames import frame_meta, new_frame_id
+from .jobs import CANCELLED, DONE, FAILED, Job, JobQueue, QueueFull
+from .ratelimit import RateLimitedLogger
+
+log = logging.getLogger("depthfusion.server")
+
+MAX_COMMAND_BYTES = 1024 * 1024  # ZeroMQ drops peers that send bigger messages
+
+
+class GeneratorServer:
+    """Serve one backend. ``bind()``, then ``serve(stop)`` on the thread that owns the sockets."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        frames_address: str,
+        commands_address: str,
+        allow_lan: bool = False,
+        history: int = 32,
+        max_waiting: int = 16,
+        status_interval: float = 1.0,
+    ) -> None:
+        self.backend = backend
+        self.frames_address = check_endpoint(frames_address, bind=True, allow_lan=allow_lan)
+        self.commands_address = check_endpoint(commands_address, bind=True, allow_lan=allow_lan)
+        if history < 1:
+            raise ValueError("history must keep at least one frame")
+        self.server_id = secrets.token_hex(4)
+        self.jobs = JobQueue(max_waiting=max_waiting)
+        self.status_interval = status_interval
+        self._history: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
+        self._history_size = history
+        self._seq = 0
+        self._started = time.time()
+        self._bad_input_log = RateLimitedLogger(log, per_window=5, window_s=10.0)
+        self._ctx = zmq.Context()
+        self._worker_address = f"inproc://depthfusion-worker-{self.server_id}"
+        self._router: zmq.Socket | None = None
+        self._pub: zmq.Socket | None = None
+        self._pull: zmq.Socket | None = None
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.frames_endpoint = ""
+        self.commands_endpoint = ""
+
+    # ------------------------------------------------------------ lifecycle
+
+    def bind(self) -> None:
+        """Create and bind the sockets; endpoints with port * resolve to the real port."""
+        pub = self._ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.setsockopt(zmq.SNDHWM, 16)
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.MAXMSGSIZE, MAX_COMMAND_BYTES)
+        router.setsockopt(zmq.SNDHWM, 64)
+        pull = self._ctx.socket(zmq.PULL)
+        pull.setsockopt(zmq.LINGER, 0)
+        try:
+            pub.bind(self.frames_address)
+            router.bind(self.commands_address)
+            pull.bind(self._worker_address)
+        except zmq.ZMQError as exc:
+            for s in (pub, router, pull):
+                s.close()
+            raise OSError(f"cannot bind {self.frames_address} / {self.commands_address}: {exc}") from exc
+        self._pub, self._router, self._pull = pub, router, pull
+        self.frames_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.commands_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def serve(self, stop: threading.Event | None = None) -> None:
+        """Run until ``stop`` is set (or :meth:`stop` is called); then close everything."""
+        if self._router is None:
+            self.bind()
+        stop = stop or self._stop
+        self._worker = threading.Thread(target=self._work, name="depthfusion-worker", daemon=True)
+        self._worker.start()
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._pull, zmq.POLLIN)
+        next_status = 0.0
+        try:
+            while not (stop.is_set() or self._stop.is_set()):
+                now = time.monotonic()
+                if now >= next_status:
+                    self._publish_status()
+                    next_status = now + self.status_interval
+                timeout_ms = max(1, min(200, int((next_status - now) * 1000)))
+                for sock, _ in poller.poll(timeout_ms):
+                    if sock is self._pull:
+                        self._drain_worker()
+                    else:
+                        self._drain_commands()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        self.jobs.cancel(None)
+        if self._worker is not None:
+            self._worker.join(timeout=10)
+        for sock in (self._router, self._pub, self._pull):
+            if sock is not None:
+                sock.close(linger=0)
+        self._ctx.term()
+
+    # ------------------------------------------------------------ worker thread
+
+    def _work(self) -> None:
+        push = self._ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(self._worker_address)
+        try:
+            while not self._stop.is_set():
+                job = self.jobs.take(timeout=0.2)
+                if job is not None:
+                    self._run_job(job, push)
+        finally:
+            push.close()
+
+    def _run_job(self, job: Job, push: zmq.Socket) -> None:
+        def progress(step: int, total: int) -> None:
+            job.step, job.total = step, total
+            event = {"job_id": job.id, "step": step, "total": total, "elapsed_s": time.time() - job.started_at}
+            push.send_multipart([b"progress", json.dumps(event).encode()])
+
+        started = time.perf_counter()
+        try:
+            result = self.backend.generate(job.params, progress, job.cancel_event.is_set)
+            wire.check_arrays(result.rgb, result.depth)
+            meta = frame_meta(self.backend, job.params, result, generate_s=time.perf_counter() - started, job_id=job.id)
+            header = wire.frame_header(
+                result.rgb, result.depth, frame_id=new_frame_id(), seq=0, meta=meta, near=result.near, far=result.far
+            )
+            push.send_multipart([b"result", job.id.encode(), *wire.encode_frame_parts(result.rgb, result.depth, header)])
+        except Cancelled:
+            self.jobs.finish(job, CANCELLED)
+            push.send_multipart([b"changed"])
+            log.info("job %s cancelled at step %d/%d", job.id, job.step, job.total)
+        except Exception as exc:  # a backend failure must not take the server down
+            log.exception("job %s failed", job.id)
+            self.jobs.finish(job, FAILED, error=f"{type(exc).__name__}: {exc}")
+            push.send_multipart([b"changed"])
+
+    # ------------------------------------------------------------ command loop
+
+    def _drain_worker(self) -> None:
+        while True:
+            try:
+                parts = self._pull.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            kind = parts[0].bytes
+            if kind == b"progress":
+                self._pub.send_multipart(wire.encode_event(wire.TOPIC_PROGRESS, json.loads(parts[1].bytes)))
+            elif kind == b"result":
+                self._publish_result(parts[1].bytes.decode(), parts[2:])
+            else:
+                self._publish_status()
+
+    def _publish_result(self, job_id: str, frame_parts: list[zmq.Frame]) -> None:
+        header = json.loads(frame_parts[0].bytes)
+        self._seq += 1
+        header.update(seq=self._seq, server_id=self.server_id, sent_at=time.time())
+        parts = [json.dumps(header, separators=(",", ":")).encode(), frame_parts[1], frame_parts[2]]
+        self._history[header["frame_id"]] = parts
+        while len(self._history) > self._history_size:
+            self._history.popitem(last=False)
+        self._pub.send_multipart([wire.TOPIC_FRAME, *parts], copy=False)
+        job = self.jobs.get(job_id)
+        if job is not None:
+            self.jobs.finish(job, DONE, frame_id=header["frame_id"])
+        log.info("frame %s published (seq %d, %s)", header["frame_id"], self._seq, job_id)
+        self._publish_status()
+
+    def _publish_status(self) -> None:
+        self._pub.send_multipart(wire.encode_event(wire.TOPIC_STATUS, self.status()))
+
+    def status(self) -> dict[str, Any]:
+        snapshot = self.jobs.snapshot()
+        return {
+            "server_id": self.server_id,
+            "version": __version__,
+            "backend": self.backend.name,
+            "model": self.backend.model,
+            "state": "generating" if snapshot["running"] else "idle",
+            "job": snapshot["running"],
+            "queued": len(snapshot["waiting"]),
+            "waiting": snapshot["waiting"],
+            "frames_published": self._seq,
+            "last_frame_id": next(reversed(self._history), None),
+            "uptime_s": round(time.time() - self._started, 3),
+            "frames_address": self.frames_endpoint,
+            "commands_address": self.commands_endpoint,
+        }
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                parts = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # DEALER peers send [body]; REQ peers add an empty delimiter: [b"", body].
+            identity, rest = parts[0], parts[1:]
+            envelope = [b""] if len(rest) == 2 and rest[0] == b"" else []
+            if len(rest) != len(envelope) + 1:
+                self._bad_input_log.warning("dropped a request of %d parts (expected 1 JSON part)", len(rest))
+                self._send(identity, [], wire.encode_error(None, "bad_request", "a request is one JSON part"))
+                continue
+            self._send(identity, envelope, *self._handle(rest[-1]))
+
+    def _send(self, identity: bytes, envelope: list[bytes], *parts: Any) -> None:
+        try:
+            self._router.send_multipart([identity, *envelope, *parts], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            self._bad_input_log.warning("could not reply to a client: %s", exc)
+
+    def _handle(self, body: bytes) -> list[Any]:
+        """The reply parts for one request body; every failure becomes an error reply."""
+        request_id = None
+        try:
+            request = wire.decode_request(body)
+            request_id = request.get("id")
+            handler = self._commands().get(request["cmd"])
+            if handler is None:
+                known = ", ".join(self._commands())
+                message = f"unknown command {request['cmd']!r}; known: {known}"
+                return [wire.encode_error(request_id, "unknown_command", message)]
+            return handler(request_id, request["args"])
+        except wire.ProtocolError as exc:
+            self._bad_input_log.warning("bad request: %s", exc)
+            return [wire.encode_error(request_id or exc.request_id, "bad_request", str(exc))]
+        except ParamError as exc:
+            return [wire.encode_error(request_id, "bad_params", str(exc))]
+        except QueueFull as exc:
+            return [wire.encode_error(request_id, "queue_full", str(exc))]
+        except Exception as exc:  # never let one request stop the server
+            log.exception("command failed")
+            return [wire.encode_error(request_id, "internal", f"{type(exc).__name__}: {exc}")]
+
+    def _commands(self) -> dict[str, Callable[[Any, dict[str, Any]], list[Any]]]:
+        return {
+            "ping": self._cmd_ping,
+            "status": self._cmd_status,
+            "generate": self._cmd_generate,
+            "cancel": self._cmd_cancel,
+            "job": self._cmd_job,
+            "get_frame": self._cmd_get_frame,
+        }
+
+    @staticmethod
+    def _no_args(args: dict[str, Any], cmd: str) -> None:
+        if args:
+            raise wire.ProtocolError(f"{cmd} takes no arguments, got {', '.join(map(str, args))}")
+
+    def _cmd_ping(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        self._no_args(args, "ping")
+        return [wire.encode_reply(request_id, {"pong": True, "server_id": self.server_id, "time": time.time()})]
+
+    def _cmd_status(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        self._no_args(args, "status")
+        return [wire.encode_reply(request_id, self.status())]
+
+    def _cmd_generate(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        params = resolve_seed(validate_generation(args))
+        job = self.jobs.submit(params)
+        log.info("job %s queued: %r seed %d", job.id, params["prompt"][:80], params["seed"])
+        self._publish_status()
+        return [wire.encode_reply(request_id, {"job_id": job.id, "params": params})]
+
+    def _cmd_cancel(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        job_id = _job_id_arg(args, required=False)
+        cancelled = self.jobs.cancel(job_id)
+        if job_id is not None and not cancelled:
+            job = self.jobs.get(job_id)
+            state = job.state if job else "unknown"
+            return [wire.encode_error(request_id, "not_found", f"job {job_id} is not waiting or running ({state})")]
+        self._publish_status()
+        return [wire.encode_reply(request_id, {"cancelled": cancelled})]
+
+    def _cmd_job(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        job_id = _job_id_arg(args, required=True)
+        job = self.jobs.get(job_id)
+        if job is None:
+            return [wire.encode_error(request_id, "not_found", f"no job {job_id} (recent jobs only)")]
+        return [wire.encode_reply(request_id, job.summary())]
+
+    def _cmd_get_frame(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        unknown = set(args) - {"frame_id"}
+        if unknown:
+            raise wire.ProtocolError(f"get_frame takes only 'frame_id', got {', '.join(sorted(unknown))}")
+        frame_id = args.get("frame_id", "latest")
+        if not wire.is_valid_id(frame_id):
+            raise wire.ProtocolError(f"'frame_id' must be an id or 'latest', got {frame_id!r}")
+        if frame_id == "latest":
+            frame_id = next(reversed(self._history), None)
+        parts = self._history.get(frame_id) if frame_id else None
+        if parts is None:
+            what = "no frame has been generated yet" if frame_id is None else f"frame {frame_id} is not in memory"
+            return [wire.encode_error(request_id, "not_found", what)]
+        return [wire.encode_reply(request_id, {"frame_id": frame_id}), *parts]
+
+
+def _job_id_arg(args: dict[str, Any], *, required: bool) -> str | None:
+    unknown = set(args) - {"job_id"}
+    if unknown:
+        raise wire.ProtocolError(f"unexpected arguments: {', '.join(sorted(unknown))}")
+    job_id = args.get("job_id")
+    if job_id is None and not required:
+        return None
+    if not wire.is_valid_id(job_id):
+        raise wire.ProtocolError(f"'job_id' must be a job id, got {job_id!r}")
+    return job_id

@@ -1,0 +1,8 @@
+"""DepthFusion's TouchDesigner-side library: wire protocol, receiver, schema and math.
+
+Depends on numpy and pyzmq only, so it runs inside TouchDesigner's Python 3.11.
+"""
+
+from .protocol import PROTOCOL_VERSION, Frame, ProtocolError
+
+__all__ = ["PROTOCOL_VERSION", "Frame", "ProtocolError"]

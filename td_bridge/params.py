@@ -1,0 +1,159 @@
+"""The one schema of DepthFusion's user-facing parameters.
+
+Each :class:`Param` drives ZeroMQ command validation, the CLI flags (``--name-with-dashes``)
+and later the OSC addresses (``/depthfusion/<name>``) and TouchDesigner custom parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+SEED_MAX = 2**32 - 1
+RANDOM_SEED = -1
+
+
+class ParamError(ValueError):
+    """A parameter value is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: type
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    multiple_of: int | None = None
+    choices: tuple[str, ...] | None = None
+    max_length: int | None = None
+    unit: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def describe_range(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.kind is str:
+            return f"text of at most {self.max_length} characters"
+        if self.kind is bool:
+            return "true or false"
+        text = f"{self.kind.__name__} in [{_fmt(self.minimum)}, {_fmt(self.maximum)}]"
+        if self.multiple_of:
+            text += f", a multiple of {self.multiple_of}"
+        return text
+
+    def coerce(self, value: Any) -> Any:
+        """Return ``value`` as this parameter's type, or raise ParamError naming the allowed range."""
+        result = _coerce_kind(self, value)
+        problem = self._problem(result)
+        if problem:
+            raise ParamError(f"{self.name}: {problem}; allowed: {self.describe_range()}")
+        return result
+
+    def _problem(self, value: Any) -> str | None:
+        if self.kind is str:
+            if self.max_length is not None and len(value) > self.max_length:
+                return f"{len(value)} characters is too long"
+            if "\x00" in value:
+                return "NUL characters are not allowed"
+            if self.choices and value not in self.choices:
+                return f"{value!r} is not a choice"
+            return None
+        if self.kind is bool:
+            return None
+        if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
+            return f"{value} is out of range"
+        if self.multiple_of and value % self.multiple_of:
+            return f"{value} is not a multiple of {self.multiple_of}"
+        return None
+
+
+def _fmt(x: float | None) -> str:
+    return "-inf" if x is None else (str(int(x)) if float(x).is_integer() else str(x))
+
+
+def _coerce_kind(param: Param, value: Any) -> Any:
+    kind = param.kind
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "on", "off"):
+            return value.strip().lower() in ("true", "1", "on")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(value):
+                return float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = math.nan
+            if math.isfinite(number):
+                return number
+    elif kind is str and isinstance(value, str):
+        return value
+    raise ParamError(f"{param.name}: {value!r} is not a valid {kind.__name__}; allowed: {param.describe_range()}")
+
+
+GENERATION_PARAMS: tuple[Param, ...] = (
+    Param("prompt", str, "a 360 degree panorama of a sunlit courtyard", "What to generate.", max_length=2000),
+    Param("negative_prompt", str, "", "What to steer away from.", max_length=2000),
+    Param("seed", int, RANDOM_SEED, "Random seed; -1 picks one (the frame's metadata records it).",
+          minimum=RANDOM_SEED, maximum=SEED_MAX),
+    Param("steps", int, 50, "Denoising steps.", minimum=1, maximum=500),
+    Param("guidance", float, 7.0, "Classifier-free guidance scale.", minimum=0.0, maximum=50.0),
+    Param("width", int, 1024, "Output width.", minimum=64, maximum=4096, multiple_of=8, unit="px"),
+    Param("height", int, 512, "Output height.", minimum=64, maximum=4096, multiple_of=8, unit="px"),
+)
+
+_BY_NAME = {p.name: p for p in GENERATION_PARAMS}
+
+
+def generation_param(name: str) -> Param:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ParamError(f"unknown parameter {name!r}; known: {', '.join(_BY_NAME)}") from None
+
+
+def defaults(params: Iterable[Param] = GENERATION_PARAMS) -> dict[str, Any]:
+    return {p.name: p.default for p in params}
+
+
+def validate_generation(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults filled in, every value coerced and range-checked; all problems in one ParamError."""
+    result = defaults()
+    problems = []
+    for name, value in values.items():
+        try:
+            result[name] = generation_param(str(name)).coerce(value)
+        except ParamError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ParamError("; ".join(problems))
+    return result
+
+
+def resolve_seed(params: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``params`` with a random seed drawn when it is -1."""
+    if params.get("seed", RANDOM_SEED) == RANDOM_SEED:
+        return {**params, "seed": secrets.randbelow(SEED_MAX + 1)}
+    return dict(params)
