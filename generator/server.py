@@ -1,6 +1,6 @@
-"""The generator server: commands on a ROUTER, frames and events on a PUB, one worker.
+"""The generator server: commands on a ROUTER, frames and events on an XPUB, one worker.
 
-Only the command loop's thread touches the ROUTER and PUB sockets. The worker runs the
+Only the command loop's thread touches the ROUTER and publisher sockets. The worker runs the
 backend and hands progress and results back over an inproc PUSH/PULL pair, so a frame is
 published the moment it is ready.
 """
@@ -25,6 +25,7 @@ from . import __version__
 from .backends.base import Backend, Cancelled
 from .frames import frame_meta, new_frame_id
 from .jobs import CANCELLED, DONE, FAILED, Job, JobQueue, QueueFull
+from .publisher import FramePublisher
 from .ratelimit import RateLimitedLogger
 
 log = logging.getLogger("depthfusion.server")
@@ -45,6 +46,7 @@ class GeneratorServer:
         history: int = 32,
         max_waiting: int = 16,
         status_interval: float = 1.0,
+        stall_timeout: float = 2.0,
     ) -> None:
         self.backend = backend
         self.frames_address = check_endpoint(frames_address, bind=True, allow_lan=allow_lan)
@@ -54,6 +56,7 @@ class GeneratorServer:
         self.server_id = secrets.token_hex(4)
         self.jobs = JobQueue(max_waiting=max_waiting)
         self.status_interval = status_interval
+        self.stall_timeout = stall_timeout
         self._history: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         self._history_size = history
         self._seq = 0
@@ -62,7 +65,7 @@ class GeneratorServer:
         self._ctx = zmq.Context()
         self._worker_address = f"inproc://depthfusion-worker-{self.server_id}"
         self._router: zmq.Socket | None = None
-        self._pub: zmq.Socket | None = None
+        self._publisher: FramePublisher | None = None
         self._pull: zmq.Socket | None = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -73,9 +76,6 @@ class GeneratorServer:
 
     def bind(self) -> None:
         """Create and bind the sockets; endpoints with port * resolve to the real port."""
-        pub = self._ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.LINGER, 0)
-        pub.setsockopt(zmq.SNDHWM, 16)
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.MAXMSGSIZE, MAX_COMMAND_BYTES)
@@ -83,15 +83,15 @@ class GeneratorServer:
         pull = self._ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.LINGER, 0)
         try:
-            pub.bind(self.frames_address)
             router.bind(self.commands_address)
             pull.bind(self._worker_address)
+            self._publisher = FramePublisher(self._ctx, self.frames_address, stall_timeout=self.stall_timeout)
         except zmq.ZMQError as exc:
-            for s in (pub, router, pull):
-                s.close()
+            router.close()
+            pull.close()
             raise OSError(f"cannot bind {self.frames_address} / {self.commands_address}: {exc}") from exc
-        self._pub, self._router, self._pull = pub, router, pull
-        self.frames_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._router, self._pull = router, pull
+        self.frames_endpoint = self._publisher.endpoint
         self.commands_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def serve(self, stop: threading.Event | None = None) -> None:
@@ -104,6 +104,7 @@ class GeneratorServer:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._pull, zmq.POLLIN)
+        poller.register(self._publisher.socket, zmq.POLLIN)
         next_status = 0.0
         try:
             while not (stop.is_set() or self._stop.is_set()):
@@ -111,12 +112,15 @@ class GeneratorServer:
                 if now >= next_status:
                     self._publish_status()
                     next_status = now + self.status_interval
-                timeout_ms = max(1, min(200, int((next_status - now) * 1000)))
+                timeout_ms = 2 if self._publisher.pending else max(1, min(200, int((next_status - now) * 1000)))
                 for sock, _ in poller.poll(timeout_ms):
                     if sock is self._pull:
                         self._drain_worker()
-                    else:
+                    elif sock is self._router:
                         self._drain_commands()
+                    else:
+                        self._publisher.drain_subscriptions()
+                self._publisher.flush()
         finally:
             self._shutdown()
 
@@ -128,9 +132,11 @@ class GeneratorServer:
         self.jobs.cancel(None)
         if self._worker is not None:
             self._worker.join(timeout=10)
-        for sock in (self._router, self._pub, self._pull):
+        for sock in (self._router, self._pull):
             if sock is not None:
                 sock.close(linger=0)
+        if self._publisher is not None:
+            self._publisher.close()
         self._ctx.term()
 
     # ------------------------------------------------------------ worker thread
@@ -161,7 +167,8 @@ class GeneratorServer:
             header = wire.frame_header(
                 result.rgb, result.depth, frame_id=new_frame_id(), seq=0, meta=meta, near=result.near, far=result.far
             )
-            push.send_multipart([b"result", job.id.encode(), *wire.encode_frame_parts(result.rgb, result.depth, header)])
+            parts = wire.encode_frame_parts(result.rgb, result.depth, header)
+            push.send_multipart([b"result", job.id.encode(), *parts], copy=False)  # the arrays are not copied
         except Cancelled:
             self.jobs.finish(job, CANCELLED)
             push.send_multipart([b"changed"])
@@ -181,7 +188,7 @@ class GeneratorServer:
                 return
             kind = parts[0].bytes
             if kind == b"progress":
-                self._pub.send_multipart(wire.encode_event(wire.TOPIC_PROGRESS, json.loads(parts[1].bytes)))
+                self._publisher.publish_event(wire.TOPIC_PROGRESS, json.loads(parts[1].bytes))
             elif kind == b"result":
                 self._publish_result(parts[1].bytes.decode(), parts[2:])
             else:
@@ -195,7 +202,7 @@ class GeneratorServer:
         self._history[header["frame_id"]] = parts
         while len(self._history) > self._history_size:
             self._history.popitem(last=False)
-        self._pub.send_multipart([wire.TOPIC_FRAME, *parts], copy=False)
+        self._publisher.publish_frame(parts)
         job = self.jobs.get(job_id)
         if job is not None:
             self.jobs.finish(job, DONE, frame_id=header["frame_id"])
@@ -203,7 +210,7 @@ class GeneratorServer:
         self._publish_status()
 
     def _publish_status(self) -> None:
-        self._pub.send_multipart(wire.encode_event(wire.TOPIC_STATUS, self.status()))
+        self._publisher.publish_event(wire.TOPIC_STATUS, self.status())
 
     def status(self) -> dict[str, Any]:
         snapshot = self.jobs.snapshot()
@@ -217,6 +224,7 @@ class GeneratorServer:
             "queued": len(snapshot["waiting"]),
             "waiting": snapshot["waiting"],
             "frames_published": self._seq,
+            "frames_superseded": self._publisher.superseded if self._publisher else 0,
             "last_frame_id": next(reversed(self._history), None),
             "uptime_s": round(time.time() - self._started, 3),
             "frames_address": self.frames_endpoint,

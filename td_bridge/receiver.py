@@ -41,6 +41,7 @@ class FrameReceiver:
         self.address = check_endpoint(address)
         self.stale_after = stale_after
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._latest: wire.Frame | None = None
@@ -70,9 +71,13 @@ class FrameReceiver:
             return self._latest
 
     def take(self) -> wire.Frame | None:
-        """The newest frame if it has not been returned by latest()/take() yet, else None."""
-        with self._lock:
-            if self._latest_read:
+        """The newest frame if it has not been returned by latest()/take()/wait() yet, else None."""
+        return self.wait(0)
+
+    def wait(self, timeout: float | None = None) -> wire.Frame | None:
+        """Block until a frame not returned before is there, then return it; None on timeout."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: not self._latest_read, timeout):
                 return None
             self._latest_read = True
             return self._latest
@@ -175,6 +180,7 @@ class FrameReceiver:
             self._dropped += skipped + (0 if self._latest_read else 1)
             self._last_source = source
             self._latest, self._latest_read = frame, False
+            self._arrived.notify_all()
             self._frames += 1
             self._arrivals.append(now)
             if isinstance(sent_at, (int, float)):

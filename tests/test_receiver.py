@@ -132,3 +132,57 @@ def test_corrupt_messages_are_counted_not_raised():
     finally:
         pub.close()
         ctx.term()
+
+
+class ReplayBackend:
+    """Returns one prepared frame instantly: floods the publisher."""
+
+    name = model = "replay"
+
+    def __init__(self, width=1024, height=512):
+        params = {"prompt": "p", "seed": 1, "width": width, "height": height, "steps": 1}
+        self.frame = DemoBackend().generate(params, lambda s, n: None, lambda: False)
+
+    def generate(self, params, progress, cancelled):
+        return self.frame
+
+
+def test_a_burst_never_loses_the_newest_frame(make_server):
+    srv = make_server(ReplayBackend(), max_waiting=400)
+    with FrameReceiver(srv.frames) as rx:
+        wait_for(lambda: rx.connected)
+        for seed in range(300):
+            srv.server.jobs.submit({**FRAME, "seed": seed, "negative_prompt": "", "guidance": 7.0})
+        wait_for(lambda: srv.server.status()["frames_published"] == 300, timeout=60, what="all published")
+        wait_for(lambda: rx.latest().seq == 300, timeout=10, what="the last frame of the burst")
+
+
+def test_a_stalled_subscriber_does_not_hold_back_the_others(make_server):
+    import zmq
+
+    srv = make_server(ReplayBackend(), max_waiting=200, stall_timeout=0.3)
+    ctx = zmq.Context()
+    stalled = ctx.socket(zmq.SUB)
+    stalled.setsockopt(zmq.LINGER, 0)
+    stalled.setsockopt(zmq.RCVHWM, 1)
+    stalled.setsockopt(zmq.RCVBUF, 4096)
+    stalled.setsockopt(zmq.SUBSCRIBE, b"")
+    stalled.connect(srv.frames)
+    try:
+        with FrameReceiver(srv.frames) as rx:
+            wait_for(lambda: rx.connected)
+            for seed in range(60):
+                srv.server.jobs.submit({**FRAME, "seed": seed, "negative_prompt": "", "guidance": 7.0})
+            wait_for(lambda: srv.server.status()["frames_published"] == 60, timeout=60, what="all published")
+            wait_for(lambda: rx.latest().seq == 60, timeout=10, what="the healthy receiver's last frame")
+    finally:
+        stalled.close()
+        ctx.term()
+
+
+def test_wait_blocks_until_a_new_frame(server, client, receiver):
+    assert receiver.wait(0.05) is None
+    client.generate(seed=5, **FRAME)
+    frame = receiver.wait(10)
+    assert frame is not None and frame.meta["seed"] == 5
+    assert receiver.wait(0.05) is None and receiver.latest() is frame

@@ -32,9 +32,7 @@ def _load_ldm3d(model: str, **options: Any) -> Backend:
     try:
         from .ldm3d import LDM3DBackend
     except ImportError as exc:
-        missing = getattr(exc, "name", None) or str(exc)
-        raise BackendUnavailable(
-            f"the LDM3D backend cannot be imported (missing {missing}); "
-            "install the generator extra: pip install 'depthfusion[generator]'"
-        ) from exc
+        missing = exc.name or str(exc)
+        hint = "" if missing.startswith("generator") else "; install it with: pip install 'depthfusion[generator]'"
+        raise BackendUnavailable(f"the LDM3D backend cannot be imported (missing module {missing}){hint}") from exc
     return LDM3DBackend.load(model, **options)
