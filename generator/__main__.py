@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES, AddressError
-from td_bridge.params import GENERATION_PARAMS, Param, ParamError, resolve_seed, validate_generation
+from td_bridge.params import (DISPLAY_PARAMS, GENERATION_PARAMS, Param, ParamError, resolve_seed, validate,
+                              validate_generation)
 
 from .backends.base import BackendUnavailable
 
@@ -31,9 +32,10 @@ def _param_type(param: Param):
     return convert
 
 
-def _add_generation_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
-    group = parser.add_argument_group("generation parameters")
-    for param in GENERATION_PARAMS:
+def _add_param_flags(parser: argparse.ArgumentParser, params: Sequence[Param], title: str,
+                     skip: Sequence[str] = ()) -> None:
+    group = parser.add_argument_group(title)
+    for param in params:
         if param.name in skip:
             continue
         unit = f" [{param.unit}]" if param.unit else ""
@@ -61,19 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--history", type=int, default=32, help="frames kept in memory for get_frame (1-1000)")
     serve.add_argument("--queue-size", type=int, default=16, help="maximum waiting jobs (1-1000)")
     serve.add_argument("--generate", action="store_true", help="queue one generation at start-up")
-    _add_generation_flags(serve)
+    _add_param_flags(serve, GENERATION_PARAMS, "generation parameters")
 
     gen = sub.add_parser("generate", help="generate one frame and write rgb.png, depth.png, metadata.json")
     gen.add_argument("prompt", type=_param_type(GENERATION_PARAMS[0]), help="what to generate")
     gen.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if missing)")
     gen.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_model_flags(gen)
-    _add_generation_flags(gen, skip=("prompt",))
+    _add_param_flags(gen, GENERATION_PARAMS, "generation parameters", skip=("prompt",))
+
+    export = sub.add_parser("export", help="write a frame folder (from generate) as a displaced sphere mesh")
+    export.add_argument("frame", type=Path, help="folder holding rgb.png, depth.png and metadata.json")
+    export.add_argument("-o", "--output", required=True, type=Path, help="mesh file: .glb, .obj or .ply")
+    export.add_argument("--overwrite", action="store_true", help="replace existing files")
+    _add_param_flags(export, DISPLAY_PARAMS, "mesh parameters")
     return parser
 
 
-def _given_params(args: argparse.Namespace) -> dict[str, Any]:
-    return {p.name: getattr(args, p.name) for p in GENERATION_PARAMS if getattr(args, p.name, None) is not None}
+def _given_params(args: argparse.Namespace, params: Sequence[Param] = GENERATION_PARAMS) -> dict[str, Any]:
+    return {p.name: getattr(args, p.name) for p in params if getattr(args, p.name, None) is not None}
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:
@@ -125,7 +133,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     targets = [out / "rgb.png", out / "depth.png", out / "metadata.json"]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not args.overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist; pass --overwrite or choose another folder")
+        raise FileExistsError(f"{', '.join(existing)} already there; pass --overwrite or choose another folder")
     backend = load_backend(args.model, demo_step_delay=args.demo_step_delay)
     started = time.perf_counter()
     with tqdm(desc=f"{backend.name}", unit="step", leave=False) as bar:
@@ -145,12 +153,36 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from td_bridge.depth import read_depth_png
+
+    from .export import export_mesh
+    from .images import read_rgb_png
+
+    given = _given_params(args, DISPLAY_PARAMS)
+    meta_file = args.frame / "metadata.json"
+    if meta_file.exists() and given.get("mapping") == "metric":
+        try:
+            recorded = json.loads(meta_file.read_text(encoding="utf-8")).get("depth") or {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{meta_file}: not valid JSON ({exc})") from None
+        for key in ("near", "far"):  # the frame's own metric range, unless overridden
+            if key not in given and recorded.get(key) is not None:
+                given[key] = recorded[key]
+    display = validate(given, DISPLAY_PARAMS)
+    rgb, depth = read_rgb_png(args.frame / "rgb.png"), read_depth_png(args.frame / "depth.png")
+    summary = export_mesh(args.output, rgb, depth, display, overwrite=args.overwrite)
+    print(f"wrote {summary['path']}: {summary['vertices']} vertices, {summary['triangles']} triangles "
+          f"({summary['culled']} culled across depth edges)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return {"serve": cmd_serve, "generate": cmd_generate}[args.command](args)
+        return {"serve": cmd_serve, "generate": cmd_generate, "export": cmd_export}[args.command](args)
     except (ParamError, AddressError, BackendUnavailable, ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -172,6 +173,11 @@ class DepthMapping:
             _check_linear(self.radius, self.strength)
         else:
             _check_range(self.near, self.far)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> DepthMapping:
+        """The mapping described by validated display parameters (td_bridge.params)."""
+        return cls(params["mapping"], params["radius"], params["strength"], params["near"], params["far"])
 
     def __call__(self, d: np.ndarray) -> np.ndarray:
         if self.mode == LINEAR:

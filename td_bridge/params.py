@@ -124,32 +124,56 @@ GENERATION_PARAMS: tuple[Param, ...] = (
     Param("height", int, 512, "Output height.", minimum=64, maximum=4096, multiple_of=8, unit="px"),
 )
 
-_BY_NAME = {p.name: p for p in GENERATION_PARAMS}
+DISPLAY_PARAMS: tuple[Param, ...] = (
+    Param("mapping", str, "linear", "How depth moves sphere vertices: linear (the paper's rule: 1.0 pulls in, "
+          "0.0 pushes out, 0.5 stays) or metric (relative inverse depth between near and far).",
+          choices=("linear", "metric")),
+    Param("radius", float, 10.0, "Sphere radius; linear mapping only.", minimum=0.01, maximum=10000.0, unit="m"),
+    Param("strength", float, 1.0, "Linear mapping: how far depth moves vertices (0 = plain sphere).",
+          minimum=0.0, maximum=1.99),
+    Param("near", float, 1.0, "Metric mapping: distance of depth 1.0.", minimum=0.001, maximum=10000.0, unit="m"),
+    Param("far", float, 100.0, "Metric mapping: distance of depth 0.0 (more than near).",
+          minimum=0.002, maximum=100000.0, unit="m"),
+    Param("mesh_rows", int, 256, "Sphere latitude segments.", minimum=2, maximum=4096),
+    Param("mesh_cols", int, 512, "Sphere longitude segments.", minimum=3, maximum=8192),
+    Param("cull_jump", float, 0.1, "Hide triangles whose corners' distances differ by more than this fraction "
+          "(rubber sheets across depth edges); 0 keeps every triangle.", minimum=0.0, maximum=10.0),
+)
+
+
+def find_param(name: str, params: Iterable[Param] = GENERATION_PARAMS) -> Param:
+    params = tuple(params)
+    for param in params:
+        if param.name == name:
+            return param
+    raise ParamError(f"unknown parameter {name!r}; known: {', '.join(p.name for p in params)}")
 
 
 def generation_param(name: str) -> Param:
-    try:
-        return _BY_NAME[name]
-    except KeyError:
-        raise ParamError(f"unknown parameter {name!r}; known: {', '.join(_BY_NAME)}") from None
+    return find_param(name, GENERATION_PARAMS)
 
 
 def defaults(params: Iterable[Param] = GENERATION_PARAMS) -> dict[str, Any]:
     return {p.name: p.default for p in params}
 
 
-def validate_generation(values: Mapping[str, Any]) -> dict[str, Any]:
+def validate(values: Mapping[str, Any], params: Iterable[Param]) -> dict[str, Any]:
     """Defaults filled in, every value coerced and range-checked; all problems in one ParamError."""
-    result = defaults()
+    params = tuple(params)
+    result = defaults(params)
     problems = []
     for name, value in values.items():
         try:
-            result[name] = generation_param(str(name)).coerce(value)
+            result[name] = find_param(str(name), params).coerce(value)
         except ParamError as exc:
             problems.append(str(exc))
     if problems:
         raise ParamError("; ".join(problems))
     return result
+
+
+def validate_generation(values: Mapping[str, Any]) -> dict[str, Any]:
+    return validate(values, GENERATION_PARAMS)
 
 
 def resolve_seed(params: dict[str, Any]) -> dict[str, Any]:
