@@ -147,14 +147,19 @@ class ReplayBackend:
         return self.frame
 
 
+def burst_reaches(srv, rx, count):
+    """Queue ``count`` instant frames; the receiver must end on the last one published."""
+    wait_for(lambda: rx.connected)
+    for seed in range(count):
+        srv.server.jobs.submit({**FRAME, "seed": seed, "negative_prompt": "", "guidance": 7.0})
+    wait_for(lambda: srv.server.status()["frames_published"] == count, timeout=60, what="all published")
+    wait_for(lambda: rx.latest().seq == count, timeout=10, what="the last frame of the burst")
+
+
 def test_a_burst_never_loses_the_newest_frame(make_server):
     srv = make_server(ReplayBackend(), max_waiting=400)
     with FrameReceiver(srv.frames) as rx:
-        wait_for(lambda: rx.connected)
-        for seed in range(300):
-            srv.server.jobs.submit({**FRAME, "seed": seed, "negative_prompt": "", "guidance": 7.0})
-        wait_for(lambda: srv.server.status()["frames_published"] == 300, timeout=60, what="all published")
-        wait_for(lambda: rx.latest().seq == 300, timeout=10, what="the last frame of the burst")
+        burst_reaches(srv, rx, 300)
 
 
 def test_a_stalled_subscriber_does_not_hold_back_the_others(make_server):
@@ -170,11 +175,7 @@ def test_a_stalled_subscriber_does_not_hold_back_the_others(make_server):
     stalled.connect(srv.frames)
     try:
         with FrameReceiver(srv.frames) as rx:
-            wait_for(lambda: rx.connected)
-            for seed in range(60):
-                srv.server.jobs.submit({**FRAME, "seed": seed, "negative_prompt": "", "guidance": 7.0})
-            wait_for(lambda: srv.server.status()["frames_published"] == 60, timeout=60, what="all published")
-            wait_for(lambda: rx.latest().seq == 60, timeout=10, what="the healthy receiver's last frame")
+            burst_reaches(srv, rx, 60)
     finally:
         stalled.close()
         ctx.term()
