@@ -48,6 +48,13 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="auto (LDM3D if its weights load, else demo), demo, or an LDM3D hub id / local folder")
     parser.add_argument("--demo-step-delay", type=float, default=0.0, metavar="SECONDS",
                         help="demo backend: pause per step to rehearse with model-like timing (0-10)")
+    ldm3d = parser.add_argument_group("LDM3D options")
+    ldm3d.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu")
+    ldm3d.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"],
+                       help="weights precision; auto = fp16 on a GPU, fp32 on the CPU")
+    ldm3d.add_argument("--revision", default=None, help="hub branch, tag or commit of the model")
+    ldm3d.add_argument("--offline", action="store_true", help="use only weights already downloaded")
+    ldm3d.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first frame)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,14 +96,20 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> None:
         raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {value:g}")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _backend(args: argparse.Namespace):
     from .backends import load_backend
+
+    return load_backend(args.model, demo_step_delay=args.demo_step_delay, device=args.device, dtype=args.dtype,
+                        revision=args.revision, local_files_only=args.offline, compile=args.compile)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     from .server import GeneratorServer
 
     _check_range("--history", args.history, 1, 1000)
     _check_range("--queue-size", args.queue_size, 1, 1000)
     startup = validate_generation(_given_params(args))
-    backend = load_backend(args.model, demo_step_delay=args.demo_step_delay)
+    backend = _backend(args)
     server = GeneratorServer(backend, frames_address=args.frames, commands_address=args.commands,
                              allow_lan=args.allow_lan, history=args.history, max_waiting=args.queue_size)
     server.bind()
@@ -124,7 +137,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from td_bridge.depth import write_depth_png
     from td_bridge.protocol import frame_header
 
-    from .backends import load_backend
     from .frames import frame_meta, new_frame_id
     from .images import write_rgb_png
 
@@ -134,7 +146,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     existing = [str(t) for t in targets if t.exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"{', '.join(existing)} already there; pass --overwrite or choose another folder")
-    backend = load_backend(args.model, demo_step_delay=args.demo_step_delay)
+    backend = _backend(args)
     started = time.perf_counter()
     with tqdm(desc=f"{backend.name}", unit="step", leave=False) as bar:
         def progress(step: int, total: int) -> None:

@@ -122,6 +122,10 @@ GENERATION_PARAMS: tuple[Param, ...] = (
     Param("guidance", float, 7.0, "Classifier-free guidance scale.", minimum=0.0, maximum=50.0),
     Param("width", int, 1024, "Output width.", minimum=64, maximum=4096, multiple_of=8, unit="px"),
     Param("height", int, 512, "Output height.", minimum=64, maximum=4096, multiple_of=8, unit="px"),
+    Param("scheduler", str, "ddim", "Sampler: ddim (as the LDM3D checkpoints ship), dpm++ (DPM-Solver++, "
+          "good in 20-25 steps) or euler.", choices=("ddim", "dpm++", "euler")),
+    Param("seamless", bool, True, "Wrap the left and right edges while generating, so the 0°/360° seam "
+          "of a panorama shows no edge."),
 )
 
 DISPLAY_PARAMS: tuple[Param, ...] = (

@@ -54,7 +54,7 @@ def test_generate_refuses_to_overwrite(tmp_path):
         (("--steps", "0"), r"\[1, 500\]"),
         (("--width", "100"), "multiple of 8"),
         (("--guidance", "nan"), "not a valid float"),
-        (("--model", "/nonexistent/ldm3d"), "LDM3D"),
+        (("--model", "/nonexistent/ldm3d"), "neither an existing folder nor a hub id"),
     ],
 )
 def test_generate_rejects_bad_flags(tmp_path, args, message):

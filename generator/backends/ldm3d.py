@@ -1,0 +1,246 @@
+"""LDM3D text → RGBD, built from diffusers' models and schedulers (not its deprecated pipeline).
+
+Checkpoints: ``Intel/ldm3d`` (6-channel VAE: RGB + depth as three 8-bit channels),
+``Intel/ldm3d-4c`` and ``Intel/ldm3d-pano`` (4-channel VAE: RGB + one depth channel, the
+pano model at 1024×512). The variant is read from the VAE config, never from the name.
+The safety checker is not loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from td_bridge.depth import depth16_from_vae4, depth16_from_vae6
+
+from .base import RGBD, BackendUnavailable, Cancelled, CancelledFn, ProgressFn
+from .seamless import set_seamless
+
+log = logging.getLogger("depthfusion.ldm3d")
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+COMPONENTS = ("scheduler", "tokenizer", "text_encoder", "unet", "vae")
+WEIGHTED = ("text_encoder", "unet", "vae")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA, then Apple MPS, then CPU; otherwise the named device, checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cuda", "mps", "cpu") and not re.fullmatch(r"cuda:\d{1,2}", name):
+        raise BackendUnavailable(f"device must be auto, cpu, mps, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailable(f"device {name} asked for, but this torch build sees no CUDA GPU")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise BackendUnavailable("device mps asked for, but Apple's MPS is not available here")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: fp16 on CUDA and MPS, fp32 on CPU."""
+    if name == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if name not in DTYPES:
+        raise BackendUnavailable(f"dtype must be auto, {', '.join(DTYPES)}; got {name!r}")
+    if device.type == "cpu" and DTYPES[name] == torch.float16:
+        raise BackendUnavailable("fp16 is not supported on the CPU; use fp32 or bf16")
+    return DTYPES[name]
+
+
+def resolve_model(model: str, *, revision: str | None = None, local_files_only: bool = False) -> Path:
+    """A local folder in the diffusers layout, downloading from the Hugging Face hub if needed."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return folder
+    if not HUB_ID.match(model):
+        raise BackendUnavailable(f"model {model!r} is neither an existing folder nor a hub id like Intel/ldm3d-pano")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    def fetch(patterns: list[str]) -> Path:
+        return Path(snapshot_download(model, revision=revision, local_files_only=local_files_only,
+                                      allow_patterns=patterns, ignore_patterns=["*.fp16.*", "*non_ema*"]))
+
+    try:
+        configs = ["model_index.json", *(f"{c}/*.json" for c in COMPONENTS), "tokenizer/*.txt"]
+        folder = fetch(configs + [f"{c}/*.safetensors" for c in WEIGHTED])
+        missing = [c for c in WEIGHTED if not any((folder / c).glob("*.safetensors"))]
+        if missing:  # older repositories ship PyTorch .bin weights only
+            folder = fetch(configs + [f"{c}/*.bin" for c in missing])
+        return folder
+    except LocalEntryNotFoundError as exc:
+        where = "is not in the local Hugging Face cache" + ("" if local_files_only else " and the hub cannot be reached")
+        raise BackendUnavailable(
+            f"the weights of {model} {where}. Download them once where there is internet "
+            f"(`huggingface-cli download {model}`), copy the cache folder over, or pass a local folder with --model"
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise BackendUnavailable(f"the hub refused {model} (revision {revision or 'main'}): {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Variant:
+    channels: int  # VAE output channels: 6 (RGB + 3 depth bytes) or 4 (RGB + depth)
+    scale_factor: int  # pixels per latent cell
+
+    def decode_depth(self, image: np.ndarray) -> np.ndarray:
+        """uint16 depth from a decoded (H, W, C) image in [0, 1]."""
+        return depth16_from_vae6(image[..., 3:6]) if self.channels == 6 else depth16_from_vae4(image[..., 3])
+
+
+def check_components(tokenizer: Any, text_encoder: Any, unet: Any, vae: Any) -> Variant:
+    """Raise BackendUnavailable unless the parts form a text → RGBD LDM3D model."""
+    out = vae.config.out_channels
+    if out not in (4, 6):
+        raise BackendUnavailable(f"the VAE decodes {out} channels; LDM3D needs 6 (RGB + 3×8-bit depth) or 4 (RGB + depth)")
+    if unet.config.in_channels != vae.config.latent_channels:
+        extra = " (this looks like ldm3d-sr, an upscaler, not a text-to-RGBD model)" if unet.config.in_channels == 8 else ""
+        raise BackendUnavailable(
+            f"the U-Net takes {unet.config.in_channels} input channels but the VAE has "
+            f"{vae.config.latent_channels} latent channels{extra}"
+        )
+    if unet.config.cross_attention_dim != text_encoder.config.hidden_size:
+        raise BackendUnavailable(
+            f"the text encoder's width {text_encoder.config.hidden_size} does not match the U-Net's "
+            f"cross-attention width {unet.config.cross_attention_dim}"
+        )
+    if not 1 <= tokenizer.model_max_length <= 4096:
+        raise BackendUnavailable(f"tokenizer model_max_length {tokenizer.model_max_length} is not usable")
+    return Variant(channels=out, scale_factor=2 ** (len(vae.config.block_out_channels) - 1))
+
+
+def make_scheduler(name: str, config: Any):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(config)
+    raise ValueError(f"unknown scheduler {name!r}; choose ddim, dpm++ or euler")
+
+
+class LDM3DBackend:
+    """Our own LDM3D pipeline: encode prompt → denoise latents → decode RGB + depth."""
+
+    name = "ldm3d"
+
+    def __init__(self, model: str, tokenizer: Any, text_encoder: Any, unet: Any, vae: Any, scheduler_config: Any,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.model = model
+        self.variant = check_components(tokenizer, text_encoder, unet, vae)
+        self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
+        self.scheduler_config = scheduler_config
+        self.device, self.dtype = device, dtype
+        self.vae_dtype = torch.float32 if getattr(vae.config, "force_upcast", False) and dtype == torch.float16 else dtype
+
+    @classmethod
+    def load(cls, model: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None,
+             local_files_only: bool = False, compile: bool = False) -> LDM3DBackend:
+        """Load from a hub id or a local folder; every failure is a BackendUnavailable."""
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        torch_device = pick_device(device)
+        torch_dtype = pick_dtype(dtype, torch_device)
+        folder = resolve_model(model, revision=revision, local_files_only=local_files_only)
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+            text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch_dtype)
+            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch_dtype)
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+            scheduler_config = DDIMScheduler.load_config(folder, subfolder="scheduler")
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise BackendUnavailable(f"cannot load LDM3D from {folder}: {type(exc).__name__}: {exc}") from exc
+        backend = cls(model, tokenizer, text_encoder, unet, vae, scheduler_config, torch_device, torch_dtype)
+        backend._place(compile)
+        log.info("LDM3D %s: %d-channel VAE, %s, %s%s", model, backend.variant.channels, torch_device,
+                 str(torch_dtype).removeprefix("torch."), ", torch.compile" if compile else "")
+        if torch_device.type == "cpu":
+            log.warning("LDM3D runs on the CPU: expect minutes per frame")
+        return backend
+
+    def _place(self, compile: bool) -> None:
+        for module, dtype in ((self.text_encoder, self.dtype), (self.unet, self.dtype), (self.vae, self.vae_dtype)):
+            module.to(self.device, dtype).eval().requires_grad_(False)
+        if self.device.type == "cuda":
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+        if compile:
+            self.unet = torch.compile(self.unet)
+
+    # ------------------------------------------------------------ generation
+
+    def generate(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
+                 latents: torch.Tensor | None = None) -> RGBD:
+        """One RGBD frame from validated params; ``latents`` overrides the seeded start noise."""
+        width, height = params["width"], params["height"]
+        factor = self.variant.scale_factor
+        if width % factor or height % factor:
+            raise ValueError(f"width and height must be multiples of {factor} for this model, got {width}x{height}")
+        scheduler = make_scheduler(params["scheduler"], self.scheduler_config)
+        guided = params["guidance"] > 1.0
+        with torch.inference_mode():
+            set_seamless(self.unet, params["seamless"])
+            set_seamless(self.vae, params["seamless"])
+            embeddings = self._encode(params["prompt"], params["negative_prompt"], guided)
+            shape = (1, self.unet.config.in_channels, height // factor, width // factor)
+            if latents is None:
+                generator = torch.Generator("cpu").manual_seed(params["seed"])
+                latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+            elif tuple(latents.shape) != shape:
+                raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+            latents = latents.to(self.device, self.dtype) * scheduler.init_noise_sigma
+            latents = self._denoise(latents, embeddings, scheduler, params, progress, cancelled, guided)
+            image = self._decode(latents)
+        rgb = np.clip(np.round(image[..., :3] * 255.0), 0, 255).astype(np.uint8)
+        return RGBD(rgb, self.variant.decode_depth(image), info={
+            "vae_channels": self.variant.channels, "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."), "scheduler": params["scheduler"],
+            "seamless": params["seamless"],
+        })
+
+    def _encode(self, prompt: str, negative: str, guided: bool) -> torch.Tensor:
+        prompts = [negative, prompt] if guided else [prompt]
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        full = self.tokenizer(prompt, truncation=False).input_ids
+        if len(full) > self.tokenizer.model_max_length:
+            log.warning("prompt is %d tokens; the model reads only the first %d", len(full),
+                        self.tokenizer.model_max_length)
+        return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
+
+    def _denoise(self, latents: torch.Tensor, embeddings: torch.Tensor, scheduler: Any, params: dict[str, Any],
+                 progress: ProgressFn, cancelled: CancelledFn, guided: bool) -> torch.Tensor:
+        scheduler.set_timesteps(params["steps"], device=self.device)
+        timesteps = scheduler.timesteps
+        for step, t in enumerate(timesteps, start=1):
+            if cancelled():
+                raise Cancelled()
+            model_input = torch.cat([latents] * 2) if guided else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise = self.unet(model_input, t, encoder_hidden_states=embeddings).sample
+            if guided:
+                uncond, cond = noise.chunk(2)
+                noise = uncond + params["guidance"] * (cond - uncond)
+            latents = scheduler.step(noise, t, latents).prev_sample
+            progress(step, len(timesteps))
+        return latents
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        latents = latents.to(self.vae_dtype) / self.vae.config.scaling_factor
+        image = self.vae.decode(latents).sample
+        image = (image.float() / 2 + 0.5).clamp(0, 1)
+        return image[0].permute(1, 2, 0).cpu().numpy()
