@@ -82,7 +82,29 @@ def serve(args: list[str]) -> int:
     return subprocess.call([str(python), "-m", "generator", "serve", *args], cwd=ROOT)
 
 
+# Command-line tools the tests drive, and the Debian packages that provide them.
+SYSTEM_TOOLS = {"oscsend": "liblo-tools", "oscdump": "liblo-tools"}
+
+
+def ensure_system_tools() -> None:
+    """Install missing test tools with apt where we can (root on Debian/Ubuntu); else the tests
+    that need them skip with a reason (or fail under CI=true)."""
+    missing = sorted({pkg for tool, pkg in SYSTEM_TOOLS.items() if not shutil.which(tool)})
+    if not missing:
+        return
+    if not (shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0):
+        print(f"[dev] not installing {', '.join(missing)} (needs root and apt-get); tests that need them skip")
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
+        print("[dev] " + " ".join(cmd), flush=True)
+        if subprocess.run(cmd, env=env).returncode:
+            print(f"[dev] could not install {', '.join(missing)}; tests that need them skip", file=sys.stderr)
+            return
+
+
 def test(args: list[str]) -> int:
+    ensure_system_tools()
     python = ensure_env(ROOT / ".venv-test", [[TEST_TORCH], ["-e", ".[generator,test]"]])
     return subprocess.call([str(python), "-m", "pytest", *args], cwd=ROOT)
 

@@ -70,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--history", type=int, default=32, help="frames kept in memory for get_frame (1-1000)")
     serve.add_argument("--queue-size", type=int, default=16, help="maximum waiting jobs (1-1000)")
     serve.add_argument("--generate", action="store_true", help="queue one generation at start-up")
+    osc = serve.add_argument_group("OSC (docs/osc.md)")
+    osc.add_argument("--osc-port", type=int, default=9000, help="UDP port for OSC; 0 turns OSC off (9000)")
+    osc.add_argument("--osc-host", default="127.0.0.1", help="address to listen on; a LAN address needs "
+                     "--allow-lan and --osc-allow (127.0.0.1)")
+    osc.add_argument("--osc-allow", action="append", default=[], metavar="NETWORK",
+                     help="sender network allowed on a LAN address, e.g. 192.168.1.0/24 (repeatable)")
+    osc.add_argument("--osc-reply-port", type=int, default=None, help="reply to the sender's host at this port "
+                     "(show tools that listen on a fixed port) instead of its source port")
+    osc.add_argument("--osc-target", action="append", default=[], metavar="HOST:PORT",
+                     help="send progress, frame and state events here (repeatable)")
     _add_param_flags(serve, GENERATION_PARAMS, "generation parameters")
 
     gen = sub.add_parser("generate", help="generate one frame and write rgb.png, depth.png, metadata.json")
@@ -84,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", required=True, type=Path, help="mesh file: .glb, .obj or .ply")
     export.add_argument("--overwrite", action="store_true", help="replace existing files")
     _add_param_flags(export, DISPLAY_PARAMS, "mesh parameters")
+
+    sub.add_parser("osc-doc", help="print the OSC address space (docs/osc.md) from the parameter schema")
     return parser
 
 
@@ -104,14 +116,20 @@ def _backend(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .osc import OscConfig
     from .server import GeneratorServer
 
     _check_range("--history", args.history, 1, 1000)
     _check_range("--queue-size", args.queue_size, 1, 1000)
     startup = validate_generation(_given_params(args))
+    osc = None
+    if args.osc_port:
+        osc = OscConfig(host=args.osc_host, port=args.osc_port, allow_lan=args.allow_lan, allow=args.osc_allow,
+                        reply_port=args.osc_reply_port, targets=args.osc_target)
+        osc.check()  # before the model loads: a typo should not cost a minute
     backend = _backend(args)
     server = GeneratorServer(backend, frames_address=args.frames, commands_address=args.commands,
-                             allow_lan=args.allow_lan, history=args.history, max_waiting=args.queue_size)
+                             allow_lan=args.allow_lan, history=args.history, max_waiting=args.queue_size, osc=osc)
     server.bind()
     log.info("backend %s (model %s)", backend.name, backend.model)
     log.info("frames on %s, commands on %s", server.frames_endpoint, server.commands_endpoint)
@@ -189,12 +207,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_osc_doc(args: argparse.Namespace) -> int:
+    from .osc import reference
+
+    sys.stdout.write(reference())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return {"serve": cmd_serve, "generate": cmd_generate, "export": cmd_export}[args.command](args)
+        commands = {"serve": cmd_serve, "generate": cmd_generate, "export": cmd_export, "osc-doc": cmd_osc_doc}
+        return commands[args.command](args)
     except (ParamError, AddressError, BackendUnavailable, ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2

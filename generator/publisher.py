@@ -32,7 +32,11 @@ class FramePublisher:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.XPUB_NODROP, 1)
-        self.socket.bind(address)
+        try:
+            self.socket.bind(address)
+        except zmq.ZMQError:
+            self.socket.close()
+            raise
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.superseded = 0  # frames replaced in the slot before any subscriber could take them
         self._pending: list[Any] | None = None

@@ -25,6 +25,7 @@ from . import __version__
 from .backends.base import Backend, Cancelled
 from .frames import frame_meta, new_frame_id
 from .jobs import CANCELLED, DONE, FAILED, Job, JobQueue, QueueFull
+from .osc import OscBridge, OscConfig
 from .publisher import FramePublisher
 from .ratelimit import RateLimitedLogger
 
@@ -47,6 +48,8 @@ class GeneratorServer:
         max_waiting: int = 16,
         status_interval: float = 1.0,
         stall_timeout: float = 2.0,
+        shutdown_grace: float = 60.0,
+        osc: OscConfig | None = None,
     ) -> None:
         self.backend = backend
         self.frames_address = check_endpoint(frames_address, bind=True, allow_lan=allow_lan)
@@ -57,6 +60,9 @@ class GeneratorServer:
         self.jobs = JobQueue(max_waiting=max_waiting)
         self.status_interval = status_interval
         self.stall_timeout = stall_timeout
+        self.shutdown_grace = shutdown_grace
+        self.osc_config = osc
+        self.osc: OscBridge | None = None
         self._history: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         self._history_size = history
         self._seq = 0
@@ -64,6 +70,8 @@ class GeneratorServer:
         self._bad_input_log = RateLimitedLogger(log, per_window=5, window_s=10.0)
         self._ctx = zmq.Context()
         self._worker_address = f"inproc://depthfusion-worker-{self.server_id}"
+        self.inproc_commands = f"inproc://depthfusion-commands-{self.server_id}"  # in-process clients (OSC)
+        self.inproc_frames = f"inproc://depthfusion-frames-{self.server_id}"
         self._router: zmq.Socket | None = None
         self._publisher: FramePublisher | None = None
         self._pull: zmq.Socket | None = None
@@ -82,17 +90,26 @@ class GeneratorServer:
         router.setsockopt(zmq.SNDHWM, 64)
         pull = self._ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.LINGER, 0)
+        publisher: FramePublisher | None = None
         try:
             router.bind(self.commands_address)
+            self.commands_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+            router.bind(self.inproc_commands)
             pull.bind(self._worker_address)
-            self._publisher = FramePublisher(self._ctx, self.frames_address, stall_timeout=self.stall_timeout)
-        except zmq.ZMQError as exc:
+            publisher = FramePublisher(self._ctx, self.frames_address, stall_timeout=self.stall_timeout)
+            publisher.socket.bind(self.inproc_frames)
+            if self.osc_config is not None:
+                self.osc = OscBridge(self._ctx, self.inproc_commands, self.inproc_frames, self.osc_config)
+        except (zmq.ZMQError, OSError, ValueError) as exc:
             router.close()
             pull.close()
-            raise OSError(f"cannot bind {self.frames_address} / {self.commands_address}: {exc}") from exc
-        self._router, self._pull = router, pull
-        self.frames_endpoint = self._publisher.endpoint
-        self.commands_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+            if publisher is not None:
+                publisher.close()
+            if isinstance(exc, zmq.ZMQError):
+                raise OSError(f"cannot bind {self.frames_address} / {self.commands_address}: {exc}") from exc
+            raise
+        self._router, self._pull, self._publisher = router, pull, publisher
+        self.frames_endpoint = publisher.endpoint
 
     def serve(self, stop: threading.Event | None = None) -> None:
         """Run until ``stop`` is set (or :meth:`stop` is called); then close everything."""
@@ -101,6 +118,8 @@ class GeneratorServer:
         stop = stop or self._stop
         self._worker = threading.Thread(target=self._work, name="depthfusion-worker", daemon=True)
         self._worker.start()
+        if self.osc is not None:
+            self.osc.start()
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._pull, zmq.POLLIN)
@@ -130,14 +149,23 @@ class GeneratorServer:
     def _shutdown(self) -> None:
         self._stop.set()
         self.jobs.cancel(None)
-        if self._worker is not None:
-            self._worker.join(timeout=10)
+        if self.osc is not None:
+            self.osc.stop()
+        worker_stopped = True
+        if self._worker is not None and self._worker.is_alive():
+            if self.jobs.snapshot()["running"]:
+                log.info("waiting for the running step to finish")
+            self._worker.join(timeout=self.shutdown_grace)
+            worker_stopped = not self._worker.is_alive()
         for sock in (self._router, self._pull):
             if sock is not None:
                 sock.close(linger=0)
         if self._publisher is not None:
             self._publisher.close()
-        self._ctx.term()
+        if worker_stopped:
+            self._ctx.term()
+        else:  # terminating the context would block on the worker's socket until the backend returns
+            log.warning("the backend did not stop within %.1f s; leaving it behind", self.shutdown_grace)
 
     # ------------------------------------------------------------ worker thread
 
@@ -159,6 +187,7 @@ class GeneratorServer:
             event = {"job_id": job.id, "step": step, "total": total, "elapsed_s": time.time() - job.started_at}
             push.send_multipart([b"progress", json.dumps(event).encode()])
 
+        push.send_multipart([b"changed"])  # clients see "generating" now, not at the next heartbeat
         started = time.perf_counter()
         try:
             result = self.backend.generate(job.params, progress, job.cancel_event.is_set)
@@ -195,19 +224,24 @@ class GeneratorServer:
                 self._publish_status()
 
     def _publish_result(self, job_id: str, frame_parts: list[zmq.Frame]) -> None:
-        header = json.loads(frame_parts[0].bytes)
-        self._seq += 1
-        header.update(seq=self._seq, server_id=self.server_id, sent_at=time.time())
-        parts = [json.dumps(header, separators=(",", ":")).encode(), frame_parts[1], frame_parts[2]]
+        header, parts = self._publish(frame_parts)
         self._history[header["frame_id"]] = parts
         while len(self._history) > self._history_size:
             self._history.popitem(last=False)
-        self._publisher.publish_frame(parts)
         job = self.jobs.get(job_id)
         if job is not None:
             self.jobs.finish(job, DONE, frame_id=header["frame_id"])
         log.info("frame %s published (seq %d, %s)", header["frame_id"], self._seq, job_id)
         self._publish_status()
+
+    def _publish(self, frame_parts: list[Any], **extra: Any) -> tuple[dict[str, Any], list[Any]]:
+        """Stamp [header, rgb, depth] with the next seq and the send time, publish it; (header, parts)."""
+        header = json.loads(bytes(frame_parts[0]))
+        self._seq += 1
+        header.update(extra, seq=self._seq, server_id=self.server_id, sent_at=time.time())
+        parts = [json.dumps(header, separators=(",", ":")).encode(), *frame_parts[1:]]
+        self._publisher.publish_frame(parts)
+        return header, parts
 
     def _publish_status(self) -> None:
         self._publisher.publish_event(wire.TOPIC_STATUS, self.status())
@@ -283,6 +317,7 @@ class GeneratorServer:
             "cancel": self._cmd_cancel,
             "job": self._cmd_job,
             "get_frame": self._cmd_get_frame,
+            "recall": self._cmd_recall,
         }
 
     @staticmethod
@@ -322,20 +357,37 @@ class GeneratorServer:
             return [wire.encode_error(request_id, "not_found", f"no job {job_id} (recent jobs only)")]
         return [wire.encode_reply(request_id, job.summary())]
 
-    def _cmd_get_frame(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+    def _kept_frame(self, args: dict[str, Any], cmd: str) -> tuple[str | None, list[Any] | None]:
+        """(frame id, stored parts) for a get_frame/recall request; parts None when not kept."""
         unknown = set(args) - {"frame_id"}
         if unknown:
-            raise wire.ProtocolError(f"get_frame takes only 'frame_id', got {', '.join(sorted(unknown))}")
+            raise wire.ProtocolError(f"{cmd} takes only 'frame_id', got {', '.join(sorted(unknown))}")
         frame_id = args.get("frame_id", "latest")
         if not wire.is_valid_id(frame_id):
             raise wire.ProtocolError(f"'frame_id' must be an id or 'latest', got {frame_id!r}")
         if frame_id == "latest":
             frame_id = next(reversed(self._history), None)
-        parts = self._history.get(frame_id) if frame_id else None
+        return frame_id, self._history.get(frame_id) if frame_id else None
+
+    @staticmethod
+    def _not_kept(request_id: Any, frame_id: str | None) -> list[Any]:
+        what = "no frame has been generated yet" if frame_id is None else f"frame {frame_id} is not in memory"
+        return [wire.encode_error(request_id, "not_found", what)]
+
+    def _cmd_get_frame(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        frame_id, parts = self._kept_frame(args, "get_frame")
         if parts is None:
-            what = "no frame has been generated yet" if frame_id is None else f"frame {frame_id} is not in memory"
-            return [wire.encode_error(request_id, "not_found", what)]
+            return self._not_kept(request_id, frame_id)
         return [wire.encode_reply(request_id, {"frame_id": frame_id}), *parts]
+
+    def _cmd_recall(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        """Publish a kept frame again through the frame path, without the model."""
+        frame_id, parts = self._kept_frame(args, "recall")
+        if parts is None:
+            return self._not_kept(request_id, frame_id)
+        header, _ = self._publish(parts, recalled_at=time.time())
+        log.info("frame %s recalled (seq %d)", frame_id, header["seq"])
+        return [wire.encode_reply(request_id, {"frame_id": frame_id, "seq": header["seq"]})]
 
 
 def _job_id_arg(args: dict[str, Any], *, required: bool) -> str | None:

@@ -83,7 +83,7 @@ def _coerce_kind(param: Param, value: Any) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, int) and value in (0, 1):
+        if isinstance(value, (int, float)) and value in (0, 1):  # show tools send toggles as 0/1 or 0.0/1.0
             return bool(value)
         if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "on", "off"):
             return value.strip().lower() in ("true", "1", "on")

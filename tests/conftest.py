@@ -95,3 +95,23 @@ def receiver(server: RunningServer) -> Iterator[FrameReceiver]:
     with FrameReceiver(server.frames) as r:
         wait_for(lambda: r.connected, what="receiver to hear the status heartbeat")
         yield r
+
+
+def require_tool(name: str) -> str:
+    """Path of a command-line tool; skip with a reason if missing, but fail under CI=true."""
+    import os
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian: liblo-tools); `python3 dev.py test` installs it as root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

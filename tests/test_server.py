@@ -244,3 +244,28 @@ def test_bind_addresses_are_checked(frames, options, message):
 def test_lan_binding_is_allowed_when_asked(make_server):
     srv = make_server(frames="tcp://0.0.0.0:*", allow_lan=True)
     assert srv.frames.startswith("tcp://0.0.0.0:")
+
+
+class StubbornBackend(FailingBackend):
+    """Ignores cancellation for a while, like a model stuck in a long decode."""
+
+    name = "stubborn"
+
+    def generate(self, params, progress, cancelled):
+        import time
+
+        time.sleep(3)
+        raise RuntimeError("finished late")
+
+
+def test_shutdown_does_not_hang_on_a_backend_that_ignores_cancel(make_server, caplog):
+    import time
+
+    srv = make_server(StubbornBackend(), shutdown_grace=0.3)
+    with CommandClient(srv.commands) as c:
+        c.generate(**SMALL)
+        wait_for(lambda: c.status()["state"] == "generating")
+    started = time.monotonic()
+    srv.close()
+    assert time.monotonic() - started < 2.5
+    assert "did not stop within 0.3 s" in caplog.text

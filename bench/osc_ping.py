@@ -1,0 +1,120 @@
+"""OSC /depthfusion/ping round trip, idle and during a garbage flood.
+
+    python bench/osc_ping.py [--pings 500] [--flood-seconds 5]
+
+Starts `python -m generator serve --model demo` with OSC on a free loopback port. A client
+sends /depthfusion/ping and waits for /depthfusion/pong (the reply travels the full command
+path: UDP → checks → ZeroMQ → server → back). The flood comes from a second process sending
+malformed and mutated packets as fast as it can for a bounded time, to loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from generator.osc import osc_message  # noqa: E402
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def garbage(rng: random.Random) -> bytes:
+    kind = rng.randrange(3)
+    if kind == 0:
+        return b"#bundle\0" + b"\0" * 8 + struct.pack(">i", -8) + b"/a\0\0,\0\0\0"
+    if kind == 1:
+        packet = bytearray(osc_message("/depthfusion/prompt", "a room at dawn"))
+        packet[rng.randrange(len(packet))] = rng.randrange(256)
+        return bytes(packet)
+    return rng.randbytes(rng.randrange(4, 256))
+
+
+def flood(port: int, seconds: float, counter) -> None:
+    rng = random.Random(1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    packets = [garbage(rng) for _ in range(512)]
+    sent, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for packet in packets[:64]:
+            sock.sendto(packet, ("127.0.0.1", port))
+        sent += 64
+        rng.shuffle(packets)
+    counter.value = sent
+
+
+def pings(port: int, count: int) -> list[float]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(2)
+    ping, times = osc_message("/depthfusion/ping"), []
+    for _ in range(count):
+        start = time.perf_counter()
+        sock.sendto(ping, ("127.0.0.1", port))
+        while b"/depthfusion/pong" not in sock.recvfrom(65536)[0]:
+            pass
+        times.append(time.perf_counter() - start)
+    sock.close()
+    return times
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    ms = np.asarray(times) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "max_ms": round(float(ms.max()), 3), "n": len(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pings", type=int, default=500)
+    parser.add_argument("--flood-seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    port = free_udp_port()
+    server = subprocess.Popen([sys.executable, "-m", "generator", "--log-level", "ERROR", "serve", "--model", "demo",
+                               "--frames", "tcp://127.0.0.1:*", "--commands", "tcp://127.0.0.1:*",
+                               "--osc-port", str(port)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pings(port, 1)
+                break
+            except (TimeoutError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+        idle = pings(port, args.pings)
+        counter = mp.Value("q", 0)
+        flooder = mp.Process(target=flood, args=(port, args.flood_seconds, counter))
+        flooder.start()
+        time.sleep(0.2)
+        during: list[float] = []
+        while flooder.is_alive() and len(during) < args.pings:
+            during += pings(port, 10)
+        flooder.join()
+        after = pings(port, 50)
+    finally:
+        server.terminate()
+        server.wait(15)
+    rate = counter.value / args.flood_seconds
+    print(json.dumps({"idle": summary(idle), "during_flood": summary(during), "after_flood": summary(after),
+                      "flood_packets_per_s": round(rate), "server_exit_code": server.returncode}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""OSC control surface: show-control software → the generator's command path.
+
+Datagrams arrive on one UDP socket (127.0.0.1:9000 by default). Each is checked by
+:mod:`generator.osc_packet` before python-osc parses it, then turned into the same JSON
+request a ZeroMQ client sends, over an in-process DEALER to the server's ROUTER: OSC, ZeroMQ
+and the CLI share one validated path. Replies go back to the sender (or to its host at a
+configured reply port); progress, frame and state events go to configured targets.
+One thread, no thread per packet, no exception escapes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_packet import OscPacket
+
+from td_bridge import protocol as wire
+from td_bridge.addresses import is_loopback
+from td_bridge.params import GENERATION_PARAMS, Param, ParamError, defaults, generation_param
+
+from .osc_packet import MAX_DATAGRAM, OscPacketError, check_datagram
+from .ratelimit import RateLimitedLogger
+
+log = logging.getLogger("depthfusion.osc")
+
+PREFIX = "/depthfusion/"
+COMMANDS = {
+    "generate": "[prompt] — queue a generation with the current parameters (and this prompt)",
+    "cancel": "[job_id] — cancel one job, or everything waiting and running",
+    "recall": "frame_id — publish a kept frame again, without the model",
+    "status": "— reply /depthfusion/status state backend queued last_frame_id",
+    "ping": "— reply /depthfusion/pong",
+}
+MAX_PENDING = 256  # requests awaiting the server's reply
+
+
+@dataclass
+class OscConfig:
+    host: str = "127.0.0.1"
+    port: int = 9000
+    allow_lan: bool = False
+    allow: list[str] = field(default_factory=list)  # sender networks, e.g. "192.168.1.0/24"
+    reply_port: int | None = None  # reply to the sender's host at this port instead of its source port
+    targets: list[str] = field(default_factory=list)  # "host:port" receiving progress/frame/state
+
+    def check(self) -> tuple[list[ipaddress._BaseNetwork], list[tuple[str, int]]]:
+        """Validated (allowed networks, event targets); raises ValueError with a clear message."""
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"OSC port {self.port} is outside 1-65535")
+        if self.reply_port is not None and not 1 <= self.reply_port <= 65535:
+            raise ValueError(f"OSC reply port {self.reply_port} is outside 1-65535")
+        lan = not is_loopback(self.host)
+        if lan and not self.allow_lan:
+            raise ValueError(f"refusing to listen for OSC on {self.host}: pass --allow-lan to accept OSC from the network")
+        try:
+            networks = [ipaddress.ip_network(n, strict=False) for n in self.allow]
+        except ValueError as exc:
+            raise ValueError(f"--osc-allow: {exc}") from None
+        if lan and not networks:
+            raise ValueError("OSC on a LAN address needs --osc-allow NETWORK (e.g. 192.168.1.0/24) naming the senders")
+        targets = []
+        for target in self.targets:
+            host, _, port = target.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"OSC target {target!r} is not HOST:PORT")
+            if not is_loopback(host) and not self.allow_lan:
+                raise ValueError(f"OSC target {target} is on the network: pass --allow-lan to send there")
+            targets.append((host, int(port)))
+        return networks, targets
+
+
+def osc_message(address: str, *args: Any) -> bytes:
+    builder = OscMessageBuilder(address)
+    for arg in args:
+        builder.add_arg(arg)
+    return builder.build().dgram
+
+
+class OscBridge:
+    """Owns the UDP socket and two in-process ZeroMQ sockets; runs on its own thread."""
+
+    def __init__(self, ctx: zmq.Context, commands: str, frames: str, config: OscConfig) -> None:
+        self.config = config
+        self._networks, self._targets = config.check()
+        self._ctx, self._commands_address, self._frames_address = ctx, commands, frames
+        self.params: dict[str, Any] = defaults(GENERATION_PARAMS)  # what /generate uses
+        self._pending: dict[str, tuple[tuple[str, int], str]] = {}
+        self._ids = (f"osc-{n}" for n in itertools.count(1))
+        self._last_state: tuple | None = None
+        self._log = RateLimitedLogger(log, per_window=5, window_s=10.0)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        self.udp = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self.udp.bind((config.host, config.port))
+        except OSError as exc:
+            self.udp.close()
+            raise OSError(f"cannot listen for OSC on {config.host}:{config.port}: {exc}") from exc
+        self.udp.setblocking(False)
+        self.port = self.udp.getsockname()[1]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="depthfusion-osc", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------ loop
+
+    def _run(self) -> None:
+        dealer = self._ctx.socket(zmq.DEALER)
+        sub = self._ctx.socket(zmq.SUB)
+        for sock in (dealer, sub):
+            sock.setsockopt(zmq.LINGER, 0)
+        dealer.connect(self._commands_address)
+        for topic in (wire.TOPIC_PROGRESS, wire.TOPIC_STATUS, wire.TOPIC_FRAME):
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sub.connect(self._frames_address)
+        udp_fd = self.udp.fileno()  # zmq.Poller reports plain sockets by file descriptor
+        poller = zmq.Poller()
+        poller.register(udp_fd, zmq.POLLIN)
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(sub, zmq.POLLIN)
+        log.info("OSC on udp://%s:%d", self.config.host, self.port)
+        try:
+            while not self._stop.is_set():
+                for sock, _ in poller.poll(100):
+                    try:
+                        if sock == udp_fd:
+                            self._drain_udp(dealer)
+                        elif sock is dealer:
+                            self._drain_replies(dealer)
+                        elif sock is sub:
+                            self._drain_events(sub)
+                    except Exception:  # nothing from outside may stop the loop
+                        log.exception("OSC bridge error")
+        finally:
+            dealer.close()
+            sub.close()
+            self.udp.close()
+
+    def _drain_udp(self, dealer: zmq.Socket) -> None:
+        for _ in range(256):  # bounded, so replies and events are never starved by a flood
+            try:
+                data, sender = self.udp.recvfrom(MAX_DATAGRAM + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable surfacing on some platforms
+                self._log.warning("OSC receive error: %s", exc)
+                continue
+            if not self._allowed(sender[0]):
+                self._log.warning("OSC from %s dropped: not in --osc-allow", sender[0])
+                continue
+            try:
+                check_datagram(data)
+                messages = [m.message for m in OscPacket(data).messages]
+            except OscPacketError as exc:
+                self._log.warning("bad OSC packet from %s: %s", sender[0], exc)
+                continue
+            except Exception as exc:  # python-osc rejected what our checks let through
+                self._log.warning("bad OSC packet from %s: %s", sender[0], exc)
+                continue
+            for message in messages:
+                self._handle(message.address, list(message.params), sender, dealer)
+
+    def _allowed(self, host: str) -> bool:
+        """Loopback always; other senders (possible only on a LAN address) when --osc-allow names them."""
+        if is_loopback(host):
+            return True
+        address = ipaddress.ip_address(host.split("%")[0])
+        return any(address in network for network in self._networks)
+
+    # ------------------------------------------------------------ OSC → command
+
+    def _handle(self, address: str, args: list[Any], sender: tuple[str, int], dealer: zmq.Socket) -> None:
+        if not address.startswith(PREFIX):
+            return self._error(sender, address, f"unknown address; DepthFusion listens under {PREFIX}")
+        name = address[len(PREFIX):]
+        if name in COMMANDS:
+            try:
+                cmd, request_args = self._command(name, args)
+            except ParamError as exc:
+                return self._error(sender, address, str(exc))
+            return self._request(dealer, sender, address, cmd, request_args)
+        param = next((p for p in GENERATION_PARAMS if p.name == name), None)
+        if param is None:
+            known = ", ".join([*COMMANDS, *(p.name for p in GENERATION_PARAMS)])
+            return self._error(sender, address, f"unknown address; known: {known}")
+        self._set_param(param, args, sender, address)
+
+    def _command(self, name: str, args: list[Any]) -> tuple[str, dict[str, Any]]:
+        if name in ("ping", "status"):
+            _expect_args(args, 0, 0, name)
+            return name, {}
+        if name == "generate":
+            _expect_args(args, 0, 1, name)
+            prompt = {"prompt": generation_param("prompt").coerce(args[0])} if args else {}
+            return "generate", {**self.params, **prompt}
+        if name == "cancel":
+            _expect_args(args, 0, 1, name)
+            return "cancel", {"job_id": str(args[0])} if args else {}
+        _expect_args(args, 1, 1, name)
+        return "recall", {"frame_id": str(args[0])}
+
+    def _set_param(self, param: Param, args: list[Any], sender: tuple[str, int], address: str) -> None:
+        try:
+            _expect_args(args, 1, 1, param.name)
+            self.params[param.name] = param.coerce(args[0])
+        except ParamError as exc:
+            return self._error(sender, address, str(exc))
+        self._send(self._reply_to(sender), osc_message(address, self.params[param.name]))
+
+    def _request(self, dealer: zmq.Socket, sender: tuple[str, int], address: str, cmd: str,
+                 args: dict[str, Any]) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            return self._error(sender, address, "too many requests waiting for the generator")
+        request_id = next(self._ids)
+        self._pending[request_id] = (sender, address)
+        dealer.send(wire.encode_request(request_id, cmd, args))
+
+    # ------------------------------------------------------------ replies and events
+
+    def _drain_replies(self, dealer: zmq.Socket) -> None:
+        while True:
+            try:
+                parts = dealer.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            reply = wire.decode_reply(parts[0])
+            sender, address = self._pending.pop(reply.get("id"), (None, ""))
+            if sender is None:
+                continue
+            if not reply["ok"]:
+                error = reply["error"]
+                self._error(sender, address, f"{error['code']}: {error['message']}")
+                continue
+            self._send(self._reply_to(sender), self._success(address, reply["result"]))
+
+    @staticmethod
+    def _success(address: str, result: dict[str, Any]) -> bytes:
+        name = address[len(PREFIX):]
+        if name == "ping":
+            return osc_message(PREFIX + "pong")
+        if name == "status":
+            return osc_message(PREFIX + "status", result["state"], result["backend"], result["queued"],
+                               result["last_frame_id"] or "")
+        if name == "generate":
+            return osc_message(PREFIX + "queued", result["job_id"], result["params"]["seed"])
+        if name == "cancel":
+            return osc_message(PREFIX + "cancelled", len(result["cancelled"]), *result["cancelled"])
+        return osc_message(PREFIX + "recalled", result["frame_id"])
+
+    def _drain_events(self, sub: zmq.Socket) -> None:
+        while True:
+            try:
+                parts = sub.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            topic = parts[0].bytes
+            try:
+                if topic == wire.TOPIC_FRAME:
+                    header = json.loads(parts[1].bytes)
+                    self._broadcast(osc_message(PREFIX + "frame", header["frame_id"], header["seq"]))
+                    continue
+                event = wire.decode_event([p.bytes for p in parts])
+            except (wire.ProtocolError, ValueError, KeyError):
+                continue
+            if topic == wire.TOPIC_PROGRESS:
+                self._broadcast(osc_message(PREFIX + "progress", event["job_id"], event["step"], event["total"]))
+            else:
+                state = (event["state"], event["queued"])
+                if state != self._last_state:  # the 1 s heartbeat is not news
+                    self._last_state = state
+                    self._broadcast(osc_message(PREFIX + "state", *state))
+
+    def _broadcast(self, packet: bytes) -> None:
+        for target in self._targets:
+            self._send(target, packet)
+
+    def _reply_to(self, sender: tuple[str, int]) -> tuple[str, int]:
+        return (sender[0], self.config.reply_port) if self.config.reply_port else sender[:2]
+
+    def _error(self, sender: tuple[str, int], address: str, message: str) -> None:
+        self._log.warning("OSC %s from %s: %s", address[:80], sender[0], message)
+        self._send(self._reply_to(sender), osc_message(PREFIX + "error", address[:256], message[:1000]))
+
+    def _send(self, target: tuple[str, int], packet: bytes) -> None:
+        try:
+            self.udp.sendto(packet, target)
+        except OSError as exc:
+            self._log.warning("OSC send to %s:%s failed: %s", target[0], target[1], exc)
+
+
+def _expect_args(args: list[Any], low: int, high: int, name: str) -> None:
+    if not low <= len(args) <= high:
+        wanted = str(low) if low == high else f"{low} to {high}"
+        raise ParamError(f"{name}: takes {wanted} argument(s), got {len(args)}")
+
+
+def reference() -> str:
+    """docs/osc.md, generated from the parameter schema."""
+    lines = [
+        "# OSC address space",
+        "",
+        "Generated from `td_bridge/params.py` by `python -m generator osc-doc`; do not edit by hand.",
+        "",
+        "The generator listens on UDP `127.0.0.1:9000` (`--osc-port`, `--osc-host`; a LAN address needs",
+        "`--allow-lan` and `--osc-allow NETWORK`). Replies go to the sender's address, or to its host at",
+        "`--osc-reply-port`. Every `--osc-target HOST:PORT` receives `/depthfusion/progress job_id step total`,",
+        "`/depthfusion/frame frame_id seq` and `/depthfusion/state state queued`.",
+        "",
+        "## Commands",
+        "",
+        "| address | arguments and reply |",
+        "|---|---|",
+        *(f"| `{PREFIX}{name}` | {text} |" for name, text in COMMANDS.items()),
+        "",
+        "Replies: `/depthfusion/pong`; `/depthfusion/status`; `/depthfusion/queued job_id seed`;",
+        "`/depthfusion/cancelled count ids…`; `/depthfusion/recalled frame_id`. Anything wrong gets",
+        "`/depthfusion/error address message` (the message names the allowed range or the known addresses).",
+        "",
+        "## Parameters",
+        "",
+        "Each sets the value the next `/depthfusion/generate` uses and is echoed back as coerced.",
+        "Ints accept integral floats and numeric strings; floats accept ints; bools accept T/F, 0/1",
+        "(int or float) and true/false/on/off.",
+        "",
+        "| address | type | default | allowed | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for param in GENERATION_PARAMS:
+        default = json.dumps(param.default, ensure_ascii=False)
+        lines.append(f"| `{PREFIX}{param.name}` | {param.kind.__name__} | `{default}` | {param.describe_range()} "
+                     f"| {param.help} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,346 @@
+import random
+import re
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pythonosc.osc_message import OscMessage
+
+from conftest import ROOT, RunningServer, free_udp_port, require_tool, wait_for
+from generator.backends import DemoBackend
+from generator.osc import OscConfig, osc_message, reference
+from td_bridge.receiver import FrameReceiver
+
+SMALL = [("/depthfusion/width", 128), ("/depthfusion/height", 64), ("/depthfusion/steps", 2)]
+
+
+class OscClient:
+    """A show-control stand-in: one UDP socket that sends and reads replies."""
+
+    def __init__(self, port):
+        self.port = port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(5)
+
+    def send(self, address, *args):
+        self.sock.sendto(osc_message(address, *args), ("127.0.0.1", self.port))
+
+    def raw(self, data):
+        self.sock.sendto(data, ("127.0.0.1", self.port))
+
+    def recv(self, timeout=5):
+        self.sock.settimeout(timeout)
+        message = OscMessage(self.sock.recvfrom(65536)[0])
+        return message.address, list(message.params)
+
+    def ask(self, address, *args, timeout=5):
+        self.send(address, *args)
+        return self.recv(timeout)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def osc_server(make_server):
+    return make_server(DemoBackend(), osc=OscConfig(port=free_udp_port()))
+
+
+@pytest.fixture
+def osc(osc_server):
+    client = OscClient(osc_server.server.osc.port)
+    yield client
+    client.close()
+
+
+def test_ping_pong(osc):
+    assert osc.ask("/depthfusion/ping") == ("/depthfusion/pong", [])
+
+
+@pytest.mark.parametrize(
+    "address, value, echoed",
+    [
+        ("/depthfusion/steps", 30, 30),
+        ("/depthfusion/steps", 30.0, 30),
+        ("/depthfusion/steps", "30", 30),
+        ("/depthfusion/guidance", 5, 5.0),
+        ("/depthfusion/seamless", False, False),
+        ("/depthfusion/seamless", 1.0, True),
+        ("/depthfusion/seamless", "off", False),
+        ("/depthfusion/scheduler", "euler", "euler"),
+        ("/depthfusion/prompt", "a misty forest ✓", "a misty forest ✓"),
+        ("/depthfusion/seed", 2**32 - 1, 2**32 - 1),
+    ],
+)
+def test_parameters_are_coerced_and_echoed(osc, address, value, echoed):
+    assert osc.ask(address, value) == (address, [echoed])
+
+
+def test_int64_and_double_arguments(osc):
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    builder = OscMessageBuilder("/depthfusion/seed")
+    builder.add_arg(2**32 - 2, OscMessageBuilder.ARG_TYPE_INT64)
+    osc.raw(builder.build().dgram)
+    assert osc.recv() == ("/depthfusion/seed", [2**32 - 2])
+    builder = OscMessageBuilder("/depthfusion/guidance")
+    builder.add_arg(6.25, OscMessageBuilder.ARG_TYPE_DOUBLE)
+    osc.raw(builder.build().dgram)
+    assert osc.recv() == ("/depthfusion/guidance", [6.25])
+
+
+@pytest.mark.parametrize(
+    "address, args, message",
+    [
+        ("/depthfusion/steps", [0], r"steps: 0 is out of range; allowed: int in [1, 500]"),
+        ("/depthfusion/steps", [2.5], "not a valid int"),
+        ("/depthfusion/width", [100], "multiple of 8"),
+        ("/depthfusion/seed", [-5], "out of range"),
+        ("/depthfusion/scheduler", ["fast"], "one of ddim, dpm++, euler"),
+        ("/depthfusion/guidance", [], "takes 1 argument(s), got 0"),
+        ("/depthfusion/guidance", [1.0, 2.0], "takes 1 argument(s), got 2"),
+        ("/depthfusion/colour", [1], "unknown address; known: generate, cancel"),
+        ("/other/thing", [], "listens under /depthfusion/"),
+        ("/depthfusion/ping", [1], "takes 0 argument(s)"),
+        ("/depthfusion/recall", [], "takes 1 argument(s)"),
+        ("/depthfusion/recall", ["nope!"], "bad_request"),
+        ("/depthfusion/recall", ["20990101T000000Z-00000000"], "not_found"),
+        ("/depthfusion/cancel", ["job-000000000000"], "not_found"),
+    ],
+)
+def test_errors_name_the_problem(osc, address, args, message):
+    reply = osc.ask(address, *args)
+    assert reply[0] == "/depthfusion/error" and reply[1][0] == address
+    assert message in reply[1][1]
+    assert osc.ask("/depthfusion/ping")[0] == "/depthfusion/pong"
+
+
+def test_bad_values_do_not_change_the_current_parameters(osc, osc_server):
+    osc.ask("/depthfusion/steps", 7)
+    osc.ask("/depthfusion/steps", 9999)
+    assert osc_server.server.osc.params["steps"] == 7
+
+
+def test_generate_progress_frame_and_state_events(make_server):
+    events_port = free_udp_port()
+    events = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    events.bind(("127.0.0.1", events_port))
+    events.settimeout(5)
+    srv = make_server(DemoBackend(step_delay=0.01),
+                      osc=OscConfig(port=free_udp_port(), targets=[f"127.0.0.1:{events_port}"]))
+    client = OscClient(srv.server.osc.port)
+    try:
+        for address, value in SMALL:
+            client.ask(address, value)
+        client.ask("/depthfusion/seed", 11)
+        address, (job_id, seed) = client.ask("/depthfusion/generate", "a desert at night")
+        assert address == "/depthfusion/queued" and seed == 11 and job_id.startswith("job-")
+        seen = {}
+        deadline = time.monotonic() + 10
+        while "/depthfusion/frame" not in seen and time.monotonic() < deadline:
+            message = OscMessage(events.recvfrom(65536)[0])
+            seen.setdefault(message.address, []).append(list(message.params))
+        assert seen["/depthfusion/progress"][-1] == [job_id, 2, 2]
+        frame_id = seen["/depthfusion/frame"][0][0]
+        assert ["generating", 0] in seen["/depthfusion/state"]
+        assert srv.server.jobs.get(job_id).params["prompt"] == "a desert at night"
+        status = client.ask("/depthfusion/status")
+        assert status[0] == "/depthfusion/status" and status[1][1] == "demo"
+        with FrameReceiver(srv.frames) as rx:
+            wait_for(lambda: rx.connected)
+            assert client.ask("/depthfusion/recall", frame_id)[0] == "/depthfusion/recalled"
+            recalled = wait_for(rx.latest, what="recalled frame")
+            assert recalled.frame_id == frame_id and "recalled_at" in recalled.meta
+    finally:
+        client.close()
+        events.close()
+
+
+def test_cancel_over_osc(make_server):
+    srv = make_server(DemoBackend(step_delay=0.05), osc=OscConfig(port=free_udp_port()))
+    client = OscClient(srv.server.osc.port)
+    try:
+        for address, value in SMALL:
+            client.ask(address, value)
+        client.ask("/depthfusion/steps", 100)
+        _, (job_id, _) = client.ask("/depthfusion/generate")
+        wait_for(lambda: srv.server.status()["state"] == "generating")
+        assert client.ask("/depthfusion/cancel") == ("/depthfusion/cancelled", [1, job_id])
+    finally:
+        client.close()
+
+
+def test_replies_go_to_the_configured_reply_port(make_server):
+    reply_port = free_udp_port()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", reply_port))
+    listener.settimeout(5)
+    srv = make_server(osc=OscConfig(port=free_udp_port(), reply_port=reply_port))
+    client = OscClient(srv.server.osc.port)
+    try:
+        client.send("/depthfusion/ping")
+        assert OscMessage(listener.recvfrom(65536)[0]).address == "/depthfusion/pong"
+    finally:
+        client.close()
+        listener.close()
+
+
+def test_bundles_run_every_message_and_ignore_future_timetags(osc, osc_server):
+    def bundle(*elements, timetag):
+        body = b"#bundle\0" + struct.pack(">Q", timetag)
+        return body + b"".join(struct.pack(">i", len(e)) + e for e in elements)
+
+    far_future = (int(time.time()) + 2208988800 + 3600) << 32  # an hour ahead, NTP epoch
+    osc.raw(bundle(osc_message("/depthfusion/steps", 12), osc_message("/depthfusion/guidance", 3.5),
+                   timetag=far_future))
+    assert {osc.recv(1)[0], osc.recv(1)[0]} == {"/depthfusion/steps", "/depthfusion/guidance"}
+    assert osc_server.server.osc.params["steps"] == 12
+
+
+HOSTILE = [
+    b"#bundle\0" + b"\0" * 8 + struct.pack(">i", -8) + b"/a\0\0,\0\0\0",  # hangs python-osc 1.10.2
+    b"/depthfusion/prompt\0,s\0\0\xff\xfe\xfd\0",  # invalid UTF-8
+    b"\0" * 64,
+    b"#bundle\0" + b"\0" * 8 + struct.pack(">i", 2**31 - 1),
+    b"/depthfusion/steps\0\0,i\0\0",
+]
+
+
+def mutations(seed: int, count: int):
+    rng = random.Random(seed)
+    valid = [osc_message("/depthfusion/steps", 3), osc_message("/depthfusion/prompt", "a room at dawn"),
+             b"#bundle\0" + b"\0" * 8 + struct.pack(">i", 20) + osc_message("/depthfusion/seed", 5)]
+    for _ in range(count):
+        packet = bytearray(rng.choice(valid))
+        kind = rng.randrange(4)
+        if kind == 0:
+            for _ in range(rng.randint(1, 6)):
+                packet[rng.randrange(len(packet))] = rng.randrange(256)
+        elif kind == 1:
+            packet = packet[: rng.randrange(1, len(packet))]
+        elif kind == 2 and packet.startswith(b"#bundle"):
+            packet[16:20] = struct.pack(">i", rng.choice([-4, -1, 0, 3, 2**31 - 1, -(2**31)]))
+        else:
+            packet = bytearray(rng.randbytes(rng.randrange(1, 96)))
+        yield bytes(packet)
+
+
+def test_hostile_and_fuzzed_packets_never_stop_the_server(osc):
+    """After every bad packet the server still answers /ping within 50 ms."""
+    worst = 0.0
+    for packet in [*HOSTILE, *mutations(seed=1234, count=300)]:
+        osc.raw(packet)
+        started = time.perf_counter()
+        osc.send("/depthfusion/ping")
+        while osc.recv(1)[0] != "/depthfusion/pong":
+            pass  # a mutated packet that is still valid OSC earns an echo or an /error first
+        worst = max(worst, time.perf_counter() - started)
+    assert worst < 0.05, f"slowest /ping after a bad packet: {worst * 1000:.1f} ms"
+
+
+def test_a_garbage_flood_does_not_delay_valid_commands(osc):
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for packet in mutations(seed=7, count=2000):
+            flood.sendto(packet, ("127.0.0.1", osc.port))
+        started = time.perf_counter()
+        assert osc.ask("/depthfusion/ping")[0] == "/depthfusion/pong"
+        assert time.perf_counter() - started < 1.0
+    finally:
+        flood.close()
+
+
+def test_real_osc_tools_liblo(make_server):
+    """Debian's liblo-tools: oscsend sets parameters and triggers a generation; oscdump receives
+    the replies (at --osc-reply-port) and the events (at --osc-target)."""
+    oscsend, oscdump = require_tool("oscsend"), require_tool("oscdump")
+    dump_port = free_udp_port()
+    dump = subprocess.Popen([oscdump, "-L", str(dump_port)], stdout=subprocess.PIPE, text=True)
+    srv = make_server(DemoBackend(), osc=OscConfig(port=free_udp_port(), reply_port=dump_port,
+                                                   targets=[f"127.0.0.1:{dump_port}"]))
+    port = str(srv.server.osc.port)
+
+    def send(address, types="", *values):
+        subprocess.run([oscsend, "127.0.0.1", port, address, types, *map(str, values)], check=True, timeout=10)
+
+    try:
+        time.sleep(0.2)  # let oscdump bind
+        send("/depthfusion/width", "i", 128)
+        send("/depthfusion/height", "f", 64.0)
+        send("/depthfusion/steps", "i", 2)
+        send("/depthfusion/seamless", "F")
+        send("/depthfusion/generate", "s", "a misty forest")
+        send("/depthfusion/steps", "i", 0)
+        send("/depthfusion/ping")
+        lines = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any("/depthfusion/frame" in line for line in lines):
+            lines.append(dump.stdout.readline())
+        text = "".join(lines)
+        assert "/depthfusion/width i 128" in text and "/depthfusion/height i 64" in text
+        assert "/depthfusion/seamless F" in text
+        assert re.search(r"/depthfusion/queued s[ih] ", text) and "/depthfusion/frame si" in text  # seed may be int64
+        assert "/depthfusion/progress sii" in text
+    finally:
+        dump.kill()
+        dump.wait()
+    rest = dump.stdout.read()
+    assert "/depthfusion/error ss" in text + rest and "/depthfusion/pong" in text + rest
+
+
+def test_lan_needs_allow_lan_and_an_allow_list():
+    with pytest.raises(ValueError, match="--allow-lan"):
+        OscConfig(host="0.0.0.0").check()
+    with pytest.raises(ValueError, match="--osc-allow"):
+        OscConfig(host="0.0.0.0", allow_lan=True).check()
+    with pytest.raises(ValueError, match="--osc-allow"):
+        OscConfig(host="0.0.0.0", allow_lan=True, allow=["not-a-network"]).check()
+    with pytest.raises(ValueError, match="on the network"):
+        OscConfig(targets=["10.0.0.5:9001"]).check()
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        OscConfig(targets=["localhost"]).check()
+    with pytest.raises(ValueError, match="outside 1-65535"):
+        OscConfig(port=70000).check()
+
+
+def test_allow_list_filters_senders(make_server):
+    srv = make_server(osc=OscConfig(host="0.0.0.0", port=free_udp_port(), allow_lan=True, allow=["10.0.0.0/8"]),
+                      allow_lan=True)
+    bridge = srv.server.osc
+    assert bridge._allowed("127.0.0.1") and bridge._allowed("10.1.2.3")
+    assert not bridge._allowed("192.168.1.20")
+
+
+def test_osc_port_in_use_is_a_clear_error(osc_server):
+    from generator.server import GeneratorServer
+
+    taken = osc_server.server.osc.port
+    server = GeneratorServer(DemoBackend(), frames_address="tcp://127.0.0.1:*",
+                             commands_address="tcp://127.0.0.1:*", osc=OscConfig(port=taken))
+    with pytest.raises(OSError, match=f"cannot listen for OSC on 127.0.0.1:{taken}"):
+        server.bind()
+
+
+def test_docs_osc_md_is_generated_from_the_schema():
+    assert (Path(ROOT) / "docs" / "osc.md").read_text(encoding="utf-8") == reference()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--osc-host", "0.0.0.0"), "--allow-lan"),
+        (("--osc-host", "0.0.0.0", "--allow-lan"), "--osc-allow"),
+        (("--osc-target", "10.0.0.1:9001"), "on the network"),
+        (("--osc-reply-port", "0"), "outside 1-65535"),
+    ],
+)
+def test_serve_rejects_bad_osc_flags(args, message):
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "generator", "serve", "--model", "demo", *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
