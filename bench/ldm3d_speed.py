@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--vae-channels", type=int, default=4, choices=[4, 6])
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per size first")
+    parser.add_argument("--stock-first", action="store_true", help="time the stock pipeline before ours")
     args = parser.parse_args()
 
     from diffusers import DDIMScheduler, StableDiffusionLDM3DPipeline
@@ -138,8 +139,9 @@ def main() -> None:
         for _ in range(args.warmup):
             bench_ours(ours, width, height, min(2, args.steps))
             bench_stock(stock, device, width, height, min(2, args.steps))
-        results[size] = {"ours": bench_ours(ours, width, height, args.steps),
-                         "stock": bench_stock(stock, device, width, height, args.steps)}
+        runs = [("ours", lambda: bench_ours(ours, width, height, args.steps)),
+                ("stock", lambda: bench_stock(stock, device, width, height, args.steps))]
+        results[size] = {name: run() for name, run in (runs[::-1] if args.stock_first else runs)}
         r = results[size]
         r["speedup_whole_image"] = round(r["stock"]["whole_image_s"] / r["ours"]["whole_image_s"], 3)
         print(size, json.dumps(r), flush=True)

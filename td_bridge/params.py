@@ -185,3 +185,37 @@ def resolve_seed(params: dict[str, Any]) -> dict[str, Any]:
     if params.get("seed", RANDOM_SEED) == RANDOM_SEED:
         return {**params, "seed": secrets.randbelow(SEED_MAX + 1)}
     return dict(params)
+
+
+# ------------------------------------------------------------------ TouchDesigner custom parameters
+
+TD_STYLES = {int: "Int", float: "Float", bool: "Toggle", str: "Str"}
+
+
+def td_name(name: str) -> str:
+    """TouchDesigner custom parameter name: a capital letter, then lowercase letters and digits."""
+    cleaned = "".join(ch for ch in name.lower() if ch.isascii() and ch.isalnum())
+    if not cleaned or not cleaned[0].isalpha():
+        raise ParamError(f"{name!r} cannot become a TouchDesigner parameter name")
+    return cleaned[0].upper() + cleaned[1:]
+
+
+def td_parameter_specs(params: Iterable[Param], page: str) -> list[dict[str, Any]]:
+    """Custom parameter definitions for one page: name, label, style, default, range or menu, help."""
+    specs = []
+    for param in params:
+        spec: dict[str, Any] = {
+            "name": td_name(param.name),
+            "label": param.name.replace("_", " ").title(),
+            "style": "Menu" if param.choices else TD_STYLES[param.kind],
+            "default": param.default,
+            "help": param.help,
+            "page": page,
+            "param": param.name,
+        }
+        if param.choices:
+            spec["menu"] = list(param.choices)
+        if param.kind in (int, float):
+            spec["min"], spec["max"] = param.minimum, param.maximum
+        specs.append(spec)
+    return specs

@@ -268,6 +268,10 @@ class CommandClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.request("job", {"job_id": job_id})[0]
 
+    def recall(self, frame_id: str = "latest") -> dict[str, Any]:
+        """Publish a kept frame again (no model run); returns {"frame_id", "seq"}."""
+        return self.request("recall", {"frame_id": frame_id})[0]
+
     def get_frame(self, frame_id: str = "latest") -> wire.Frame:
         _, parts = self.request("get_frame", {"frame_id": frame_id})
         return wire.decode_frame_parts([p.buffer for p in parts])

@@ -65,3 +65,20 @@ def test_resolve_seed_draws_only_for_minus_one():
     assert resolve_seed({"seed": 5})["seed"] == 5
     drawn = {resolve_seed({"seed": -1})["seed"] for _ in range(5)}
     assert all(0 <= s <= SEED_MAX for s in drawn) and len(drawn) > 1
+
+
+def test_touchdesigner_parameter_definitions_come_from_the_schema():
+    import re
+
+    from td_bridge.params import DISPLAY_PARAMS, td_name, td_parameter_specs
+
+    specs = td_parameter_specs(GENERATION_PARAMS, "Generate") + td_parameter_specs(DISPLAY_PARAMS, "Depth")
+    names = [s["name"] for s in specs]
+    assert all(re.fullmatch(r"[A-Z][a-z0-9]*", n) for n in names) and len(set(names)) == len(names)
+    by_name = {s["name"]: s for s in specs}
+    assert by_name["Negativeprompt"]["style"] == "Str" and by_name["Seamless"]["style"] == "Toggle"
+    assert by_name["Scheduler"]["style"] == "Menu" and by_name["Scheduler"]["menu"] == ["ddim", "dpm++", "euler"]
+    assert by_name["Steps"]["min"] == 1 and by_name["Steps"]["max"] == 500 and by_name["Steps"]["default"] == 50
+    assert by_name["Meshrows"]["page"] == "Depth"
+    with pytest.raises(ParamError):
+        td_name("3d")

@@ -1,3 +1,4 @@
+import contextlib
 import json
 
 import numpy as np
@@ -15,17 +16,26 @@ def wait_job(client, job_id, states=("done", "cancelled", "failed")):
     return wait_for(lambda: (j := client.job(job_id))["state"] in states and j, what=f"job {job_id}")
 
 
-@pytest.fixture
-def raw(server):
-    """A bare DEALER socket to send arbitrary bytes to the server."""
+@contextlib.contextmanager
+def peer(server, kind):
+    """A bare ZeroMQ socket of ``kind`` connected to the server's command endpoint."""
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
+    sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 3000)
     sock.connect(server.commands)
-    yield sock
-    sock.close()
-    ctx.term()
+    try:
+        yield sock
+    finally:
+        sock.close()
+        ctx.term()
+
+
+@pytest.fixture
+def raw(server):
+    """A bare DEALER socket to send arbitrary bytes to the server."""
+    with peer(server, zmq.DEALER) as sock:
+        yield sock
 
 
 def raw_reply(sock, *parts):
@@ -202,15 +212,9 @@ def test_oversized_message_drops_only_that_peer(raw, client):
 
 
 def test_req_sockets_work_too(server):
-    ctx = zmq.Context()
-    req = ctx.socket(zmq.REQ)
-    req.setsockopt(zmq.LINGER, 0)
-    req.setsockopt(zmq.RCVTIMEO, 3000)
-    req.connect(server.commands)
-    req.send(wire.encode_request("r-1", "ping"))
-    reply = wire.decode_reply(req.recv())
-    req.close()
-    ctx.term()
+    with peer(server, zmq.REQ) as req:
+        req.send(wire.encode_request("r-1", "ping"))
+        reply = wire.decode_reply(req.recv())
     assert reply["ok"] and reply["id"] == "r-1"
 
 
