@@ -100,6 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     port = free_udp_port()
     server = subprocess.Popen([sys.executable, "-m", "generator", "--log-level", "ERROR", "serve", "--model", "demo",
+                               "--no-library",
                                "--frames", "tcp://127.0.0.1:*", "--commands", "tcp://127.0.0.1:*",
                                "--osc-port", str(port)], cwd=ROOT)
     try:

@@ -17,6 +17,7 @@ from td_bridge.params import (DISPLAY_PARAMS, GENERATION_PARAMS, Param, ParamErr
                               validate_generation)
 
 from .backends.base import BackendUnavailable
+from .library import LibraryError
 
 log = logging.getLogger("depthfusion")
 
@@ -41,6 +42,24 @@ def _add_param_flags(parser: argparse.ArgumentParser, params: Sequence[Param], t
         unit = f" [{param.unit}]" if param.unit else ""
         group.add_argument(param.flag, dest=param.name, type=_param_type(param), default=None,
                            help=f"{param.help}{unit} ({param.describe_range()}; default {param.default!r})")
+
+
+def _add_library_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--library", type=Path, default=None, metavar="DIR",
+                        help="frame library folder (default: your user data folder, DepthFusion/library)")
+    parser.add_argument("--no-library", action="store_true", help="do not keep frames on disk")
+
+
+def _library(args: argparse.Namespace, *, verify: bool = False):
+    """The frame library the flags name, None with --no-library; ``verify`` checks every entry now."""
+    from .library import FrameLibrary, default_root
+
+    if getattr(args, "no_library", False):
+        return None
+    library = FrameLibrary(args.library or default_root())
+    if verify:
+        library.verify()
+    return library
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--history", type=int, default=32, help="frames kept in memory for get_frame (1-1000)")
     serve.add_argument("--queue-size", type=int, default=16, help="maximum waiting jobs (1-1000)")
     serve.add_argument("--generate", action="store_true", help="queue one generation at start-up")
+    _add_library_flags(serve)
     osc = serve.add_argument_group("OSC (docs/osc.md)")
     osc.add_argument("--osc-port", type=int, default=9000, help="UDP port for OSC; 0 turns OSC off (9000)")
     osc.add_argument("--osc-host", default="127.0.0.1", help="address to listen on; a LAN address needs "
@@ -86,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", type=_param_type(GENERATION_PARAMS[0]), help="what to generate")
     gen.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if missing)")
     gen.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_library_flags(gen)
     _add_model_flags(gen)
     _add_param_flags(gen, GENERATION_PARAMS, "generation parameters", skip=("prompt",))
 
@@ -96,6 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_param_flags(export, DISPLAY_PARAMS, "mesh parameters")
 
     sub.add_parser("osc-doc", help="print the OSC address space (docs/osc.md) from the parameter schema")
+
+    pre = sub.add_parser("pregenerate", help="generate a cue list (TOML or CSV) into the library up front")
+    pre.add_argument("cues", type=Path, help="cue list: .toml ([[cue]] tables) or .csv (a header row)")
+    _add_library_flags(pre)
+    _add_model_flags(pre)
+
+    lib = sub.add_parser("library", help="list, delete or export kept frames")
+    _add_library_flags(lib)
+    lib_sub = lib.add_subparsers(dest="action", required=True)
+    listing = lib_sub.add_parser("list", help="newest first")
+    listing.add_argument("--search", default="", help="text in the prompt or cue")
+    listing.add_argument("--limit", type=int, default=50)
+    delete = lib_sub.add_parser("delete", help="remove frames")
+    delete.add_argument("frame_ids", nargs="+")
+    zip_ = lib_sub.add_parser("export", help="write frames into a zip")
+    zip_.add_argument("frame_ids", nargs="+")
+    zip_.add_argument("-o", "--output", type=Path, required=True)
     return parser
 
 
@@ -127,9 +165,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         osc = OscConfig(host=args.osc_host, port=args.osc_port, allow_lan=args.allow_lan, allow=args.osc_allow,
                         reply_port=args.osc_reply_port, targets=args.osc_target)
         osc.check()  # before the model loads: a typo should not cost a minute
+    library = _library(args)
     backend = _backend(args)
     server = GeneratorServer(backend, frames_address=args.frames, commands_address=args.commands,
-                             allow_lan=args.allow_lan, history=args.history, max_waiting=args.queue_size, osc=osc)
+                             allow_lan=args.allow_lan, history=args.history, max_waiting=args.queue_size, osc=osc,
+                             library=library)
     server.bind()
     log.info("backend %s (model %s)", backend.name, backend.model)
     log.info("frames on %s, commands on %s", server.frames_endpoint, server.commands_endpoint)
@@ -153,9 +193,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from td_bridge.depth import write_depth_png
-    from td_bridge.protocol import frame_header
 
-    from .frames import frame_meta, new_frame_id
+    from .frames import make_frame
     from .images import write_rgb_png
 
     params = resolve_seed(validate_generation({"prompt": args.prompt, **_given_params(args)}))
@@ -164,22 +203,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     existing = [str(t) for t in targets if t.exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"{', '.join(existing)} already there; pass --overwrite or choose another folder")
+    library = _library(args)
     backend = _backend(args)
-    started = time.perf_counter()
     with tqdm(desc=f"{backend.name}", unit="step", leave=False) as bar:
         def progress(step: int, total: int) -> None:
             bar.total = total
             bar.update(step - bar.n)
 
-        result = backend.generate(params, progress, lambda: False)
-    meta = frame_meta(backend, params, result, generate_s=time.perf_counter() - started)
-    header = frame_header(result.rgb, result.depth, frame_id=new_frame_id(), seq=0, meta=meta,
-                          near=result.near, far=result.far)
+        header, result = make_frame(backend, params, progress, lambda: False)
     out.mkdir(parents=True, exist_ok=True)
     write_rgb_png(targets[0], result.rgb)
     write_depth_png(targets[1], result.depth)
     targets[2].write_text(json.dumps(header, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {out} (frame {header['frame_id']}, seed {params['seed']}, {meta['timings']['generate_s']:.2f} s)")
+    if library is not None:
+        library.save(header, result.rgb, result.depth)
+    print(f"wrote {out} (frame {header['frame_id']}, seed {params['seed']}, {header['timings']['generate_s']:.2f} s)")
     return 0
 
 
@@ -207,6 +245,46 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_library(args: argparse.Namespace) -> int:
+    library = _library(args, verify=True)
+    if library is None:
+        raise ValueError("--no-library leaves nothing to list, delete or export")
+    if args.action == "list":
+        _check_range("--limit", args.limit, 1, 10000)
+        for entry in library.find(args.search, args.limit):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.created_at))
+            cue = f"  [{entry.cue}]" if entry.cue else ""
+            print(f"{entry.frame_id}  {when}{cue}  {entry.prompt[:80]}")
+        print(f"library {library.root}: {len(library)} frames", file=sys.stderr)
+    elif args.action == "delete":
+        library.delete(args.frame_ids)
+        print(f"deleted {len(args.frame_ids)} frames")
+    else:
+        print(f"wrote {library.export_zip(args.frame_ids, args.output)} frames to {args.output}")
+    return 0
+
+
+def cmd_pregenerate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .cues import pending_cues, read_cues
+    from .frames import generate_into_library
+
+    library = _library(args, verify=True)  # a broken frame does not count as done
+    if library is None:
+        raise ValueError("pregenerate fills the frame library; drop --no-library")
+    cues = read_cues(args.cues)
+    backend = _backend(args)
+    todo = pending_cues(cues, library, backend.model)
+    print(f"{len(cues)} cues, {len(cues) - len(todo)} already in {library.root}")
+    with tqdm(todo, unit="cue") as bar:
+        for name, params in bar:
+            bar.set_postfix_str(name[:30])
+            entry = generate_into_library(backend, resolve_seed(params), library)
+            bar.write(f"{name}: {entry.frame_id}")
+    return 0
+
+
 def cmd_osc_doc(args: argparse.Namespace) -> int:
     from .osc import reference
 
@@ -219,9 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        commands = {"serve": cmd_serve, "generate": cmd_generate, "export": cmd_export, "osc-doc": cmd_osc_doc}
+        commands = {"serve": cmd_serve, "generate": cmd_generate, "export": cmd_export, "osc-doc": cmd_osc_doc,
+                    "pregenerate": cmd_pregenerate, "library": cmd_library}
         return commands[args.command](args)
-    except (ParamError, AddressError, BackendUnavailable, ValueError, OSError) as exc:
+    except (ParamError, AddressError, BackendUnavailable, LibraryError, ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from td_bridge.protocol import PROTOCOL_VERSION
+from td_bridge.protocol import PROTOCOL_VERSION, check_arrays, frame_header
 
 from . import __version__
-from .backends.base import RGBD, Backend
+from .backends.base import RGBD, Backend, CancelledFn, ProgressFn
+
+if TYPE_CHECKING:
+    from .library import Entry, FrameLibrary
 
 
 def new_frame_id() -> str:
@@ -34,3 +37,21 @@ def frame_meta(
         "generator": {"depthfusion": __version__, "protocol": PROTOCOL_VERSION},
         "backend_info": result.info,
     }
+
+
+def make_frame(backend: Backend, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
+               job_id: str | None = None) -> tuple[dict[str, Any], RGBD]:
+    """Run the backend; (header with a new frame id, result). Arrays are checked first."""
+    started = time.perf_counter()
+    result = backend.generate(params, progress, cancelled)
+    check_arrays(result.rgb, result.depth)
+    meta = frame_meta(backend, params, result, generate_s=time.perf_counter() - started, job_id=job_id)
+    header = frame_header(result.rgb, result.depth, frame_id=new_frame_id(), seq=0, meta=meta,
+                          near=result.near, far=result.far)
+    return header, result
+
+
+def generate_into_library(backend: Backend, params: dict[str, Any], library: FrameLibrary) -> Entry:
+    """One frame, straight into the library; returns its entry."""
+    header, result = make_frame(backend, params, lambda step, total: None, lambda: False)
+    return library.save(header, result.rgb, result.depth)

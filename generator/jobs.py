@@ -28,10 +28,11 @@ class Job:
     total: int = 0
     frame_id: str | None = None
     error: str | None = None
+    saved: bool | None = None  # in the frame library; None when the server keeps none
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def summary(self) -> dict[str, Any]:
-        keys = ("id", "state", "submitted_at", "started_at", "finished_at", "step", "total", "frame_id", "error")
+        keys = ("id", "state", "submitted_at", "started_at", "finished_at", "step", "total", "frame_id", "error", "saved")
         return {k: getattr(self, k) for k in keys} | {"prompt": self.params.get("prompt"), "seed": self.params.get("seed")}
 
 

@@ -36,7 +36,7 @@ PREFIX = "/depthfusion/"
 COMMANDS = {
     "generate": "[prompt] — queue a generation with the current parameters (and this prompt)",
     "cancel": "[job_id] — cancel one job, or everything waiting and running",
-    "recall": "frame_id — publish a kept frame again, without the model",
+    "recall": "frame_id or cue — publish a kept frame (the newest with that cue) again, without the model",
     "status": "— reply /depthfusion/status state backend queued last_frame_id",
     "ping": "— reply /depthfusion/pong",
 }
@@ -213,7 +213,7 @@ class OscBridge:
             _expect_args(args, 0, 1, name)
             return "cancel", {"job_id": str(args[0])} if args else {}
         _expect_args(args, 1, 1, name)
-        return "recall", {"frame_id": str(args[0])}
+        return "recall", {"name": str(args[0])}
 
     def _set_param(self, param: Param, args: list[Any], sender: tuple[str, int], address: str) -> None:
         try:

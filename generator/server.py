@@ -23,8 +23,9 @@ from td_bridge.params import ParamError, resolve_seed, validate_generation
 
 from . import __version__
 from .backends.base import Backend, Cancelled
-from .frames import frame_meta, new_frame_id
+from .frames import make_frame
 from .jobs import CANCELLED, DONE, FAILED, Job, JobQueue, QueueFull
+from .library import FrameLibrary, LibraryError
 from .osc import OscBridge, OscConfig
 from .publisher import FramePublisher
 from .ratelimit import RateLimitedLogger
@@ -32,6 +33,10 @@ from .ratelimit import RateLimitedLogger
 log = logging.getLogger("depthfusion.server")
 
 MAX_COMMAND_BYTES = 1024 * 1024  # ZeroMQ drops peers that send bigger messages
+
+
+class NotFound(Exception):
+    """A frame, cue or job a request names does not exist."""
 
 
 class GeneratorServer:
@@ -50,6 +55,7 @@ class GeneratorServer:
         stall_timeout: float = 2.0,
         shutdown_grace: float = 60.0,
         osc: OscConfig | None = None,
+        library: FrameLibrary | None = None,
     ) -> None:
         self.backend = backend
         self.frames_address = check_endpoint(frames_address, bind=True, allow_lan=allow_lan)
@@ -62,9 +68,11 @@ class GeneratorServer:
         self.stall_timeout = stall_timeout
         self.shutdown_grace = shutdown_grace
         self.osc_config = osc
+        self.library = library
         self.osc: OscBridge | None = None
         self._history: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         self._history_size = history
+        self._last_published: str | None = None  # what "latest" means: the frame on screen now
         self._seq = 0
         self._started = time.time()
         self._bad_input_log = RateLimitedLogger(log, per_window=5, window_s=10.0)
@@ -120,6 +128,8 @@ class GeneratorServer:
         self._worker.start()
         if self.osc is not None:
             self.osc.start()
+        if self.library is not None:  # recall works at once; the check of every entry follows
+            threading.Thread(target=self.library.verify, name="depthfusion-library-check", daemon=True).start()
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._pull, zmq.POLLIN)
@@ -188,14 +198,15 @@ class GeneratorServer:
             push.send_multipart([b"progress", json.dumps(event).encode()])
 
         push.send_multipart([b"changed"])  # clients see "generating" now, not at the next heartbeat
-        started = time.perf_counter()
         try:
-            result = self.backend.generate(job.params, progress, job.cancel_event.is_set)
-            wire.check_arrays(result.rgb, result.depth)
-            meta = frame_meta(self.backend, job.params, result, generate_s=time.perf_counter() - started, job_id=job.id)
-            header = wire.frame_header(
-                result.rgb, result.depth, frame_id=new_frame_id(), seq=0, meta=meta, near=result.near, far=result.far
-            )
+            header, result = make_frame(self.backend, job.params, progress, job.cancel_event.is_set, job_id=job.id)
+            if self.library is not None:  # durable before anyone is told the frame exists
+                try:
+                    self.library.save(header, result.rgb, result.depth)
+                    job.saved = True
+                except LibraryError as exc:  # the show goes on: the frame is still published
+                    log.error("%s", exc)
+                    job.saved, job.error = False, f"not saved to the library: {exc}"
             parts = wire.encode_frame_parts(result.rgb, result.depth, header)
             push.send_multipart([b"result", job.id.encode(), *parts], copy=False)  # the arrays are not copied
         except Cancelled:
@@ -225,14 +236,19 @@ class GeneratorServer:
 
     def _publish_result(self, job_id: str, frame_parts: list[zmq.Frame]) -> None:
         header, parts = self._publish(frame_parts)
-        self._history[header["frame_id"]] = parts
-        while len(self._history) > self._history_size:
-            self._history.popitem(last=False)
+        self._remember(header["frame_id"], parts)
         job = self.jobs.get(job_id)
         if job is not None:
-            self.jobs.finish(job, DONE, frame_id=header["frame_id"])
+            self.jobs.finish(job, DONE, frame_id=header["frame_id"], error=job.error)
         log.info("frame %s published (seq %d, %s)", header["frame_id"], self._seq, job_id)
         self._publish_status()
+
+    def _remember(self, frame_id: str, parts: list[Any]) -> None:
+        """Keep a frame in memory for get_frame/recall; the least recently used goes first."""
+        self._history[frame_id] = parts
+        self._history.move_to_end(frame_id)
+        while len(self._history) > self._history_size:
+            self._history.popitem(last=False)
 
     def _publish(self, frame_parts: list[Any], **extra: Any) -> tuple[dict[str, Any], list[Any]]:
         """Stamp [header, rgb, depth] with the next seq and the send time, publish it; (header, parts)."""
@@ -241,6 +257,7 @@ class GeneratorServer:
         header.update(extra, seq=self._seq, server_id=self.server_id, sent_at=time.time())
         parts = [json.dumps(header, separators=(",", ":")).encode(), *frame_parts[1:]]
         self._publisher.publish_frame(parts)
+        self._last_published = header["frame_id"]
         return header, parts
 
     def _publish_status(self) -> None:
@@ -259,10 +276,11 @@ class GeneratorServer:
             "waiting": snapshot["waiting"],
             "frames_published": self._seq,
             "frames_superseded": self._publisher.superseded if self._publisher else 0,
-            "last_frame_id": next(reversed(self._history), None),
+            "last_frame_id": self._last_published,
             "uptime_s": round(time.time() - self._started, 3),
             "frames_address": self.frames_endpoint,
             "commands_address": self.commands_endpoint,
+            "library": {"root": str(self.library.root), "frames": len(self.library)} if self.library else None,
         }
 
     def _drain_commands(self) -> None:
@@ -305,6 +323,8 @@ class GeneratorServer:
             return [wire.encode_error(request_id, "bad_params", str(exc))]
         except QueueFull as exc:
             return [wire.encode_error(request_id, "queue_full", str(exc))]
+        except NotFound as exc:
+            return [wire.encode_error(request_id, "not_found", str(exc))]
         except Exception as exc:  # never let one request stop the server
             log.exception("command failed")
             return [wire.encode_error(request_id, "internal", f"{type(exc).__name__}: {exc}")]
@@ -318,6 +338,8 @@ class GeneratorServer:
             "job": self._cmd_job,
             "get_frame": self._cmd_get_frame,
             "recall": self._cmd_recall,
+            "library": self._cmd_library,
+            "delete": self._cmd_delete,
         }
 
     @staticmethod
@@ -357,37 +379,84 @@ class GeneratorServer:
             return [wire.encode_error(request_id, "not_found", f"no job {job_id} (recent jobs only)")]
         return [wire.encode_reply(request_id, job.summary())]
 
-    def _kept_frame(self, args: dict[str, Any], cmd: str) -> tuple[str | None, list[Any] | None]:
-        """(frame id, stored parts) for a get_frame/recall request; parts None when not kept."""
-        unknown = set(args) - {"frame_id"}
-        if unknown:
-            raise wire.ProtocolError(f"{cmd} takes only 'frame_id', got {', '.join(sorted(unknown))}")
-        frame_id = args.get("frame_id", "latest")
-        if not wire.is_valid_id(frame_id):
-            raise wire.ProtocolError(f"'frame_id' must be an id or 'latest', got {frame_id!r}")
-        if frame_id == "latest":
-            frame_id = next(reversed(self._history), None)
-        return frame_id, self._history.get(frame_id) if frame_id else None
+    def _find_frame(self, args: dict[str, Any], cmd: str) -> tuple[str | None, list[Any] | None]:
+        """(frame id, [header, rgb, depth]) for get_frame/recall: memory first, then the library.
 
-    @staticmethod
-    def _not_kept(request_id: Any, frame_id: str | None) -> list[Any]:
-        what = "no frame has been generated yet" if frame_id is None else f"frame {frame_id} is not in memory"
-        return [wire.encode_error(request_id, "not_found", what)]
+        ``frame_id`` may be "latest"; ``cue`` names the newest frame generated with that cue.
+        """
+        unknown = set(args) - {"frame_id", "cue", "name"}
+        if unknown or len(args) > 1:
+            raise wire.ProtocolError(f"{cmd} takes one of 'frame_id', 'cue' or 'name', got {', '.join(sorted(args))}")
+        if "name" in args:  # a frame id if one is kept under that id, else a cue name (OSC's /recall)
+            name = args["name"]
+            known = wire.is_valid_id(name) and (name in self._history or (self.library and self.library.get(name)))
+            args = {"frame_id": name} if known else {"cue": name}
+        if "cue" in args:
+            cue = args["cue"]
+            if not isinstance(cue, str) or not 0 < len(cue) <= 100:
+                raise wire.ProtocolError("'cue' must be a name of 1-100 characters")
+            entry = self.library.latest_for_cue(cue) if self.library else None
+            if entry is None:
+                raise NotFound(f"no frame with cue {cue!r}")
+            frame_id = entry.frame_id
+        else:
+            frame_id = args.get("frame_id", "latest")
+            if not wire.is_valid_id(frame_id):
+                raise wire.ProtocolError(f"'frame_id' must be an id or 'latest', got {frame_id!r}")
+            if frame_id == "latest":
+                frame_id = self._last_published
+                if frame_id is None:
+                    raise NotFound("no frame has been published yet")
+        if frame_id in self._history:
+            return frame_id, self._history[frame_id]
+        if self.library is None or self.library.get(frame_id) is None:
+            raise NotFound(f"frame {frame_id} is neither in memory nor in the library")
+        try:
+            header, rgb, depth = self.library.load(frame_id)
+        except LibraryError as exc:
+            raise NotFound(str(exc)) from None
+        parts = wire.encode_frame_parts(rgb, depth, header)
+        self._remember(frame_id, parts)  # a cue recalled once is recalled again from memory
+        return frame_id, parts
 
     def _cmd_get_frame(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
-        frame_id, parts = self._kept_frame(args, "get_frame")
-        if parts is None:
-            return self._not_kept(request_id, frame_id)
+        frame_id, parts = self._find_frame(args, "get_frame")
         return [wire.encode_reply(request_id, {"frame_id": frame_id}), *parts]
 
     def _cmd_recall(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
         """Publish a kept frame again through the frame path, without the model."""
-        frame_id, parts = self._kept_frame(args, "recall")
-        if parts is None:
-            return self._not_kept(request_id, frame_id)
+        frame_id, parts = self._find_frame(args, "recall")
         header, _ = self._publish(parts, recalled_at=time.time())
         log.info("frame %s recalled (seq %d)", frame_id, header["seq"])
         return [wire.encode_reply(request_id, {"frame_id": frame_id, "seq": header["seq"]})]
+
+    def _cmd_library(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        unknown = set(args) - {"search", "limit"}
+        if unknown:
+            raise wire.ProtocolError(f"library takes 'search' and 'limit', got {', '.join(sorted(unknown))}")
+        search, limit = args.get("search", ""), args.get("limit", 100)
+        if not isinstance(search, str) or len(search) > 2000:
+            raise wire.ProtocolError("'search' must be text of at most 2000 characters")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10000:
+            raise wire.ProtocolError("'limit' must be an integer in [1, 10000]")
+        if self.library is None:
+            raise NotFound("this generator runs without a frame library (--no-library)")
+        frames = [e.summary() for e in self.library.find(search, limit)]
+        return [wire.encode_reply(request_id, {"frames": frames, "total": len(self.library)})]
+
+    def _cmd_delete(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        if set(args) != {"frame_id"} or not wire.is_valid_id(args["frame_id"]):
+            raise wire.ProtocolError("delete takes a valid 'frame_id'")
+        if self.library is None:
+            raise NotFound("this generator runs without a frame library (--no-library)")
+        try:
+            self.library.delete(args["frame_id"])
+        except LibraryError as exc:
+            raise NotFound(str(exc)) from None
+        self._history.pop(args["frame_id"], None)
+        if self._last_published == args["frame_id"]:
+            self._last_published = None
+        return [wire.encode_reply(request_id, {"deleted": args["frame_id"]})]
 
 
 def _job_id_arg(args: dict[str, Any], *, required: bool) -> str | None:

@@ -126,6 +126,7 @@ GENERATION_PARAMS: tuple[Param, ...] = (
           "good in 20-25 steps) or euler.", choices=("ddim", "dpm++", "euler")),
     Param("seamless", bool, True, "Wrap the left and right edges while generating, so the 0°/360° seam "
           "of a panorama shows no edge."),
+    Param("cue", str, "", "A name for the frame, to recall it by cue later (empty: none).", max_length=100),
 )
 
 DISPLAY_PARAMS: tuple[Param, ...] = (

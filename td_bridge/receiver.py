@@ -268,13 +268,21 @@ class CommandClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.request("job", {"job_id": job_id})[0]
 
-    def recall(self, frame_id: str = "latest") -> dict[str, Any]:
-        """Publish a kept frame again (no model run); returns {"frame_id", "seq"}."""
-        return self.request("recall", {"frame_id": frame_id})[0]
+    def recall(self, frame_id: str = "latest", *, cue: str | None = None) -> dict[str, Any]:
+        """Publish a kept frame again (no model run), by id or by cue name; returns {"frame_id", "seq"}."""
+        return self.request("recall", {"cue": cue} if cue is not None else {"frame_id": frame_id})[0]
 
-    def get_frame(self, frame_id: str = "latest") -> wire.Frame:
-        _, parts = self.request("get_frame", {"frame_id": frame_id})
+    def get_frame(self, frame_id: str = "latest", *, cue: str | None = None) -> wire.Frame:
+        _, parts = self.request("get_frame", {"cue": cue} if cue is not None else {"frame_id": frame_id})
         return wire.decode_frame_parts([p.buffer for p in parts])
+
+    def library(self, search: str = "", limit: int = 100) -> dict[str, Any]:
+        """Kept frames, newest first, whose prompt or cue contains ``search``: {"frames", "total"}."""
+        return self.request("library", {"search": search, "limit": limit})[0]
+
+    def delete(self, frame_id: str) -> None:
+        """Remove a frame from the library (and from the generator's memory)."""
+        self.request("delete", {"frame_id": frame_id})
 
     def close(self) -> None:
         self._sock.close(linger=0)

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# Subprocesses and in-process CLI calls keep frames here, never in the user's own library.
+_LIBRARY = tempfile.TemporaryDirectory(prefix="depthfusion-test-library-")
+os.environ["DEPTHFUSION_LIBRARY"] = _LIBRARY.name
 
 from generator.backends.demo import DemoBackend  # noqa: E402
 from generator.server import GeneratorServer  # noqa: E402
@@ -99,7 +108,6 @@ def receiver(server: RunningServer) -> Iterator[FrameReceiver]:
 
 def require_tool(name: str) -> str:
     """Path of a command-line tool; skip with a reason if missing, but fail under CI=true."""
-    import os
     import shutil
 
     path = shutil.which(name)
@@ -115,3 +123,66 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+CLI_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`python -m generator ARGS` in a subprocess; output captured as text."""
+    return subprocess.run([sys.executable, "-m", "generator", *args], cwd=ROOT, env=CLI_ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class Served:
+    """`python -m generator serve` on free ports; endpoints read from its log, which a thread keeps
+    draining so that a chatty server never blocks on a full pipe."""
+
+    def __init__(self, *args: str, python: Sequence[str] = ("-m", "generator")) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, *python, "serve", "--frames", "tcp://127.0.0.1:*",
+             "--commands", "tcp://127.0.0.1:*", *args],
+            cwd=ROOT, env=CLI_ENV, stderr=subprocess.PIPE, text=True,
+        )
+        self.log: list[str] = []
+        self._drain: threading.Thread | None = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.log.append(line)
+            match = re.search(r"frames on (\S+), commands on (\S+)", line)
+            if match:
+                self.frames, self.commands = match.groups()
+                self._drain = threading.Thread(target=self._read_log, daemon=True)
+                self._drain.start()
+                return
+        self.stop()
+        pytest.fail("serve did not start:\n" + "".join(self.log))
+
+    def _read_log(self) -> None:
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def kill(self) -> int:
+        """End it at once, as a crash would (SIGKILL; TerminateProcess on Windows)."""
+        self.proc.kill()
+        return self.stop()
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        """Send ``sig``, wait, and return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=15)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._drain is not None:
+            self._drain.join(5)
+        else:
+            self.log.append(self.proc.stderr.read())
+        self.proc.stderr.close()
+        return self.proc.returncode

@@ -1,28 +1,18 @@
 """`python -m generator serve` and `generate` as a user runs them, in subprocesses."""
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, wait_for
+from conftest import Served, run_cli, wait_for
 from generator.backends.demo import DemoBackend
 from generator.images import read_rgb_png
 from td_bridge.depth import read_depth_png
 from td_bridge.receiver import CommandClient, FrameReceiver
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def run_cli(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "generator", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_generate_writes_rgb_depth_and_metadata(tmp_path):
@@ -61,41 +51,6 @@ def test_generate_rejects_bad_flags(tmp_path, args, message):
     result = run_cli("generate", "p", "-o", str(tmp_path / "x"), *args)
     assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
     assert not (tmp_path / "x").exists()
-
-
-class Served:
-    """`python -m generator serve` on free ports; endpoints read from its log."""
-
-    def __init__(self, *args):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "generator", "serve", "--frames", "tcp://127.0.0.1:*",
-             "--commands", "tcp://127.0.0.1:*", *args],
-            cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True,
-        )
-        self.log = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.log.append(line)
-            match = re.search(r"frames on (\S+), commands on (\S+)", line)
-            if match:
-                self.frames, self.commands = match.groups()
-                return
-        self.stop()
-        pytest.fail("serve did not start:\n" + "".join(self.log))
-
-    def stop(self, sig=signal.SIGINT):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-        self.log.append(self.proc.stderr.read())
-        return self.proc.returncode
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

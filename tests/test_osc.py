@@ -107,7 +107,7 @@ def test_int64_and_double_arguments(osc):
         ("/other/thing", [], "listens under /depthfusion/"),
         ("/depthfusion/ping", [1], "takes 0 argument(s)"),
         ("/depthfusion/recall", [], "takes 1 argument(s)"),
-        ("/depthfusion/recall", ["nope!"], "bad_request"),
+        ("/depthfusion/recall", ["nope!"], "no frame with cue"),
         ("/depthfusion/recall", ["20990101T000000Z-00000000"], "not_found"),
         ("/depthfusion/cancel", ["job-000000000000"], "not_found"),
     ],
@@ -158,6 +158,30 @@ def test_generate_progress_frame_and_state_events(make_server):
     finally:
         client.close()
         events.close()
+
+
+def test_recall_by_cue_name_from_the_library(make_server, tmp_path):
+    from generator.library import FrameLibrary
+
+    srv = make_server(DemoBackend(), osc=OscConfig(port=free_udp_port()), library=FrameLibrary(tmp_path))
+    client = OscClient(srv.server.osc.port)
+    try:
+        for address, value in SMALL:
+            client.ask(address, value)
+        made = {}
+        for cue, prompt in (("act 1", "a harbour at dusk"), ("", "an unnamed test")):
+            client.ask("/depthfusion/cue", cue)
+            _, (job_id, _) = client.ask("/depthfusion/generate", prompt)
+            made[cue] = wait_for(lambda: (j := srv.server.jobs.get(job_id)).state == "done" and j.frame_id)
+        with FrameReceiver(srv.frames) as rx:
+            wait_for(lambda: rx.connected)
+            assert client.ask("/depthfusion/recall", "act 1") == ("/depthfusion/recalled", [made["act 1"]])
+            frame = wait_for(lambda: (f := rx.latest()) and f.frame_id == made["act 1"] and f, what="recall")
+            assert frame.meta["prompt"] == "a harbour at dusk" and frame.meta["params"]["cue"] == "act 1"
+        address, args = client.ask("/depthfusion/recall", "act 2")
+        assert address == "/depthfusion/error" and "no frame with cue 'act 2'" in args[1]
+    finally:
+        client.close()
 
 
 def test_cancel_over_osc(make_server):

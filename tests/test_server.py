@@ -163,10 +163,10 @@ def test_invalid_generate_arguments_get_clear_errors(client, args, code, message
     [
         ("launch", {}, "unknown_command", "known: ping"),
         ("ping", {"x": 1}, "bad_request", "no arguments"),
-        ("get_frame", {"frame_id": "20990101T000000Z-00000000"}, "not_found", "not in memory"),
-        ("get_frame", {}, "not_found", "no frame has been generated"),
+        ("get_frame", {"frame_id": "20990101T000000Z-00000000"}, "not_found", "neither in memory nor in the library"),
+        ("get_frame", {}, "not_found", "no frame has been published"),
         ("get_frame", {"frame_id": "../x"}, "bad_request", "frame_id"),
-        ("get_frame", {"id": 1}, "bad_request", "only 'frame_id'"),
+        ("get_frame", {"id": 1}, "bad_request", "one of 'frame_id', 'cue' or 'name'"),
         ("job", {}, "bad_request", "job_id"),
         ("job", {"job_id": "job-000000000000"}, "not_found", "no job"),
         ("cancel", {"job_id": 5}, "bad_request", "job_id"),
@@ -223,7 +223,7 @@ def test_history_keeps_only_the_newest_frames(make_server):
     with CommandClient(srv.commands) as c:
         jobs = [c.generate(prompt="p", seed=s, **SMALL)["job_id"] for s in range(3)]
         frames = [wait_job(c, j)["frame_id"] for j in jobs]
-        with pytest.raises(CommandError, match="not in memory"):
+        with pytest.raises(CommandError, match="neither in memory nor in the library"):
             c.get_frame(frames[0])
         assert c.get_frame(frames[2]).meta["seed"] == 2
         assert c.get_frame().frame_id == frames[2]
