@@ -2,7 +2,8 @@
 """Set up and run DepthFusion on Linux, macOS and Windows (no make needed).
 
     python3 dev.py serve [SERVE FLAGS]   # .venv with the generator, then `python -m generator serve`
-    python3 dev.py test [PYTEST FLAGS]   # .venv-test with CPU torch, then the whole test suite
+    python3 dev.py test [PYTEST FLAGS]   # .venv-test with CPU torch, then the whole test suite;
+                                         # without flags also td_bridge's tests under TD's numpy
 
 Each command creates its virtual environment once and reinstalls only when pyproject.toml
 or this file changes. On Windows use `py dev.py ...`.
@@ -82,14 +83,32 @@ def serve(args: list[str]) -> int:
     return subprocess.call([str(python), "-m", "generator", "serve", *args], cwd=ROOT)
 
 
-# Command-line tools the tests drive, and the Debian packages that provide them.
-SYSTEM_TOOLS = {"oscsend": "liblo-tools", "oscdump": "liblo-tools"}
+# What the tests need from the system (Debian packages): OSC command-line tools, the GLSL
+# validator, and Mesa's EGL + software OpenGL for running the shaders.
+SYSTEM_PACKAGES = ["liblo-tools", "glslang-tools", "libegl1", "libegl-mesa0", "libgl1-mesa-dri"]
+
+# td_bridge runs inside TouchDesigner: TD 2023 ships Python 3.11 with numpy 1.24.1 (TD 2025:
+# numpy 2.1). These tests run a second time against that numpy, without torch.
+TD_NUMPY = "numpy==1.24.1"
+TD_SIDE_TESTS = ["tests/test_protocol.py", "tests/test_depth.py", "tests/test_geometry.py", "tests/test_params.py",
+                 "tests/test_receiver.py", "tests/test_top_frames.py"]
+TD_SIDE_PACKAGES = [TD_NUMPY, "pyzmq", "pytest>=8", "hypothesis>=6.100", "python-osc>=1.8", "Pillow>=10",
+                    "platformdirs>=3"]
 
 
-def ensure_system_tools() -> None:
-    """Install missing test tools with apt where we can (root on Debian/Ubuntu); else the tests
-    that need them skip with a reason (or fail under CI=true)."""
-    missing = sorted({pkg for tool, pkg in SYSTEM_TOOLS.items() if not shutil.which(tool)})
+def _installed(package: str) -> bool:
+    query = ["dpkg-query", "-W", "-f=${Status}", package]
+    result = subprocess.run(query, capture_output=True, text=True)
+    return result.returncode == 0 and result.stdout.endswith(" installed")
+
+
+def ensure_system_packages() -> None:
+    """Install missing test packages with apt where we can (root on Debian/Ubuntu); else the
+    tests that need them skip with a reason (or fail under CI=true)."""
+    if not shutil.which("dpkg-query"):
+        print("[dev] not a Debian-like system: tests that need " + ", ".join(SYSTEM_PACKAGES) + " may skip")
+        return
+    missing = [pkg for pkg in SYSTEM_PACKAGES if not _installed(pkg)]
     if not missing:
         return
     if not (shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0):
@@ -104,9 +123,16 @@ def ensure_system_tools() -> None:
 
 
 def test(args: list[str]) -> int:
-    ensure_system_tools()
+    """The whole suite; then, when no pytest flags are given, td_bridge's tests under TD's numpy."""
+    ensure_system_packages()
     python = ensure_env(ROOT / ".venv-test", [[TEST_TORCH], ["-e", ".[generator,test]"]])
-    return subprocess.call([str(python), "-m", "pytest", *args], cwd=ROOT)
+    code = subprocess.call([str(python), "-m", "pytest", *args], cwd=ROOT)
+    if args:
+        return code
+    td_python = ensure_env(ROOT / ".venv-td", [TD_SIDE_PACKAGES, ["--no-deps", "-e", "."]])
+    print(f"[dev] td_bridge under TouchDesigner 2023's {TD_NUMPY}", flush=True)
+    td_code = subprocess.call([str(td_python), "-m", "pytest", "-p", "no:cacheprovider", *TD_SIDE_TESTS], cwd=ROOT)
+    return code or td_code
 
 
 def main(argv: list[str]) -> int:

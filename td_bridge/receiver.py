@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -37,14 +37,18 @@ class ReceiverStats:
 class FrameReceiver:
     """Subscribe to a generator's frames and events; keep only the newest of each."""
 
-    def __init__(self, address: str = DEFAULT_FRAMES, *, stale_after: float = 3.0, start: bool = True) -> None:
+    def __init__(self, address: str = DEFAULT_FRAMES, *, stale_after: float = 3.0, start: bool = True,
+                 prepare: Callable[[wire.Frame], Any] | None = None) -> None:
+        """``prepare`` turns each decoded frame into what latest()/take()/wait() return, on the
+        receiving thread (e.g. ``td_bridge.top_frames.to_top`` for TouchDesigner)."""
         self.address = check_endpoint(address)
         self.stale_after = stale_after
+        self._prepare = prepare
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._latest: wire.Frame | None = None
+        self._latest: Any = None  # a wire.Frame, or what prepare made of it
         self._latest_read = True
         self._events: dict[str, dict[str, Any]] = {}
         self._arrivals: collections.deque[float] = collections.deque(maxlen=32)
@@ -164,12 +168,13 @@ class FrameReceiver:
         if newest is not None:
             try:
                 frame = wire.decode_frame([p.buffer for p in newest])
-            except wire.ProtocolError as exc:
-                self._record_error(str(exc))
+                kept = self._prepare(frame) if self._prepare else frame
+            except Exception as exc:  # a bad frame or a failing prepare must not end the thread
+                self._record_error(str(exc) if isinstance(exc, wire.ProtocolError) else f"prepare: {exc!r}")
                 return
-            self._store(frame)
+            self._store(frame, kept)
 
-    def _store(self, frame: wire.Frame) -> None:
+    def _store(self, frame: wire.Frame, kept: Any) -> None:
         now = time.monotonic()
         source = (str(frame.meta.get("server_id", "")), frame.seq)
         sent_at = frame.meta.get("sent_at")
@@ -179,7 +184,7 @@ class FrameReceiver:
                 skipped = max(0, source[1] - self._last_source[1] - 1)
             self._dropped += skipped + (0 if self._latest_read else 1)
             self._last_source = source
-            self._latest, self._latest_read = frame, False
+            self._latest, self._latest_read = kept, False
             self._arrived.notify_all()
             self._frames += 1
             self._arrivals.append(now)

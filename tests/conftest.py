@@ -106,13 +106,13 @@ def receiver(server: RunningServer) -> Iterator[FrameReceiver]:
         yield r
 
 
-def require_tool(name: str) -> str:
+def require_tool(name: str, package: str = "liblo-tools") -> str:
     """Path of a command-line tool; skip with a reason if missing, but fail under CI=true."""
     import shutil
 
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (Debian: liblo-tools); `python3 dev.py test` installs it as root"
+        message = f"{name} is not installed (Debian: {package}); `python3 dev.py test` installs it as root"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)

@@ -1,0 +1,33 @@
+"""Frames in the layout TouchDesigner's Script TOP takes (TD-free, so it is tested here).
+
+TouchDesigner images start at the bottom-left; on the wire row 0 is the top. ``to_top`` flips
+the rows and makes each array C-contiguous, with the channel axis ``copyNumpyArray`` expects
+((H, W, C), C = 1..4). Give it to ``FrameReceiver(prepare=to_top)`` and the copies happen on
+the receiver's thread: TouchDesigner's main thread only picks up finished arrays. ``poles``
+are the shader's ``uPoles`` uniform (touchdesigner/shaders/depthfusion_common.glsl).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .protocol import Frame
+
+
+@dataclass(frozen=True)
+class TopFrame(Frame):
+    """A Frame in TouchDesigner's layout: ``rgb`` (H, W, 3) uint8 and ``depth`` (H, W, 1) uint16,
+    row 0 at the bottom."""
+
+    poles: tuple[float, float] = (0.5, 0.5)  # depth (0..1) at the north and south pole
+
+
+def to_top(frame: Frame) -> TopFrame:
+    """The frame flipped to bottom-up rows, in contiguous arrays a Script TOP can copy."""
+    rgb = np.ascontiguousarray(frame.rgb[::-1])
+    depth = np.ascontiguousarray(frame.depth[::-1]).reshape(frame.depth.shape + (1,))
+    scale = np.float32(1.0 / 65535.0)  # as td_bridge.geometry.Displacer samples uint16 depth
+    poles = tuple(float((frame.depth[row].astype(np.float32) * scale).mean()) for row in (0, -1))
+    return TopFrame(rgb, depth, frame.meta, poles)
