@@ -1,0 +1,88 @@
+"""The DepthFusion component's custom parameters, made from td_bridge.params (one schema).
+
+``create_parameters(comp)`` runs inside TouchDesigner (from build_depthfusion.py) and in the
+tests against the td stand-in. Pages: Connection, Generate (every generation parameter plus
+Generate / Cancel / Recall), Depth (the display parameters the shaders use) and Status (read-only,
+written by DepthFusionExt).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES
+from td_bridge.params import DISPLAY_PARAMS, GENERATION_PARAMS, td_parameter_specs
+
+# name, style, label, default, help
+CONNECTION = [
+    ("Framesaddress", "Str", "Frames Address", DEFAULT_FRAMES, "The generator's frame publisher (tcp://HOST:PORT)."),
+    ("Commandsaddress", "Str", "Commands Address", DEFAULT_COMMANDS, "The generator's command socket."),
+    ("Autoconnect", "Toggle", "Connect on Start", True, "Connect when the component starts."),
+    ("Connect", "Pulse", "Connect", None, "Connect (again) to the addresses above."),
+    ("Disconnect", "Pulse", "Disconnect", None, "Stop receiving; the last frame stays."),
+    ("Bridgepath", "Folder", "Bridge Path", "", "A folder holding td_bridge and pyzmq for this Python, if "
+     "TouchDesigner cannot import them (see the README)."),
+]
+ACTIONS = [
+    ("Generate", "Pulse", "Generate", None, "Queue a generation with the parameters above."),
+    ("Cancel", "Pulse", "Cancel", None, "Cancel every waiting and running job."),
+    ("Recallname", "Str", "Recall Name", "", "A frame id or cue name to publish again without the model."),
+    ("Recall", "Pulse", "Recall", None, "Publish the frame named above again."),
+]
+STATUS = [
+    ("Status", "Str", "Status", "disconnected", "What the generator is doing."),
+    ("Connected", "Toggle", "Connected", False, "The generator's heartbeat arrives."),
+    ("Backend", "Str", "Backend", "", "The generator's backend (ldm3d or demo)."),
+    ("Progress", "Float", "Progress", 0.0, "Progress of the running job, 0 to 1."),
+    ("Frameid", "Str", "Frame ID", "", "The frame on screen."),
+    ("Jobid", "Str", "Job ID", "", "The last job this component queued."),
+    ("Lasterror", "Str", "Last Error", "", "The last problem, in words."),
+]
+
+
+def _append(page: Any, name: str, style: str, label: str) -> Any:
+    method = {"Str": page.appendStr, "Toggle": page.appendToggle, "Pulse": page.appendPulse,
+              "Float": page.appendFloat, "Int": page.appendInt, "Menu": page.appendMenu,
+              "Folder": page.appendFolder}[style]
+    return method(name, label=label)
+
+
+def _add(page: Any, name: str, style: str, label: str, default: Any, help_text: str, *,
+         menu: list[str] | None = None, low: float | None = None, high: float | None = None,
+         read_only: bool = False) -> Any:
+    group = _append(page, name, style, label)
+    group.help = help_text
+    par = group[0]
+    if menu is not None:
+        par.menuNames = menu
+        par.menuLabels = menu
+    if low is not None:
+        par.min, par.clampMin, par.normMin = low, True, low
+    if high is not None:
+        par.max, par.clampMax, par.normMax = high, True, high
+    if default is not None:
+        par.default = default
+        par.val = default
+    par.readOnly = read_only
+    return par
+
+
+def _add_specs(page: Any, specs: list[dict[str, Any]]) -> None:
+    for spec in specs:
+        _add(page, spec["name"], spec["style"], spec["label"], spec["default"], spec["help"],
+             menu=spec.get("menu"), low=spec.get("min"), high=spec.get("max"))
+
+
+def create_parameters(comp: Any) -> None:
+    """Add the Connection, Generate, Depth and Status pages to ``comp``."""
+    connection = comp.appendCustomPage("Connection")
+    for row in CONNECTION:
+        _add(connection, *row)
+    generate = comp.appendCustomPage("Generate")
+    _add_specs(generate, td_parameter_specs(GENERATION_PARAMS, "Generate"))
+    for row in ACTIONS:
+        _add(generate, *row)
+    _add_specs(comp.appendCustomPage("Depth"), td_parameter_specs(DISPLAY_PARAMS, "Depth"))
+    status = comp.appendCustomPage("Status")
+    for row in STATUS:
+        _add(status, *row, read_only=True)
