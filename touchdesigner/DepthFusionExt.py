@@ -23,6 +23,7 @@ PYZMQ_HELP = ("pyzmq is missing from TouchDesigner's Python. TouchDesigner 2025:
 # Custom parameters that show the controller's state (read-only, set by this extension).
 STATE_PARS = {"Status": "status", "Backend": "backend", "Progress": "progress", "Frameid": "frame_id",
               "Jobid": "job_id", "Lasterror": "last_error", "Connected": "connected"}
+PAR_OF = {attribute: par for par, attribute in STATE_PARS.items()}
 
 
 class _SourceLoader(importlib.abc.Loader):
@@ -160,6 +161,8 @@ class DepthFusionExt:
             self._show(last_error=str(exc))
 
     def _show(self, **values: Any) -> None:
-        names = {attribute: par for par, attribute in STATE_PARS.items()}
+        """Write state parameters; only changed ones, so nothing downstream re-cooks every frame."""
         for attribute, value in values.items():
-            self.ownerComp.par[names[attribute]].val = value
+            par = self.ownerComp.par[PAR_OF[attribute]]
+            if par.val != value:
+                par.val = value

@@ -64,7 +64,7 @@ class Par:
         self._val, self._mode = self._coerce(value), ParMode.CONSTANT
 
     def _coerce(self, value: Any) -> Any:
-        if self.style in ("Menu", "StrMenu") and self._menuNames is not None and self.style == "Menu":
+        if self.style == "Menu":
             if isinstance(value, int) and not isinstance(value, bool):
                 value = self._menuNames[value]
             if value not in self._menuNames:
