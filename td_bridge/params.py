@@ -145,6 +145,36 @@ DISPLAY_PARAMS: tuple[Param, ...] = (
           "(rubber sheets across depth edges); 0 keeps every triangle.", minimum=0.0, maximum=10.0),
 )
 
+# The TouchDesigner component's own view settings: edges, stereo cameras, 360° and dome outputs.
+# Defaults stay within TouchDesigner Non-Commercial's 1280×1280 texture limit.
+VIEW_PARAMS: tuple[Param, ...] = (
+    Param("edges", str, "cull", "Triangles across depth edges (see cull_jump): keep them, cull them or fade "
+          "them out.", choices=("keep", "cull", "fade")),
+    Param("ipd", float, 0.064, "Distance between the eyes.", minimum=0.0, maximum=1.0, unit="m"),
+    Param("convergence", float, 10.0, "Distance with no parallax between the eyes: nearer points come out of "
+          "the screen, farther ones recede.", minimum=0.01, maximum=100000.0, unit="m"),
+    Param("fov", float, 90.0, "Vertical field of view of the left and right eye cameras.",
+          minimum=1.0, maximum=179.0, unit="deg"),
+    Param("head_x", float, 0.0, "Head position, right of the sphere's centre (parallax).",
+          minimum=-10000.0, maximum=10000.0, unit="m"),
+    Param("head_y", float, 0.0, "Head position, above the sphere's centre.", minimum=-10000.0, maximum=10000.0,
+          unit="m"),
+    Param("head_z", float, 0.0, "Head position, behind the sphere's centre (the view looks down -Z).",
+          minimum=-10000.0, maximum=10000.0, unit="m"),
+    Param("yaw", float, 0.0, "Head turn to the left.", minimum=-360.0, maximum=360.0, unit="deg"),
+    Param("pitch", float, 0.0, "Head tilt upwards.", minimum=-90.0, maximum=90.0, unit="deg"),
+    Param("eye_width", int, 1280, "Width of each eye's image.", minimum=16, maximum=16384, unit="px"),
+    Param("eye_height", int, 720, "Height of each eye's image.", minimum=16, maximum=16384, unit="px"),
+    Param("ods_height", int, 640, "Height of each eye's 360° stereo equirectangular image (twice as wide).",
+          minimum=16, maximum=8192, unit="px"),
+    Param("dome_size", int, 1280, "Width and height of the dome's fisheye image.", minimum=16, maximum=16384,
+          unit="px"),
+    Param("dome_fov", float, 180.0, "Field of view across the dome's fisheye circle.", minimum=10.0,
+          maximum=360.0, unit="deg"),
+    Param("dome_tilt", float, 90.0, "Dome camera tilt: 90 puts the zenith in the centre (planetarium), 0 the "
+          "horizon straight ahead.", minimum=-90.0, maximum=90.0, unit="deg"),
+)
+
 
 def find_param(name: str, params: Iterable[Param] = GENERATION_PARAMS) -> Param:
     params = tuple(params)
@@ -175,6 +205,19 @@ def validate(values: Mapping[str, Any], params: Iterable[Param]) -> dict[str, An
     if problems:
         raise ParamError("; ".join(problems))
     return result
+
+
+def validate_all(*groups: tuple[Mapping[str, Any], Iterable[Param]]) -> list[dict[str, Any]]:
+    """``validate`` for several (values, params) groups; the problems of all of them in one ParamError."""
+    results, problems = [], []
+    for values, params in groups:
+        try:
+            results.append(validate(values, params))
+        except ParamError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ParamError("; ".join(problems))
+    return results
 
 
 def validate_generation(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from conftest import ROOT, require_tool
 from td_bridge.depth import DepthMapping
 from td_bridge.geometry import Displacer, discontinuous_triangles, sphere_mesh
 from td_bridge.protocol import Frame
+from td_bridge.render_setup import shader_uniforms
 from td_bridge.top_frames import to_top
 
 sys.path.insert(0, str(ROOT / "touchdesigner"))
@@ -106,13 +107,13 @@ def run_vertex_stage(ctx, mesh, depth16, mapping, cull_jump=0.0):
     top = to_top(Frame(np.zeros(depth16.shape + (3,), np.uint8), depth16, {"frame_id": "t", "seq": 1}))
     texture = ctx.texture((depth16.shape[1], depth16.shape[0]), 1, data=top.depth.tobytes(), dtype="nu2")
     texture.use(0)
-    mode = 0.0 if mapping.mode == "linear" else 1.0
-    uniforms = {"sDepth": 0, "uMapping": (mode, mapping.radius, mapping.strength, 0.0),
-                "uRange": (mapping.near, mapping.far, cull_jump, 0.0), "uPoles": top.poles,
-                "uMeshStep": (1.0 / mesh.cols, 1.0 / mesh.rows)}
-    for name, value in uniforms.items():
+    display = {"mapping": mapping.mode, "radius": mapping.radius, "strength": mapping.strength,
+               "near": mapping.near, "far": mapping.far, "cull_jump": cull_jump, "mesh_rows": mesh.rows,
+               "mesh_cols": mesh.cols}
+    uniforms = shader_uniforms(display, "keep", top.poles)  # what the component gives the GLSL MAT
+    for name, value in {"sDepth": 0, **uniforms}.items():
         if name in program:  # unused uniforms are compiled away
-            program[name].value = value
+            program[name].value = value[:program[name].dimension] if isinstance(value, tuple) else value
     vbo = ctx.buffer(np.ascontiguousarray(mesh.directions, dtype="f4").tobytes())
     out = ctx.buffer(reserve=len(mesh.directions) * 16)
     vao = ctx.vertex_array(program, [(vbo, "3f", "P")])

@@ -4,8 +4,8 @@ The builder (build_depthfusion.py) puts this file into the component's ``DepthFu
 DAT and promotes it, so ``Connect()``, ``Generate()`` … are methods of the component. Everything
 worth testing lives in td_bridge (tests/test_component.py); this file moves values between the
 component's parameters and operators and the controller, on TouchDesigner's main thread:
-the Execute DAT calls ``OnFrameStart`` every frame, the Parameter Execute DAT ``OnPulse``, the
-Script TOPs ``CookRgb`` / ``CookDepth``.
+the Execute DAT calls ``OnFrameStart`` every frame, the Parameter Execute DAT ``OnPulse`` and
+``OnValueChange``, the Script TOPs ``CookRgb`` / ``CookDepth``, the OSC In DAT ``OnOsc``.
 """
 
 from __future__ import annotations
@@ -71,8 +71,16 @@ class DepthFusionExt:
     def __init__(self, ownerComp: Any) -> None:
         self.ownerComp = ownerComp
         self.controller = None
+        self.bridge = False
+        self._poles = (0.5, 0.5)
         try:
             self._import_bridge()
+        except ImportError as exc:
+            self._show(status="td_bridge missing", last_error=f"cannot import td_bridge: {exc}")
+            return
+        self.bridge = True
+        self.ApplySettings()
+        try:
             from td_bridge.component import ComponentController
         except ImportError as exc:
             missing = "zmq" in str(exc)
@@ -116,6 +124,31 @@ class DepthFusionExt:
         """Publish a kept frame again: a frame id or cue name (default: the Recall Name parameter)."""
         self._run(lambda c: c.recall(self._value("Recallname") if name is None else name))
 
+    def ApplySettings(self) -> None:
+        """Write what the Depth, Sphere, Stereo, Outputs and OSC pages imply into the operators:
+        mesh size, shader uniforms, cameras, render and projection sizes, the OSC In DAT."""
+        if not self.bridge:
+            return
+        from td_bridge.params import DISPLAY_PARAMS, VIEW_PARAMS, td_name
+        from td_bridge.render_setup import MATERIAL, render_settings, shader_uniforms
+
+        display = {p.name: self._value(td_name(p.name)) for p in DISPLAY_PARAMS}
+        view = {p.name: self._value(td_name(p.name)) for p in VIEW_PARAMS}
+        try:
+            settings = render_settings(display, view)
+            uniforms = shader_uniforms(display, view["edges"], self._poles)
+        except ValueError as exc:  # ParamError too: out-of-range values set by script or expression
+            self._show(last_error=f"settings not applied: {exc}")
+            return
+        settings[MATERIAL] = self._uniform_pars(uniforms)
+        settings["osc_in"] = {"active": self._value("Oscin"), "port": self._value("Oscport"),
+                              "localaddress": self._value("Osclocaladdress")}
+        for path, values in settings.items():
+            target = self.ownerComp.op(path)
+            for name, value in values.items():
+                if target.par[name].eval() != value:
+                    target.par[name].val = value
+
     # ------------------------------------------------------------ callbacks (thin shims call these)
 
     def OnPulse(self, par: Any) -> None:
@@ -124,12 +157,41 @@ class DepthFusionExt:
         if par.name in actions:
             actions[par.name]()
 
+    def OnValueChange(self, par: Any) -> None:
+        """The Parameter Execute DAT watches only the parameters ApplySettings reads."""
+        self.ApplySettings()
+
+    def OnOsc(self, address: str, args: list[Any]) -> None:
+        """One message from the OSC In DAT: set a parameter or run an action; problems in Last Error."""
+        if not self.bridge:
+            return
+        from td_bridge.component_osc import route
+        from td_bridge.params import td_name
+
+        try:
+            message = route(address, args)
+        except ValueError as exc:
+            self._show(last_error=f"OSC {address}: {exc}")
+            return
+        if message.kind == "set":
+            self.ownerComp.par[td_name(message.name)].val = message.value
+        elif message.name == "generate":
+            if message.value is not None:
+                self.ownerComp.par.Prompt.val = message.value
+            self.Generate()
+        elif message.name == "recall":
+            self.Recall(message.value)
+        else:
+            {"cancel": self.Cancel, "connect": self.Connect, "disconnect": self.Disconnect}[message.name]()
+
     def OnFrameStart(self, frame: int) -> None:
         if self.controller is None:
             return
-        if self.controller.update() is not None:
+        frame_in = self.controller.update()
+        if frame_in is not None:
             for name in ("rgb", "depth"):
                 self.ownerComp.op(name).cook(force=True)
+            self._set_poles(frame_in.poles)
         state = self.controller.state
         self._show(**{attribute: getattr(state, attribute) for attribute in STATE_PARS.values()})
 
@@ -147,6 +209,23 @@ class DepthFusionExt:
             self.controller.close()
 
     # ------------------------------------------------------------ helpers
+
+    def _uniform_pars(self, uniforms: dict[str, tuple[float, ...]]) -> dict[str, float]:
+        """GLSL MAT Vectors-page parameter values for ``uniforms``, found by uniform name."""
+        from td_bridge.render_setup import MATERIAL
+
+        mat = self.ownerComp.op(MATERIAL)
+        index = {mat.par[f"vec{i}name"].eval(): i for i in range(mat.seq.vec.numBlocks)}
+        return {f"vec{index[name]}value{axis}": float(value)
+                for name, vector in uniforms.items() for axis, value in zip("xyzw", vector)}
+
+    def _set_poles(self, poles: tuple[float, float]) -> None:
+        from td_bridge.render_setup import MATERIAL
+
+        self._poles = poles
+        mat = self.ownerComp.op(MATERIAL)
+        for name, value in self._uniform_pars({"uPoles": (*poles, 0.0, 0.0)}).items():
+            mat.par[name].val = value
 
     def _value(self, name: str) -> Any:
         return self.ownerComp.par[name].eval()

@@ -9,9 +9,13 @@ builds ``/project1/DepthFusion`` and saves ``DepthFusion.tox`` next to this file
 ``build(td, parent, folder)`` runs in the tests against a stand-in for TouchDesigner's ``td``
 module (tests/tdstub/td.py), which checks operator types, parameter names and signatures.
 
-Built so far: custom parameters (parameters.py), the extension, the callbacks DATs, the frame
-Script TOPs ``rgb`` and ``depth``, and td_bridge embedded as Text DATs so the .tox works without
-td_bridge installed. Not yet: the sphere, GLSL MAT and stereo render network.
+The network: custom parameters (parameters.py); the extension and the callback DATs; the frame
+Script TOPs ``rgb`` and ``depth``; the sphere (Sphere SOP in a Geometry COMP) with the GLSL MAT
+``displace``; left/right eye cameras and renders, side-by-side and top-bottom layouts; 360° stereo
+(Render TOP ``cubemapods`` → Render Select TOPs → Projection TOPs, equirectangular); a 180° dome
+fisheye (cube map → Projection TOP); Out TOPs; an OSC In DAT (off by default); td_bridge embedded
+as Text DATs so the .tox works without td_bridge installed. Values derived from the custom
+parameters (mesh size, cameras, resolutions, uniforms) are written by DepthFusionExt.ApplySettings.
 """
 
 from __future__ import annotations
@@ -22,55 +26,170 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 COMPONENT = "DepthFusion"
-PULSES = "Connect Disconnect Generate Cancel Recall"
+PULSES = ["Connect", "Disconnect", "Generate", "Cancel", "Recall"]
+OUTPUTS = ["left", "right", "side_by_side", "top_bottom", "ods", "dome", "rgb", "depth"]  # Out TOPs, in order
+UNIFORMS = ["uMapping", "uRange", "uPoles", "uMeshStep"]  # the GLSL MAT's vector uniforms
+SAMPLERS = [("sDepth", "depth", "nearest"), ("sColor", "rgb", "linear")]  # name, TOP, filter
+
+
+def _at(node: Any, x: int, y: int) -> Any:
+    node.nodeX, node.nodeY = x, y
+    return node
 
 
 def _dat(parent: Any, kind: type, name: str, text: str, x: int, y: int) -> Any:
-    dat = parent.create(kind, name)
+    dat = _at(parent.create(kind, name), x, y)
     dat.text = text
-    dat.nodeX, dat.nodeY = x, y
     return dat
 
 
-def build(td: Any, parent: Any, folder: Path) -> Any:
-    """Create ``parent/DepthFusion`` from ``folder`` (this touchdesigner/ folder) and return it."""
-    folder = Path(folder)
+def _wire(source: Any, target: Any) -> None:
+    source.outputConnectors[0].connect(target.inputConnectors[0])
+
+
+def _imports(folder: Path) -> tuple[Any, Any, Any]:
+    """parameters.py, shader_source.py and td_bridge.render_setup, importable from the repository."""
     repo = folder.parent
     if str(repo) not in sys.path:  # parameters.py imports td_bridge's schema
         sys.path.insert(0, str(repo))
     sys.path.insert(0, str(folder))
     try:
-        from parameters import create_parameters
+        import parameters
+        import shader_source
     finally:
         sys.path.remove(str(folder))
+    from td_bridge import render_setup
 
-    comp = parent.create(td.baseCOMP, COMPONENT)
-    create_parameters(comp)
+    return parameters, shader_source, render_setup
 
-    bridge = comp.create(td.baseCOMP, "td_bridge")  # the package, for a .tox without td_bridge installed
-    bridge.nodeX, bridge.nodeY = -400, -200
-    for index, source in enumerate(sorted((repo / "td_bridge").glob("*.py"))):
-        _dat(bridge, td.textDAT, source.stem, source.read_text(encoding="utf-8"), 0, -120 * index)
+
+def _frames(td: Any, comp: Any, read) -> None:
+    """Script TOPs for the newest frame, the per-frame Execute DAT and the parameter callbacks."""
+    for row, name in enumerate(("rgb", "depth")):
+        script = _dat(comp, td.textDAT, f"{name}_top", read(f"callbacks/{name}_top.py"), 0, -150 * row)
+        top = _at(comp.create(td.scriptTOP, name), 200, -150 * row)
+        top.par.callbacks = script.name
+    execute = _dat(comp, td.executeDAT, "frames", read("callbacks/execute.py"), -200, -300)
+    execute.par.framestart = True
+    execute.par.active = True
+
+
+def _scene(td: Any, comp: Any, shader_source: Any, rs: Any) -> None:
+    """The sphere: Sphere SOP in a Geometry COMP, displaced and coloured by the GLSL MAT."""
+    vertex = _dat(comp, td.textDAT, "vertex", shader_source.vertex_source(), 400, 150)
+    pixel = _dat(comp, td.textDAT, "pixel", shader_source.pixel_source(), 400, 0)
+    for dat in (vertex, pixel):
+        dat.par.language = "glsl"
+    mat = _at(comp.create(td.glslMAT, rs.MATERIAL), 600, 100)
+    mat.par.glslversion = "glsl460"
+    mat.par.vdat, mat.par.pdat = vertex.name, pixel.name
+    mat.seq.sampler.numBlocks = len(SAMPLERS)
+    for index, (uniform, top, filtering) in enumerate(SAMPLERS):
+        mat.par[f"sampler{index}name"].val = uniform
+        mat.par[f"sampler{index}top"].val = top
+        mat.par[f"sampler{index}extendu"].val = "repeat"  # longitude wraps around
+        mat.par[f"sampler{index}extendv"].val = "hold"
+        mat.par[f"sampler{index}filter"].val = filtering
+    mat.seq.vec.numBlocks = len(UNIFORMS)
+    for index, uniform in enumerate(UNIFORMS):
+        mat.par[f"vec{index}name"].val = uniform
+
+    geo = _at(comp.create(td.geometryCOMP, rs.GEOMETRY), 800, 100)
+    for child in geo.findChildren(depth=1):  # a new Geometry COMP holds a torus
+        child.destroy()
+    geo.par.material.expr = f"parent.{COMPONENT}.op('{rs.MATERIAL}')"
+    mesh = geo.create(td.sphereSOP, rs.MESH)
+    mesh.par.type = "mesh"
+    mesh.par.surftype = "triangles"
+    mesh.par.orient = "y"
+    mesh.par.upole = True  # each column its own pole point, like td_bridge.geometry.sphere_mesh
+    mesh.par.texture = "equirectangularin"
+    mesh.par.radx = mesh.par.rady = mesh.par.radz = 1.0  # unit directions; the shader sets the radius
+    mesh.display = mesh.render = True
+
+
+def _render(td: Any, comp: Any, rs: Any, name: str, camera: str, mode: str, x: int, y: int) -> Any:
+    cam = _at(comp.create(td.cameraCOMP, camera), x - 200, y)
+    cam.par.rord = "xyz"
+    top = _at(comp.create(td.renderTOP, name), x, y)
+    top.par.camera, top.par.geometry = cam.name, rs.GEOMETRY
+    top.par.rendermode = mode
+    top.par.cullface = "neither"  # the cameras are inside the sphere
+    top.par.outputresolution = "custom"
+    return top
+
+
+def _layout(td: Any, comp: Any, name: str, tops: list[Any], align: str, x: int, y: int) -> Any:
+    layout = _at(comp.create(td.layoutTOP, name), x, y)
+    layout.par.top = " ".join(top.name for top in tops)
+    layout.par.align = align
+    layout.par.scaleres = True
+    return layout
+
+
+def _projection(td: Any, comp: Any, name: str, source: Any, output: str, x: int, y: int) -> Any:
+    top = _at(comp.create(td.projectionTOP, name), x, y)
+    _wire(source, top)
+    top.par.input = "cubemap"
+    top.par.output = output
+    top.par.outputresolution = "custom"
+    return top
+
+
+def _outputs(td: Any, comp: Any, rs: Any) -> None:
+    """Stereo pair, its layouts, 360° stereo and the dome fisheye, each into an Out TOP."""
+    eyes = [_render(td, comp, rs, rs.render(eye), rs.camera(eye), "render2d", 1200, 300 - 150 * i)
+            for i, eye in enumerate(rs.EYES)]
+    final = dict(zip(rs.EYES, eyes))
+    final["side_by_side"] = _layout(td, comp, "side_by_side", eyes, "horizlr", 1400, 300)
+    final["top_bottom"] = _layout(td, comp, "top_bottom", eyes, "verttb", 1400, 150)
+
+    _render(td, comp, rs, rs.ODS_RENDER, rs.ODS_CAMERA, "cubemapods", 1200, -100)
+    ods = []
+    for index, eye in enumerate(rs.EYES):
+        select = _at(comp.create(td.renderselectTOP, rs.ods_select(eye)), 1400, -100 - 150 * index)
+        select.par.top = rs.ODS_RENDER
+        select.par.cameraindex = index  # the Render TOP's second eye is camera index 1
+        ods.append(_projection(td, comp, rs.ods(eye), select, "equirectangular", 1600, -100 - 150 * index))
+    final["ods"] = _layout(td, comp, "ods_top_bottom", ods, "verttb", 1800, -100)
+
+    dome = _render(td, comp, rs, rs.DOME_RENDER, rs.DOME_CAMERA, "cubemap", 1200, -450)
+    final["dome"] = _projection(td, comp, rs.DOME, dome, "fisheye", 1400, -450)
+    final["rgb"], final["depth"] = comp.op("rgb"), comp.op("depth")
+    for index, name in enumerate(OUTPUTS):
+        _wire(final[name], _at(comp.create(td.outTOP, f"out_{name}"), 2000, 300 - 120 * index))
+
+
+def build(td: Any, parent: Any, folder: Path) -> Any:
+    """Create ``parent/DepthFusion`` from ``folder`` (this touchdesigner/ folder) and return it."""
+    folder = Path(folder)
+    parameters, shader_source, render_setup = _imports(folder)
 
     def read(name: str) -> str:
         return (folder / name).read_text(encoding="utf-8")
 
-    _dat(comp, td.textDAT, "DepthFusionExt", read("DepthFusionExt.py"), -400, 0)
-    for row, name in enumerate(("rgb", "depth")):
-        script = _dat(comp, td.textDAT, f"{name}_top", read(f"callbacks/{name}_top.py"), 0, -150 * row)
-        top = comp.create(td.scriptTOP, name)
-        top.par.callbacks = script.name
-        top.nodeX, top.nodeY = 200, -150 * row
+    comp = parent.create(td.baseCOMP, COMPONENT)
+    comp.par.parentshortcut = COMPONENT  # lets operators inside find the component: parent.DepthFusion
+    parameters.create_parameters(comp)
 
-    execute = _dat(comp, td.executeDAT, "frames", read("callbacks/execute.py"), -200, -300)
-    execute.par.framestart = True
-    execute.par.active = True
-    pulses = _dat(comp, td.parameterexecuteDAT, "pulses", read("callbacks/parexec.py"), 0, -300)
-    pulses.par.op = ".."
-    pulses.par.custom = True
-    pulses.par.onpulse = True
-    pulses.par.pars = PULSES
-    pulses.par.active = True
+    bridge = _at(comp.create(td.baseCOMP, "td_bridge"), -400, -200)  # for a .tox without td_bridge installed
+    for index, source in enumerate(sorted((folder.parent / "td_bridge").glob("*.py"))):
+        _dat(bridge, td.textDAT, source.stem, source.read_text(encoding="utf-8"), 0, -120 * index)
+
+    _dat(comp, td.textDAT, "DepthFusionExt", read("DepthFusionExt.py"), -400, 0)
+    _frames(td, comp, read)
+    _scene(td, comp, shader_source, render_setup)
+    _outputs(td, comp, render_setup)
+
+    changes = _dat(comp, td.parameterexecuteDAT, "parameters", read("callbacks/parexec.py"), 0, -300)
+    changes.par.op = ".."
+    changes.par.custom = True
+    changes.par.onpulse = changes.par.valuechange = True
+    changes.par.pars = " ".join(PULSES + parameters.SETTINGS_PARS)
+    changes.par.active = True
+    osc = _dat(comp, td.textDAT, "osc_callbacks", read("callbacks/osc_in.py"), -200, -450)
+    osc_in = _at(comp.create(td.oscinDAT, "osc_in"), 0, -450)
+    osc_in.par.callbacks = osc.name  # Active, Port and Local Address follow the OSC page (ApplySettings)
 
     comp.par.extension1 = "op('./DepthFusionExt').module.DepthFusionExt(me)"
     comp.par.promoteextension1 = True

@@ -2,8 +2,9 @@
 
 ``create_parameters(comp)`` runs inside TouchDesigner (from build_depthfusion.py) and in the
 tests against the td stand-in. Pages: Connection, Generate (every generation parameter plus
-Generate / Cancel / Recall), Depth (the display parameters the shaders use) and Status (read-only,
-written by DepthFusionExt).
+Generate / Cancel / Recall), Depth and Sphere (what the shaders use), Stereo and Outputs (cameras
+and output sizes), OSC (the component's own OSC In DAT) and Status (read-only, written by
+DepthFusionExt).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES
-from td_bridge.params import DISPLAY_PARAMS, GENERATION_PARAMS, td_parameter_specs
+from td_bridge.params import DISPLAY_PARAMS, GENERATION_PARAMS, VIEW_PARAMS, find_param, td_name, td_parameter_specs
 
 # name, style, label, default, help
 CONNECTION = [
@@ -29,6 +30,22 @@ ACTIONS = [
     ("Recallname", "Str", "Recall Name", "", "A frame id or cue name to publish again without the model."),
     ("Recall", "Pulse", "Recall", None, "Publish the frame named above again."),
 ]
+# page → schema parameters (td_bridge.params DISPLAY_PARAMS and VIEW_PARAMS), in order
+VIEW_PAGES = {
+    "Depth": ("mapping", "radius", "strength", "near", "far", "cull_jump", "edges"),
+    "Sphere": ("mesh_rows", "mesh_cols"),
+    "Stereo": ("ipd", "convergence", "fov", "head_x", "head_y", "head_z", "yaw", "pitch", "eye_width", "eye_height"),
+    "Outputs": ("ods_height", "dome_size", "dome_fov", "dome_tilt"),
+}
+OSC_PORT = 9001  # the generator's OSC listens on 9000
+OSC = [
+    ("Oscin", "Toggle", "OSC In", False, "Let show control address this component directly (see the README)."),
+    ("Oscport", "Int", "OSC Port", OSC_PORT, "UDP port of the component's OSC In DAT."),
+    ("Osclocaladdress", "Str", "OSC Local Address", "127.0.0.1", "Address to listen on: 127.0.0.1 for this "
+     "machine only; a LAN address (or empty, every interface) to accept show control from other machines."),
+]
+# Parameters whose change re-derives operator settings (DepthFusionExt.ApplySettings).
+SETTINGS_PARS = [td_name(p.name) for p in DISPLAY_PARAMS + VIEW_PARAMS] + [row[0] for row in OSC]
 STATUS = [
     ("Status", "Str", "Status", "disconnected", "What the generator is doing."),
     ("Connected", "Toggle", "Connected", False, "The generator's heartbeat arrives."),
@@ -74,7 +91,7 @@ def _add_specs(page: Any, specs: list[dict[str, Any]]) -> None:
 
 
 def create_parameters(comp: Any) -> None:
-    """Add the Connection, Generate, Depth and Status pages to ``comp``."""
+    """Add the custom parameter pages to ``comp``."""
     connection = comp.appendCustomPage("Connection")
     for row in CONNECTION:
         _add(connection, *row)
@@ -82,7 +99,13 @@ def create_parameters(comp: Any) -> None:
     _add_specs(generate, td_parameter_specs(GENERATION_PARAMS, "Generate"))
     for row in ACTIONS:
         _add(generate, *row)
-    _add_specs(comp.appendCustomPage("Depth"), td_parameter_specs(DISPLAY_PARAMS, "Depth"))
+    view_params = DISPLAY_PARAMS + VIEW_PARAMS
+    for page, names in VIEW_PAGES.items():
+        params = [find_param(name, view_params) for name in names]
+        _add_specs(comp.appendCustomPage(page), td_parameter_specs(params, page))
+    osc = comp.appendCustomPage("OSC")
+    for row in OSC:
+        _add(osc, *row, **({"low": 1, "high": 65535} if row[1] == "Int" else {}))
     status = comp.appendCustomPage("Status")
     for row in STATUS:
         _add(status, *row, read_only=True)

@@ -2,14 +2,18 @@
 outside TouchDesigner.
 
 Only what DepthFusion uses is here, with the names and signatures of Derivative's documentation
-(Par, ParGroup, Page, OP, COMP and DAT classes; the Script TOP, Execute DAT, Parameter Execute
-DAT, Text DAT and Base COMP operators). It is strict on purpose: a parameter or member that
-TouchDesigner does not have raises AttributeError, a custom parameter name TouchDesigner would
-refuse raises ValueError, and ``copyNumpyArray`` checks what the documentation allows
-(shape (h, w, 1-4); uint8, uint16 or float32; inside ``onCook`` only).
+(Par, ParGroup, Page, OP, COMP, DAT, Connector and Sequence classes; the Script, Render, Render
+Select, Projection, Layout and Out TOPs, the Execute, Parameter Execute, Text and OSC In DATs,
+the Sphere SOP, the GLSL MAT, and the Base, Geometry and Camera COMPs). It is strict on purpose:
+a parameter or member that TouchDesigner does not have raises AttributeError, a menu entry it
+does not list or a custom parameter name it would refuse raises ValueError, and
+``copyNumpyArray`` checks what the documentation allows (shape (h, w, 1-4); uint8, uint16 or
+float32; inside ``onCook`` only). Parameter Execute DATs run ``onPulse`` / ``onValueChange``
+for the parameters they watch.
 
-What is *not* modelled: cooking order, expressions (``Par.eval`` returns the constant value),
-the GPU, and every operator and parameter DepthFusion does not touch.
+What is *not* modelled: cooking and rendering, expressions other than
+``parent.Shortcut.op('name')``, the GPU, and every operator and parameter DepthFusion does not
+touch.
 """
 
 from __future__ import annotations
@@ -61,7 +65,11 @@ class Par:
     def val(self, value: Any) -> None:
         if self.style == "Pulse":
             raise TypeError(f"{self.name} is a pulse parameter: use .pulse()")
+        previous = self._val
         self._val, self._mode = self._coerce(value), ParMode.CONSTANT
+        if self._val != previous:
+            for dat in _watchers(self, "valuechange"):
+                dat.module.onValueChange(self, previous)
 
     def _coerce(self, value: Any) -> Any:
         if self.style == "Menu":
@@ -82,8 +90,8 @@ class Par:
         return value
 
     def eval(self) -> Any:
-        if self._mode is not ParMode.CONSTANT:
-            raise NotImplementedError("the td stand-in does not evaluate expressions")
+        if self._mode is ParMode.EXPRESSION:
+            return _evaluate(self.owner, self._expr)
         return self._val
 
     @property
@@ -101,7 +109,7 @@ class Par:
     def pulse(self, value: Any = 1, frames: int = 0, seconds: float = 0) -> None:
         """Pulse it; Parameter Execute DATs watching it run ``onPulse(par)``."""
         self._pulses += 1
-        for dat in _watchers(self):
+        for dat in _watchers(self, "onpulse"):
             dat.module.onPulse(self)
 
     # custom-parameter attributes ("Can only be set on Custom Parameters")
@@ -297,15 +305,32 @@ class OP:
     BUILTIN: dict[str, str] = {}
     MENUS: dict[str, list[str]] = {}
 
+    INPUTS = 0  # input connectors
+    SEQUENCES: dict[str, dict[str, str]] = {}  # sequence name → block parameter suffix → style
+
     def __init__(self, name: str, parent: COMP | None) -> None:
         self.name, self._parent = name, parent
         self.par = ParCollection(self)
         self.nodeX = self.nodeY = 0
         self.totalCooks = 0
         for par_name, style in self.BUILTIN.items():
-            menu = self.MENUS.get(par_name)
-            default = False if style == "Toggle" else (menu[0] if menu else None)
-            self.par._add(Par(self, par_name, style, custom=False, default=default, menu=menu))
+            self._add_builtin(par_name, style)
+        self.inputConnectors = [Connector(self, i, True) for i in range(self.INPUTS)]
+        self.outputConnectors = [Connector(self, 0, False)]
+        self.seq = types.SimpleNamespace(**{n: Sequence(self, n, b) for n, b in self.SEQUENCES.items()})
+
+    def _add_builtin(self, par_name: str, style: str, menu_key: str | None = None) -> None:
+        menu = self.MENUS.get(menu_key or par_name)
+        default = menu[0] if menu else {"Toggle": False, "Float": 0.0, "Int": 0, "Str": ""}.get(style)
+        self.par._add(Par(self, par_name, style, custom=False, default=default, menu=menu))
+
+    @property
+    def inputs(self) -> list[OP]:
+        """The operators wired into this one, in input order."""
+        return [c.connections[0].owner for c in self.inputConnectors if c.connections]
+
+    def destroy(self) -> None:
+        del self._parent._children[self.name]
 
     @property
     def path(self) -> str:
@@ -321,6 +346,9 @@ class OP:
 
     def cook(self, force: bool = False, recurse: bool = False, includeUtility: bool = False) -> None:
         self.totalCooks += 1
+
+    def _initialize(self) -> None:
+        """Default contents a new operator gets (a Geometry COMP's torus)."""
 
     def _resolve(self, path: Any) -> OP | None:
         """An OP parameter's value as TouchDesigner reads it from this operator: a name is a sibling,
@@ -392,8 +420,9 @@ class parameterexecuteDAT(DAT):
                "valuechange": "Toggle", "onpulse": "Toggle"}
 
 
-def _watchers(par: Par) -> list[parameterexecuteDAT]:
-    """Parameter Execute DATs (inside the parameter's operator or beside it) that react to its pulses."""
+def _watchers(par: Par, toggle: str) -> list[parameterexecuteDAT]:
+    """Parameter Execute DATs (inside the parameter's operator or beside it) whose ``toggle``
+    (onpulse or valuechange) is on and that watch this parameter."""
     owner = par.owner
     places = [owner] if isinstance(owner, COMP) else []
     if owner._parent is not None:
@@ -401,7 +430,7 @@ def _watchers(par: Par) -> list[parameterexecuteDAT]:
     found = []
     for place in places:
         for dat in place.children:
-            if not isinstance(dat, parameterexecuteDAT) or not dat.par.active.eval() or not dat.par.onpulse.eval():
+            if not isinstance(dat, parameterexecuteDAT) or not dat.par.active.eval() or not dat.par[toggle].eval():
                 continue
             target = dat._resolve(dat.par.op.eval())
             names = str(dat.par.pars.eval() or "*").split()
@@ -446,7 +475,7 @@ class scriptTOP(OP):
 class COMP(OP):
     OPType = "COMP"
     BUILTIN = {"extension1": "Python", "extname1": "Str", "promoteextension1": "Toggle",
-               "reinitextensions": "Pulse"}
+               "reinitextensions": "Pulse", "parentshortcut": "Str"}
 
     def __init__(self, name: str, parent: COMP | None) -> None:
         super().__init__(name, parent)
@@ -457,6 +486,11 @@ class COMP(OP):
     @property
     def children(self) -> list[OP]:
         return list(self._children.values())
+
+    def findChildren(self, depth: int | None = None, **kwargs: Any) -> list[OP]:
+        if kwargs or depth != 1:
+            raise NotImplementedError("the td stand-in supports findChildren(depth=1) only")
+        return self.children
 
     @property
     def customPars(self) -> list[Par]:
@@ -475,6 +509,8 @@ class COMP(OP):
             raise ValueError(f"bad or duplicate operator name {name!r} in {self.path}")
         node = OPtype(name, self)
         self._children[name] = node
+        if initialize:
+            node._initialize()
         return node
 
     def op(self, path: Any) -> OP | None:
@@ -515,6 +551,207 @@ class COMP(OP):
 
 class baseCOMP(COMP):
     OPType = "baseCOMP"
+
+
+# ------------------------------------------------------------------ the render network's operators
+# Parameter names and menu entries from Derivative's pages for each operator; only those
+# DepthFusion sets. Parameters that are tuples in TouchDesigner (Translate, Window X/Y, IPD
+# Shift, Resolution) appear as their parts (tx, winx, ipdshiftx, resolutionw …).
+
+
+def _parts(name: str, letters: str = "xyz", style: str = "Float") -> dict[str, str]:
+    return {name + letter: style for letter in letters}
+
+
+TOP_COMMON = {"outputresolution": "Menu", **_parts("resolution", "wh", "Int")}
+TOP_MENUS = {"outputresolution": ["useinput", "eighth", "quarter", "half", "2x", "4x", "8x", "fit", "limit",
+                                  "custom"]}
+XFORM = {"xord": "Menu", "rord": "Menu", **_parts("t"), **_parts("r"), **_parts("s")}
+XFORM_MENUS = {"xord": ["srt", "str", "rst", "rts", "tsr", "trs"], "rord": ["xyz", "xzy", "yxz", "yzx", "zxy", "zyx"]}
+
+
+class SOP(OP):
+    """SOPs carry the display and render flags (``SOP.display``, ``SOP.render``)."""
+
+    def __init__(self, name: str, parent: COMP | None) -> None:
+        super().__init__(name, parent)
+        self.display = self.render = False
+
+
+class sphereSOP(SOP):
+    OPType = "sphereSOP"
+    BUILTIN = {"type": "Menu", "surftype": "Menu", **_parts("rad"), **_parts("t"), "orient": "Menu", "rows": "Int",
+               "cols": "Int", "upole": "Toggle", "texture": "Menu", "normals": "Toggle"}
+    MENUS = {"type": ["prim", "poly", "mesh", "nurbs", "bezier"],
+             "surftype": ["rows", "cols", "rowcol", "triangles", "quads", "alttriangles"], "orient": ["x", "y", "z"],
+             "texture": ["off", "byprimtype", "equirectangularin", "equirectangularout", "equiazimuth",
+                         "equiazimuth360"]}
+
+
+class torusSOP(SOP):
+    OPType = "torusSOP"
+
+
+class geometryCOMP(COMP):
+    """A new Geometry COMP holds a Torus SOP (as in TouchDesigner's network editor)."""
+
+    OPType = "geometryCOMP"
+    BUILTIN = {**COMP.BUILTIN, **XFORM, "material": "MAT", "render": "Toggle"}
+    MENUS = XFORM_MENUS
+
+    def _initialize(self) -> None:
+        torus = self.create(torusSOP, "torus1")
+        torus.display = torus.render = True
+
+
+class cameraCOMP(COMP):
+    OPType = "cameraCOMP"
+    BUILTIN = {**COMP.BUILTIN, **XFORM, "projection": "Menu", "viewanglemethod": "Menu", "fov": "Float",
+               "near": "Float", "far": "Float", **_parts("win", "xy"), **_parts("ipdshift"),
+               **_parts("bgcolor", "rgba")}
+    MENUS = {**XFORM_MENUS, "projection": ["perspective", "ortho", "persporthoblend", "custommatrix"],
+             "viewanglemethod": ["horzfov", "vertfov", "focalaperture"]}
+
+
+class MAT(OP):
+    pass
+
+
+EXTEND = ["hold", "zero", "repeat", "mirror"]
+
+
+class glslMAT(MAT):
+    OPType = "glslMAT"
+    BUILTIN = {"glslversion": "Menu", "vdat": "DAT", "pdat": "DAT"}
+    MENUS = {"glslversion": ["glsl120", "glsl330", "glsl400", "glsl410", "glsl420", "glsl430", "glsl440", "glsl450",
+                             "glsl460"],
+             "samplerextendu": EXTEND, "samplerextendv": EXTEND,
+             "samplerfilter": ["nearest", "linear", "mipmaplinear"]}
+    SEQUENCES = {"sampler": {"name": "Str", "top": "TOP", "extendu": "Menu", "extendv": "Menu", "filter": "Menu"},
+                 "vec": {"name": "Str", **_parts("value", "xyzw")}}
+
+
+class TOP(OP):
+    INPUTS = 1
+    BUILTIN = TOP_COMMON
+    MENUS = TOP_MENUS
+
+
+class renderTOP(TOP):
+    OPType = "renderTOP"
+    INPUTS = 0
+    BUILTIN = {"camera": "OP", "geometry": "OP", "lights": "OP", "rendermode": "Menu", "cullface": "Menu",
+               "antialias": "Menu", **TOP_COMMON}
+    MENUS = {**TOP_MENUS, "rendermode": ["render2d", "cubemap", "fisheye180", "dualparaboloid", "uvunwrap",
+                                         "cubemapods"],
+             "cullface": ["neither", "backfaces", "frontfaces", "bothfaces"],
+             "antialias": ["aa1", "aa2", "aa4", "aa8mid", "aa8high", "aa16low", "aa16mid", "aa16high", "aa32"]}
+
+
+class renderselectTOP(TOP):
+    OPType = "renderselectTOP"
+    INPUTS = 0
+    BUILTIN = {"top": "TOP", "colorbufindex": "Int", "cameraindex": "Int", **TOP_COMMON}
+
+
+class projectionTOP(TOP):
+    OPType = "projectionTOP"
+    BUILTIN = {"input": "Menu", "output": "Menu", "fov": "Float", **_parts("r"), **TOP_COMMON}
+    MENUS = {**TOP_MENUS, "input": ["cubemap", "equirectangular", "fisheye", "dualparaboloid"],
+             "output": ["cubemap", "equirectangular", "fisheye"]}
+
+
+class layoutTOP(TOP):
+    OPType = "layoutTOP"
+    INPUTS = 0
+    BUILTIN = {"top": "Str", "scaleres": "Toggle", "align": "Menu", "fit": "Menu", **TOP_COMMON}
+    MENUS = {**TOP_MENUS, "align": ["none", "horizlr", "horizrl", "verttb", "vertbt", "gridrows", "gridcols"],
+             "fit": ["fill", "fithorz", "fitvert", "fitbest", "fitoutside", "nativeres"]}
+
+
+class outTOP(TOP):
+    OPType = "outTOP"
+    BUILTIN = {}
+
+
+class oscinDAT(DAT):
+    """Runs its callbacks DAT's ``onReceiveOSC`` for each message while Active is on."""
+
+    OPType = "oscinDAT"
+    BUILTIN = {"active": "Toggle", "protocol": "Menu", "port": "Int", "localaddress": "Str", "callbacks": "DAT"}
+    MENUS = {"protocol": ["msging", "multicastmsging", "reliablemsging"]}
+
+    def simulate_receive(self, address: str, args: list[Any]) -> bool:
+        """A message arriving at the port: True when the callback ran."""
+        if not self.par.active.eval():
+            return False
+        dat = self._resolve(self.par.callbacks.eval())
+        message = " ".join([address, *map(str, args)])
+        dat.module.onReceiveOSC(self, 0, message, message.encode(), 0.0, address, list(args), None)
+        return True
+
+
+# ------------------------------------------------------------------ wiring, sequences, expressions
+
+
+class Connector:
+    """One input or output connector (``OP.inputConnectors[i]``, ``OP.outputConnectors[0]``)."""
+
+    def __init__(self, owner: OP, index: int, is_input: bool) -> None:
+        self.owner, self.index, self.isInput, self.isOutput = owner, index, is_input, not is_input
+        self.connections: list[Connector] = []
+
+    def connect(self, target: Any) -> None:
+        """Wire to ``target``: a connector of the other kind, or an operator (its first free input)."""
+        if isinstance(target, OP):
+            free = [c for c in target.inputConnectors if not c.connections]
+            if self.isInput or not free:
+                raise ValueError(f"{target.path} has no free input for {self.owner.path}")
+            target = free[0]
+        if not isinstance(target, Connector) or target.isInput == self.isInput:
+            raise TypeError("connect() needs an operator or a connector of the other kind")
+        source, sink = (target, self) if self.isInput else (self, target)
+        if sink.connections:
+            raise ValueError(f"input {sink.index} of {sink.owner.path} is already wired")
+        source.connections.append(sink)
+        sink.connections.append(source)
+
+
+class Sequence:
+    """A parameter sequence (``op.seq.vec``): ``numBlocks`` blocks of ``name{i}{suffix}`` parameters."""
+
+    def __init__(self, owner: OP, name: str, block: dict[str, str]) -> None:
+        self.owner, self.name, self._block, self._blocks = owner, name, block, 0
+
+    @property
+    def numBlocks(self) -> int:
+        return self._blocks
+
+    @numBlocks.setter
+    def numBlocks(self, count: int) -> None:
+        if count < self._blocks:
+            raise NotImplementedError("the td stand-in only grows sequences")
+        for index in range(self._blocks, count):
+            for suffix, style in self._block.items():
+                self.owner._add_builtin(f"{self.name}{index}{suffix}", style, f"{self.name}{suffix}")
+        self._blocks = count
+
+
+_PARENT_SHORTCUT_OP = re.compile(r"parent\.(\w+)\.op\('(\w+)'\)")
+
+
+def _evaluate(owner: OP, expression: str) -> Any:
+    """The one expression form DepthFusion uses: ``parent.Shortcut.op('name')``."""
+    match = _PARENT_SHORTCUT_OP.fullmatch(expression)
+    if match is None:
+        raise NotImplementedError(f"the td stand-in evaluates only parent.Shortcut.op('name'), not {expression!r}")
+    shortcut, name = match.groups()
+    node = owner._parent
+    while node is not None and node.par.parentshortcut.eval() != shortcut:
+        node = node._parent
+    if node is None:
+        raise RuntimeError(f"no parent of {owner.path} has the shortcut {shortcut!r}")
+    return node.op(name)
 
 
 def make_root() -> baseCOMP:

@@ -1,0 +1,119 @@
+"""The TouchDesigner component's render settings, worked out without TouchDesigner.
+
+``shader_uniforms`` gives the GLSL MAT's uniforms for td_bridge's depth mappings (the shader tests
+feed the same values to the shaders on llvmpipe); ``render_settings`` gives every derived
+operator parameter of the DepthFusion component (sphere mesh, cameras, render sizes, 360° and
+dome projections) by operator name, for the extension to write when a parameter changes.
+
+TouchDesigner camera facts used here (Derivative's Camera COMP page): ``ipdshiftx`` moves a camera
+along its own X axis after rotation (right eye +IPD/2, left eye −IPD/2); Window X (``winx``)
+shifts the image by that fraction of its width ("a Window X of −0.5 moves the previous centre of
+the image to the left edge"), which makes the off-axis frustum of
+:func:`td_bridge.geometry.off_axis_projection`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from .depth import LINEAR, DepthMapping
+from .params import DISPLAY_PARAMS, VIEW_PARAMS, validate_all
+
+EDGE_MODES = {"keep": 0.0, "cull": 1.0, "fade": 2.0}  # uMapping.w, as depthfusion_pixel.glsl reads it
+
+# Operator names inside the DepthFusion component (the builder creates them).
+GEOMETRY, MESH, MATERIAL = "sphere", "mesh", "displace"
+EYES = ("left", "right")
+ODS_CAMERA, ODS_RENDER, DOME_CAMERA, DOME_RENDER, DOME = "cam_ods", "render_ods", "cam_dome", "render_dome", "dome"
+
+
+def camera(eye: str) -> str:
+    return f"cam_{eye}"
+
+
+def render(eye: str) -> str:
+    return f"render_{eye}"
+
+
+def ods_select(eye: str) -> str:
+    return f"ods_select_{eye}"
+
+
+def ods(eye: str) -> str:
+    return f"ods_{eye}"
+
+
+Vec4 = tuple[float, float, float, float]
+
+
+def shader_uniforms(display: Mapping[str, Any], edges: str = "cull",
+                    poles: tuple[float, float] = (0.5, 0.5)) -> dict[str, Vec4]:
+    """The GLSL MAT's vector uniforms for validated display parameters and a frame's pole depths."""
+    if edges not in EDGE_MODES:
+        raise ValueError(f"edges must be one of {', '.join(EDGE_MODES)}, got {edges!r}")
+    mapping = DepthMapping.from_params(display)
+    mode = 0.0 if mapping.mode == LINEAR else 1.0
+    return {
+        "uMapping": (mode, mapping.radius, mapping.strength, EDGE_MODES[edges]),
+        "uRange": (mapping.near, mapping.far, float(display["cull_jump"]), 0.0),
+        "uPoles": (float(poles[0]), float(poles[1]), 0.0, 0.0),
+        "uMeshStep": (1.0 / display["mesh_cols"], 1.0 / display["mesh_rows"], 0.0, 0.0),
+    }
+
+
+def window_x(eye_offset: float, convergence: float, fov_y_deg: float, aspect: float) -> float:
+    """Camera Window X that gives an eye ``eye_offset`` along the head's right axis the off-axis
+    frustum sharing its window with the other eye at distance ``convergence``."""
+    if not (convergence > 0 and 0 < fov_y_deg < 180 and aspect > 0):
+        raise ValueError("need convergence > 0, 0 < fov_y < 180 and aspect > 0")
+    return eye_offset / (2.0 * convergence * aspect * math.tan(math.radians(fov_y_deg) / 2))
+
+
+def clip_range(display: Mapping[str, Any], view: Mapping[str, Any]) -> tuple[float, float]:
+    """Camera near/far planes that keep the whole displaced sphere in view from the head position."""
+    mapping = DepthMapping.from_params(display)
+    if mapping.mode == LINEAR:
+        closest = mapping.radius * (1 - mapping.strength / 2)
+        farthest = mapping.radius * (1 + mapping.strength / 2)
+    else:
+        closest, farthest = mapping.near, mapping.far
+    head = math.sqrt(view["head_x"] ** 2 + view["head_y"] ** 2 + view["head_z"] ** 2)
+    near = min(0.05, 0.1 * max(closest - head, closest * 0.01))
+    return near, 2 * (farthest + head)
+
+
+def cube_face_size(equirect_height: int) -> int:
+    """Cube map face size whose centre samples as densely as an equirectangular image this high."""
+    return max(16, math.ceil(2 * equirect_height / math.pi / 8) * 8)
+
+
+def render_settings(display: Mapping[str, Any], view: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Parameter values by operator name (``sphere/mesh`` is inside the Geometry COMP) for
+    display and view parameters; both are validated first (ParamError names every problem)."""
+    display, view = validate_all((display, DISPLAY_PARAMS), (view, VIEW_PARAMS))
+    near, far = clip_range(display, view)
+    head = {"tx": view["head_x"], "ty": view["head_y"], "tz": view["head_z"], "rz": 0.0, "rord": "xyz"}
+    aspect = view["eye_width"] / view["eye_height"]
+    settings: dict[str, dict[str, Any]] = {
+        f"{GEOMETRY}/{MESH}": {"rows": display["mesh_rows"], "cols": display["mesh_cols"]},
+    }
+    for eye, sign in zip(EYES, (-1.0, 1.0)):
+        offset = sign * view["ipd"] / 2
+        settings[camera(eye)] = {
+            **head, "rx": view["pitch"], "ry": view["yaw"], "ipdshiftx": offset, "viewanglemethod": "vertfov",
+            "fov": view["fov"], "winx": window_x(offset, view["convergence"], view["fov"], aspect),
+            "near": near, "far": far,
+        }
+        settings[render(eye)] = {"resolutionw": view["eye_width"], "resolutionh": view["eye_height"]}
+        settings[ods(eye)] = {"resolutionw": 2 * view["ods_height"], "resolutionh": view["ods_height"]}
+    face = cube_face_size(view["ods_height"])
+    settings[ODS_CAMERA] = {**head, "rx": 0.0, "ry": view["yaw"], "ipdshiftx": view["ipd"] / 2,
+                            "near": near, "far": far}
+    settings[ODS_RENDER] = {"resolutionw": face, "resolutionh": face}
+    settings[DOME_CAMERA] = {**head, "rx": view["dome_tilt"], "ry": view["yaw"], "ipdshiftx": 0.0,
+                             "near": near, "far": far}
+    dome_face = cube_face_size(view["dome_size"])
+    settings[DOME_RENDER] = {"resolutionw": dome_face, "resolutionh": dome_face}
+    settings[DOME] = {"fov": view["dome_fov"], "resolutionw": view["dome_size"], "resolutionh": view["dome_size"]}
+    return settings
