@@ -81,7 +81,7 @@ def test_a_missing_generator_never_stalls_the_main_thread(controller):
         controller.update()
         slowest = max(slowest, time.perf_counter() - tick)
         time.sleep(0.02)
-    assert time.perf_counter() - started < 5 and slowest < 0.01
+    assert time.perf_counter() - started < 5 and slowest < 0.1  # blocking would take the request timeout
     assert controller.state.status == f"waiting for the generator at {frames}" and not controller.state.connected
     assert "no reply from" in controller.state.last_error and "generator serve" in controller.state.last_error
     for _ in range(MAX_PENDING + 1):  # requests pile up while nothing answers; then a clear error

@@ -1,8 +1,11 @@
+import contextlib
+import queue
 import random
 import re
 import socket
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -321,20 +324,21 @@ def test_real_osc_tools_liblo(make_server):
         send("/depthfusion/generate", "s", "a misty forest")
         send("/depthfusion/steps", "i", 0)
         send("/depthfusion/ping")
-        lines = []
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not any("/depthfusion/frame" in line for line in lines):
-            lines.append(dump.stdout.readline())
-        text = "".join(lines)
+        awaited = ("/depthfusion/frame si", "/depthfusion/error ss", "/depthfusion/pong")  # in any order
+        lines = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in dump.stdout], daemon=True).start()
+        text, deadline = "", time.monotonic() + 15
+        while not all(a in text for a in awaited) and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(queue.Empty):
+                text += lines.get(timeout=left)
         assert "/depthfusion/width i 128" in text and "/depthfusion/height i 64" in text
         assert "/depthfusion/seamless F" in text
         assert re.search(r"/depthfusion/queued s[ih] ", text) and "/depthfusion/frame si" in text  # seed may be int64
         assert "/depthfusion/progress sii" in text
+        assert "/depthfusion/error ss" in text and "/depthfusion/pong" in text
     finally:
         dump.kill()
         dump.wait()
-    rest = dump.stdout.read()
-    assert "/depthfusion/error ss" in text + rest and "/depthfusion/pong" in text + rest
 
 
 def test_lan_needs_allow_lan_and_an_allow_list():
