@@ -112,9 +112,9 @@ class DepthFusionExt:
         self._run(lambda c: c.disconnect())
 
     def Generate(self) -> None:
-        from td_bridge.params import GENERATION_PARAMS, td_name
+        from td_bridge.params import GENERATION_PARAMS
 
-        values = {p.name: self._value(td_name(p.name)) for p in GENERATION_PARAMS}
+        values = self._schema_values(GENERATION_PARAMS)
         self._run(lambda c: c.generate(values))
 
     def Cancel(self) -> None:
@@ -129,11 +129,10 @@ class DepthFusionExt:
         mesh size, shader uniforms, cameras, render and projection sizes, the OSC In DAT."""
         if not self.bridge:
             return
-        from td_bridge.params import DISPLAY_PARAMS, VIEW_PARAMS, td_name
+        from td_bridge.params import DISPLAY_PARAMS, VIEW_PARAMS
         from td_bridge.render_setup import MATERIAL, render_settings, shader_uniforms
 
-        display = {p.name: self._value(td_name(p.name)) for p in DISPLAY_PARAMS}
-        view = {p.name: self._value(td_name(p.name)) for p in VIEW_PARAMS}
+        display, view = self._schema_values(DISPLAY_PARAMS), self._schema_values(VIEW_PARAMS)
         try:
             settings = render_settings(display, view)
             uniforms = shader_uniforms(display, view["edges"], self._poles)
@@ -229,6 +228,12 @@ class DepthFusionExt:
 
     def _value(self, name: str) -> Any:
         return self.ownerComp.par[name].eval()
+
+    def _schema_values(self, params: Any) -> dict[str, Any]:
+        """{schema name: value} of the custom parameters made from td_bridge.params ``params``."""
+        from td_bridge.params import td_name
+
+        return {p.name: self._value(td_name(p.name)) for p in params}
 
     def _run(self, action) -> None:
         """Run a controller call; a bad value or a missing connection shows in Last Error."""
