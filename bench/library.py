@@ -5,9 +5,10 @@
 *Recall*: a library of 16 frames at 1024×512 (demo scenes with film grain, so that the PNGs
 are as hard to decode as a model's output); a GeneratorServer with a one-frame memory, so that
 `CommandClient.recall(frame_id)`, cycling through them, reads each from disk while a
-`FrameReceiver` waits for it; then one frame recalled again and again (memory after the first). Time runs from just before the request is sent to the decoded frame in the receiving
-thread, so it holds reading both PNGs, the checks and the publish. Where the process may drop
-the page cache (root on Linux) a cold-cache series follows the warm one.
+`FrameReceiver` waits for it; then one frame recalled again and again (memory after the first).
+Time runs from just before the request is sent to the decoded frame in the receiving thread,
+so it holds reading both PNGs, the checks and the publish. Where the process may drop the page
+cache (root on Linux) a cold-cache series follows the warm one.
 *Index load*: ``--entries`` entries with real metadata.json files and small PNGs (the index
 never decodes PNGs), then `FrameLibrary(root)` timed without a journal (every folder read, as
 on the first start after the journal is lost) and with it, warm and, where possible, cold; then

@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve frames over ZeroMQ")
     _add_model_flags(serve)
-    serve.add_argument("--frames", default=DEFAULT_FRAMES, help=f"publisher endpoint for frames and events ({DEFAULT_FRAMES})")
-    serve.add_argument("--commands", default=DEFAULT_COMMANDS, help=f"ROUTER endpoint for commands ({DEFAULT_COMMANDS})")
+    serve.add_argument("--frames", default=DEFAULT_FRAMES,
+                       help=f"publisher endpoint for frames and events ({DEFAULT_FRAMES})")
+    serve.add_argument("--commands", default=DEFAULT_COMMANDS,
+                       help=f"ROUTER endpoint for commands ({DEFAULT_COMMANDS})")
     serve.add_argument("--allow-lan", action="store_true", help="allow binding to addresses other than loopback")
     serve.add_argument("--history", type=int, default=32, help="frames kept in memory for get_frame (1-1000)")
     serve.add_argument("--queue-size", type=int, default=16, help="maximum waiting jobs (1-1000)")

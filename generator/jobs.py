@@ -32,8 +32,10 @@ class Job:
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def summary(self) -> dict[str, Any]:
-        keys = ("id", "state", "submitted_at", "started_at", "finished_at", "step", "total", "frame_id", "error", "saved")
-        return {k: getattr(self, k) for k in keys} | {"prompt": self.params.get("prompt"), "seed": self.params.get("seed")}
+        keys = ("id", "state", "submitted_at", "started_at", "finished_at", "step", "total", "frame_id",
+                "error", "saved")
+        summary = {k: getattr(self, k) for k in keys}
+        return summary | {"prompt": self.params.get("prompt"), "seed": self.params.get("seed")}
 
 
 class JobQueue:

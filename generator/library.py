@@ -88,8 +88,9 @@ class Entry:
 
 def _entry_from_meta(folder: str, meta: dict[str, Any]) -> Entry:
     params = meta.get("params") if isinstance(meta.get("params"), dict) else {}
-    return Entry(os.path.basename(folder), folder, str(meta.get("prompt", "")), str(params.get("cue") or meta.get("cue") or ""),
-                 str(meta.get("model", "")), float(meta.get("created_at", 0.0)), params)
+    cue = str(params.get("cue") or meta.get("cue") or "")
+    return Entry(os.path.basename(folder), folder, str(meta.get("prompt", "")), cue, str(meta.get("model", "")),
+                 float(meta.get("created_at", 0.0)), params)
 
 
 def _read_entry(folder: str) -> Entry:

@@ -60,7 +60,8 @@ class OscConfig:
             raise ValueError(f"OSC reply port {self.reply_port} is outside 1-65535")
         lan = not is_loopback(self.host)
         if lan and not self.allow_lan:
-            raise ValueError(f"refusing to listen for OSC on {self.host}: pass --allow-lan to accept OSC from the network")
+            raise ValueError(f"refusing to listen for OSC on {self.host}: "
+                             "pass --allow-lan to accept OSC from the network")
         try:
             networks = [ipaddress.ip_network(n, strict=False) for n in self.allow]
         except ValueError as exc:

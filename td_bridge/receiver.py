@@ -229,7 +229,8 @@ class CommandClient:
         self._sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_PIXELS * 3 + 2 * wire.MAX_HEADER_BYTES)
         self._sock.connect(self.address)
 
-    def request(self, cmd: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> tuple[dict[str, Any], list[Any]]:
+    def request(self, cmd: str, args: dict[str, Any] | None = None, *,
+                timeout: float | None = None) -> tuple[dict[str, Any], list[Any]]:
         """(result, extra parts) for one command; raises CommandError or CommandTimeout."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout

@@ -14,6 +14,7 @@ import torch  # noqa: E402  (the generator extra; `dev.py test` installs it)
 import tiny_ldm3d  # noqa: E402
 from conftest import ROOT, RunningServer, wait_for  # noqa: E402
 from generator.backends import BackendUnavailable, Cancelled, load_backend  # noqa: E402
+from generator.backends.ldm3d import make_scheduler  # noqa: E402
 from td_bridge.params import validate_generation  # noqa: E402
 from td_bridge.receiver import CommandClient, FrameReceiver  # noqa: E402
 
@@ -65,22 +66,43 @@ def test_depth_decoding_per_variant(backends):
     np.testing.assert_array_equal(backends[4].variant.decode_depth(image[..., :4]), [[32768, 0]])
 
 
-@pytest.mark.parametrize("channels", [6, 4])
-@pytest.mark.parametrize("guidance", [7.5, 1.0])
-def test_rgb_matches_the_deprecated_diffusers_pipeline(backends, channels, guidance):
+@pytest.mark.parametrize("channels, guidance, scheduler", [
+    (6, 7.5, "ddim"), (6, 1.0, "ddim"), (4, 7.5, "ddim"), (4, 1.0, "ddim"), (4, 7.5, "dpm++"), (4, 7.5, "euler")])
+def test_rgb_matches_the_deprecated_diffusers_pipeline(backends, channels, guidance, scheduler):
     """Cross-check only: the deprecated pipeline is never used at run time."""
-    from diffusers import DDIMScheduler, StableDiffusionLDM3DPipeline
+    from diffusers import StableDiffusionLDM3DPipeline
 
     ours = backends[channels]
     pipe = StableDiffusionLDM3DPipeline(
         vae=ours.vae, text_encoder=ours.text_encoder, tokenizer=ours.tokenizer, unet=ours.unet,
-        scheduler=DDIMScheduler.from_config(ours.scheduler_config), safety_checker=None, feature_extractor=None,
+        scheduler=make_scheduler(scheduler, ours.scheduler_config), safety_checker=None, feature_extractor=None,
         image_encoder=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe("a misty forest at dawn", num_inference_steps=3, guidance_scale=guidance, height=64, width=128,
                   output_type="np", generator=torch.Generator("cpu").manual_seed(7)).rgb[0]
-    out = run(ours, guidance=guidance)
+    out = run(ours, guidance=guidance, scheduler=scheduler)
     np.testing.assert_array_equal(out.rgb, np.round(theirs * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm++", "euler"])
+def test_generation_never_waits_on_a_tensor_value(backends, scheduler):
+    """No per-step host synchronisation: nothing turns a tensor into a Python value before the image is copied
+    out (on a GPU each such read waits for the device). Euler is checked for explicit reads only: its step
+    compares sigmas that diffusers keeps on the host on purpose, which a CPU run cannot tell apart."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads = {"item", "_local_scalar_dense", "nonzero", "equal"} | ({"is_nonzero"} if scheduler != "euler" else set())
+    seen: list[str] = []
+
+    class Reads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in reads:
+                seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Reads():
+        run(backends[4], steps=4, scheduler=scheduler)
+    assert seen == []
 
 
 def test_schedulers_run_and_differ(backends):

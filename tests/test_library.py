@@ -438,7 +438,8 @@ def test_pregenerate_reads_csv(tmp_path):
     result = run_cli("pregenerate", str(cues), "--model", "demo", "--library", str(tmp_path / "lib"))
     assert result.returncode == 0, result.stderr
     kept = FrameLibrary(tmp_path / "lib")
-    assert kept.latest_for_cue("opening").params["seed"] == 7 and kept.latest_for_cue("storm").prompt == "a storm at sea"
+    assert kept.latest_for_cue("opening").params["seed"] == 7
+    assert kept.latest_for_cue("storm").prompt == "a storm at sea"
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 import pytest
 
-from td_bridge.params import GENERATION_PARAMS, SEED_MAX, ParamError, generation_param, resolve_seed, validate_generation
+from td_bridge.params import (GENERATION_PARAMS, SEED_MAX, ParamError, generation_param, resolve_seed,
+                              validate_generation)
 
 
 def test_defaults_are_valid_and_complete():

@@ -80,7 +80,8 @@ def resolve_model(model: str, *, revision: str | None = None, local_files_only: 
             folder = fetch(configs + [f"{c}/*.bin" for c in missing])
         return folder
     except LocalEntryNotFoundError as exc:
-        where = "is not in the local Hugging Face cache" + ("" if local_files_only else " and the hub cannot be reached")
+        where = "is not in the local Hugging Face cache"
+        where += "" if local_files_only else " and the hub cannot be reached"
         raise BackendUnavailable(
             f"the weights of {model} {where}. Download them once where there is internet "
             f"(`huggingface-cli download {model}`), copy the cache folder over, or pass a local folder with --model"
@@ -103,9 +104,11 @@ def check_components(tokenizer: Any, text_encoder: Any, unet: Any, vae: Any) -> 
     """Raise BackendUnavailable unless the parts form a text → RGBD LDM3D model."""
     out = vae.config.out_channels
     if out not in (4, 6):
-        raise BackendUnavailable(f"the VAE decodes {out} channels; LDM3D needs 6 (RGB + 3×8-bit depth) or 4 (RGB + depth)")
+        raise BackendUnavailable(f"the VAE decodes {out} channels; "
+                                 "LDM3D needs 6 (RGB + 3×8-bit depth) or 4 (RGB + depth)")
     if unet.config.in_channels != vae.config.latent_channels:
-        extra = " (this looks like ldm3d-sr, an upscaler, not a text-to-RGBD model)" if unet.config.in_channels == 8 else ""
+        sr = unet.config.in_channels == 8
+        extra = " (this looks like ldm3d-sr, an upscaler, not a text-to-RGBD model)" if sr else ""
         raise BackendUnavailable(
             f"the U-Net takes {unet.config.in_channels} input channels but the VAE has "
             f"{vae.config.latent_channels} latent channels{extra}"
@@ -144,7 +147,8 @@ class LDM3DBackend:
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
         self.scheduler_config = scheduler_config
         self.device, self.dtype = device, dtype
-        self.vae_dtype = torch.float32 if getattr(vae.config, "force_upcast", False) and dtype == torch.float16 else dtype
+        upcast = getattr(vae.config, "force_upcast", False) and dtype == torch.float16
+        self.vae_dtype = torch.float32 if upcast else dtype
 
     @classmethod
     def load(cls, model: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None,
@@ -191,6 +195,9 @@ class LDM3DBackend:
         if width % factor or height % factor:
             raise ValueError(f"width and height must be multiples of {factor} for this model, got {width}x{height}")
         scheduler = make_scheduler(params["scheduler"], self.scheduler_config)
+        scheduler.set_timesteps(params["steps"], device=self.device)  # before init_noise_sigma, which it sets
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)  # else the first step searches its index on the device
         guided = params["guidance"] > 1.0
         with torch.inference_mode():
             set_seamless(self.unet, params["seamless"])
@@ -224,18 +231,19 @@ class LDM3DBackend:
 
     def _denoise(self, latents: torch.Tensor, embeddings: torch.Tensor, scheduler: Any, params: dict[str, Any],
                  progress: ProgressFn, cancelled: CancelledFn, guided: bool) -> torch.Tensor:
-        scheduler.set_timesteps(params["steps"], device=self.device)
+        # The U-Net takes each timestep as a device tensor, the scheduler as a host number: a scheduler indexing
+        # its tables with a device tensor makes the host wait for the GPU at every step.
         timesteps = scheduler.timesteps
-        for step, t in enumerate(timesteps, start=1):
+        for step, (t, t_host) in enumerate(zip(timesteps, timesteps.tolist()), start=1):
             if cancelled():
                 raise Cancelled()
             model_input = torch.cat([latents] * 2) if guided else latents
-            model_input = scheduler.scale_model_input(model_input, t)
+            model_input = scheduler.scale_model_input(model_input, t_host)
             noise = self.unet(model_input, t, encoder_hidden_states=embeddings).sample
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + params["guidance"] * (cond - uncond)
-            latents = scheduler.step(noise, t, latents).prev_sample
+            latents = scheduler.step(noise, t_host, latents).prev_sample
             progress(step, len(timesteps))
         return latents
 
