@@ -239,3 +239,19 @@ def test_long_prompts_are_truncated_with_a_warning(backends, caplog):
     out = run(backends[6], prompt=" ".join(["misty forest"] * 60))
     assert out.rgb.shape == (64, 128, 3)
     assert re.search(r"only the first 77", caplog.text)
+
+
+def test_loading_casts_nothing_it_need_not(models):
+    """Modules loaded in the dtype they run in are not cast again (diffusers warns about every cast)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    diffusers_log = logging.getLogger("diffusers")  # it does not propagate to the root logger
+    diffusers_log.addHandler(handler)
+    try:
+        load_backend(str(models[4]))
+    finally:
+        diffusers_log.removeHandler(handler)
+    assert not [r for r in records if "kept in float32" in r.getMessage()]

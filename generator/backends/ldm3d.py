@@ -178,7 +178,9 @@ class LDM3DBackend:
 
     def _place(self, compile: bool) -> None:
         for module, dtype in ((self.text_encoder, self.dtype), (self.unet, self.dtype), (self.vae, self.vae_dtype)):
-            module.to(self.device, dtype).eval().requires_grad_(False)
+            if module.dtype != dtype:  # cast only when needed: diffusers warns on every cast
+                module.to(dtype=dtype)
+            module.to(self.device).eval().requires_grad_(False)
         if self.device.type == "cuda":
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
