@@ -241,8 +241,9 @@ def test_long_prompts_are_truncated_with_a_warning(backends, caplog):
     assert re.search(r"only the first 77", caplog.text)
 
 
-def test_loading_casts_nothing_it_need_not(models):
-    """Modules loaded in the dtype they run in are not cast again (diffusers warns about every cast)."""
+def test_loading_says_nothing_alarming(models):
+    """No diffusers warnings at load: modules loaded in the dtype they run in are not cast again (diffusers
+    warns about every cast), and accelerate's loading path is not asked for (a warning without it)."""
     import logging
 
     records: list[logging.LogRecord] = []
@@ -254,4 +255,4 @@ def test_loading_casts_nothing_it_need_not(models):
         load_backend(str(models[4]))
     finally:
         diffusers_log.removeHandler(handler)
-    assert not [r for r in records if "kept in float32" in r.getMessage()]
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []

@@ -163,8 +163,12 @@ class LDM3DBackend:
         try:
             tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
             text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch_dtype)
-            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch_dtype)
-            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+            # low_cpu_mem_usage needs accelerate, which loaded no faster here; asking for it without
+            # accelerate makes diffusers warn at every load
+            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch_dtype,
+                                                        low_cpu_mem_usage=False)
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32,
+                                                low_cpu_mem_usage=False)
             scheduler_config = DDIMScheduler.load_config(folder, subfolder="scheduler")
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise BackendUnavailable(f"cannot load LDM3D from {folder}: {type(exc).__name__}: {exc}") from exc
