@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from td_bridge.protocol import PROTOCOL_VERSION, check_arrays, frame_header
+from td_bridge.protocol import PROTOCOL_VERSION, STAMP_BYTES, check_arrays, encode_header, frame_header
 
 from . import __version__
 from .backends.base import RGBD, Backend, CancelledFn, ProgressFn
@@ -15,13 +16,29 @@ if TYPE_CHECKING:
     from .library import Entry, FrameLibrary
 
 
-def new_frame_id() -> str:
-    """Sortable, unique: UTC time plus 8 random hex digits, e.g. 20261125T075501Z-3f2a1c9b."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+_clock_lock = threading.Lock()
+_last_micros = 0
+
+
+def _creation_micros() -> int:
+    """Microseconds since the epoch, strictly increasing within this process."""
+    global _last_micros
+    with _clock_lock:
+        _last_micros = max(time.time_ns() // 1000, _last_micros + 1)
+        return _last_micros
+
+
+def new_frame_id(micros: int | None = None) -> str:
+    """Unique and sortable by creation time: UTC time to the microsecond plus 8 random hex digits,
+    e.g. 20261125T075501.123456Z-3f2a1c9b. Two ids of one process never share a microsecond."""
+    micros = _creation_micros() if micros is None else micros
+    seconds, fraction = divmod(micros, 1_000_000)
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(seconds))}.{fraction:06d}Z-{secrets.token_hex(4)}"
 
 
 def frame_meta(
-    backend: Backend, params: dict[str, Any], result: RGBD, *, generate_s: float, job_id: str | None = None
+    backend: Backend, params: dict[str, Any], result: RGBD, *, generate_s: float, created_at: float,
+    job_id: str | None = None,
 ) -> dict[str, Any]:
     """Everything a frame's header and metadata.json record besides the layout fields."""
     return {
@@ -32,7 +49,7 @@ def frame_meta(
         "seed": params["seed"],
         "params": dict(params),
         "job_id": job_id,
-        "created_at": time.time(),
+        "created_at": created_at,
         "timings": {"generate_s": round(generate_s, 6)},
         "generator": {"depthfusion": __version__, "protocol": PROTOCOL_VERSION},
         "backend_info": result.info,
@@ -41,13 +58,17 @@ def frame_meta(
 
 def make_frame(backend: Backend, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
                job_id: str | None = None) -> tuple[dict[str, Any], RGBD]:
-    """Run the backend; (header with a new frame id, result). Arrays are checked first."""
+    """Run the backend; (header with a new frame id, result). Arrays are checked first, and the
+    header's size: a frame that no conforming client could read fails here (ProtocolError)."""
     started = time.perf_counter()
     result = backend.generate(params, progress, cancelled)
     check_arrays(result.rgb, result.depth)
-    meta = frame_meta(backend, params, result, generate_s=time.perf_counter() - started, job_id=job_id)
-    header = frame_header(result.rgb, result.depth, frame_id=new_frame_id(), seq=0, meta=meta,
+    micros = _creation_micros()
+    meta = frame_meta(backend, params, result, generate_s=time.perf_counter() - started, job_id=job_id,
+                      created_at=micros / 1e6)
+    header = frame_header(result.rgb, result.depth, frame_id=new_frame_id(micros), seq=0, meta=meta,
                           near=result.near, far=result.far)
+    encode_header(header, reserve=STAMP_BYTES)
     return header, result
 
 

@@ -72,9 +72,11 @@ class JobQueue:
             self._running = job
             return job
 
-    def finish(self, job: Job, state: str, *, frame_id: str | None = None, error: str | None = None) -> None:
+    def finish(self, job: Job, state: str, *, frame_id: str | None = None, error: str | None = None,
+               saved: bool | None = None) -> None:
         with self._cond:
             job.state, job.finished_at, job.frame_id, job.error = state, time.time(), frame_id, error
+            job.saved = saved
             if self._running is job:
                 self._running = None
             self._remember(job)

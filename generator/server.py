@@ -33,6 +33,9 @@ from .ratelimit import RateLimitedLogger
 log = logging.getLogger("depthfusion.server")
 
 MAX_COMMAND_BYTES = 1024 * 1024  # ZeroMQ drops peers that send bigger messages
+MAX_ERROR_CHARS = 2000  # a job's error text, so that job summaries stay small
+STATUS_JOBS = 16  # waiting jobs listed in a status event (``queued`` counts them all)
+STATUS_PROMPT_CHARS = 100  # prompts in a status event are cut to this; ``job`` gives them whole
 
 
 class NotFound(Exception):
@@ -200,22 +203,24 @@ class GeneratorServer:
         push.send_multipart([b"changed"])  # clients see "generating" now, not at the next heartbeat
         try:
             header, result = make_frame(self.backend, job.params, progress, job.cancel_event.is_set, job_id=job.id)
+            outcome: dict[str, Any] = {"saved": None, "error": None}  # the job shows it once the frame is out
             if self.library is not None:  # durable before anyone is told the frame exists
                 try:
                     self.library.save(header, result.rgb, result.depth)
-                    job.saved = True
+                    outcome["saved"] = True
                 except LibraryError as exc:  # the show goes on: the frame is still published
                     log.error("%s", exc)
-                    job.saved, job.error = False, f"not saved to the library: {exc}"
+                    outcome.update(saved=False, error=f"not saved to the library: {exc}")
             parts = wire.encode_frame_parts(result.rgb, result.depth, header)
-            push.send_multipart([b"result", job.id.encode(), *parts], copy=False)  # the arrays are not copied
+            push.send_multipart([b"result", job.id.encode(), json.dumps(outcome).encode(), *parts],
+                                copy=False)  # the arrays are not copied
         except Cancelled:
             self.jobs.finish(job, CANCELLED)
             push.send_multipart([b"changed"])
             log.info("job %s cancelled at step %d/%d", job.id, job.step, job.total)
         except Exception as exc:  # a backend failure must not take the server down
             log.exception("job %s failed", job.id)
-            self.jobs.finish(job, FAILED, error=f"{type(exc).__name__}: {exc}")
+            self.jobs.finish(job, FAILED, error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
             push.send_multipart([b"changed"])
 
     # ------------------------------------------------------------ command loop
@@ -230,16 +235,15 @@ class GeneratorServer:
             if kind == b"progress":
                 self._publisher.publish_event(wire.TOPIC_PROGRESS, json.loads(parts[1].bytes))
             elif kind == b"result":
-                self._publish_result(parts[1].bytes.decode(), parts[2:])
+                self._publish_result(parts[1].bytes.decode(), json.loads(parts[2].bytes), parts[3:])
             else:
                 self._publish_status()
 
-    def _publish_result(self, job_id: str, frame_parts: list[zmq.Frame]) -> None:
-        header, parts = self._publish(frame_parts)
-        self._remember(header["frame_id"], parts)
+    def _publish_result(self, job_id: str, outcome: dict[str, Any], frame_parts: list[zmq.Frame]) -> None:
+        header = self._publish(frame_parts)
         job = self.jobs.get(job_id)
-        if job is not None:
-            self.jobs.finish(job, DONE, frame_id=header["frame_id"], error=job.error)
+        if job is not None:  # frame id, saved and state change together, on this thread
+            self.jobs.finish(job, DONE, frame_id=header["frame_id"], error=outcome["error"], saved=outcome["saved"])
         log.info("frame %s published (seq %d, %s)", header["frame_id"], self._seq, job_id)
         self._publish_status()
 
@@ -250,37 +254,40 @@ class GeneratorServer:
         while len(self._history) > self._history_size:
             self._history.popitem(last=False)
 
-    def _publish(self, frame_parts: list[Any], **extra: Any) -> tuple[dict[str, Any], list[Any]]:
-        """Stamp [header, rgb, depth] with the next seq and the send time, publish it; (header, parts)."""
+    def _publish(self, frame_parts: list[Any], **extra: Any) -> dict[str, Any]:
+        """Stamp [header, rgb, depth] with the next seq and the send time, publish it and keep the
+        stamped parts for get_frame; returns the header."""
         header = json.loads(bytes(frame_parts[0]))
         self._seq += 1
         header.update(extra, seq=self._seq, server_id=self.server_id, sent_at=time.time())
-        parts = [json.dumps(header, separators=(",", ":")).encode(), *frame_parts[1:]]
+        parts = [wire.encode_header(header), *frame_parts[1:]]
         self._publisher.publish_frame(parts)
         self._last_published = header["frame_id"]
-        return header, parts
+        self._remember(header["frame_id"], parts)
+        return header
 
     def _publish_status(self) -> None:
         self._publisher.publish_event(wire.TOPIC_STATUS, self.status())
 
     def status(self) -> dict[str, Any]:
         snapshot = self.jobs.snapshot()
+        waiting = [_brief(job) for job in snapshot["waiting"][:STATUS_JOBS]]
         return {
             "server_id": self.server_id,
             "version": __version__,
             "backend": self.backend.name,
             "model": self.backend.model,
             "state": "generating" if snapshot["running"] else "idle",
-            "job": snapshot["running"],
+            "job": _brief(snapshot["running"]) if snapshot["running"] else None,
             "queued": len(snapshot["waiting"]),
-            "waiting": snapshot["waiting"],
+            "waiting": waiting,
             "frames_published": self._seq,
             "frames_superseded": self._publisher.superseded if self._publisher else 0,
             "last_frame_id": self._last_published,
             "uptime_s": round(time.time() - self._started, 3),
             "frames_address": self.frames_endpoint,
             "commands_address": self.commands_endpoint,
-            "library": {"root": str(self.library.root), "frames": len(self.library)} if self.library else None,
+            "library": None if self.library is None else {"root": str(self.library.root), "frames": len(self.library)},
         }
 
     def _drain_commands(self) -> None:
@@ -389,13 +396,13 @@ class GeneratorServer:
             raise wire.ProtocolError(f"{cmd} takes one of 'frame_id', 'cue' or 'name', got {', '.join(sorted(args))}")
         if "name" in args:  # a frame id if one is kept under that id, else a cue name (OSC's /recall)
             name = args["name"]
-            known = wire.is_valid_id(name) and (name in self._history or (self.library and self.library.get(name)))
+            known = wire.is_valid_id(name) and (name in self._history or (self.library is not None and self.library.get(name)))
             args = {"frame_id": name} if known else {"cue": name}
         if "cue" in args:
             cue = args["cue"]
             if not isinstance(cue, str) or not 0 < len(cue) <= 100:
                 raise wire.ProtocolError("'cue' must be a name of 1-100 characters")
-            entry = self.library.latest_for_cue(cue) if self.library else None
+            entry = self.library.latest_for_cue(cue) if self.library is not None else None
             if entry is None:
                 raise NotFound(f"no frame with cue {cue!r}")
             frame_id = entry.frame_id
@@ -404,9 +411,7 @@ class GeneratorServer:
             if not wire.is_valid_id(frame_id):
                 raise wire.ProtocolError(f"'frame_id' must be an id or 'latest', got {frame_id!r}")
             if frame_id == "latest":
-                frame_id = self._last_published
-                if frame_id is None:
-                    raise NotFound("no frame has been published yet")
+                frame_id = self._latest_id()
         if frame_id in self._history:
             return frame_id, self._history[frame_id]
         if self.library is None or self.library.get(frame_id) is None:
@@ -419,14 +424,29 @@ class GeneratorServer:
         self._remember(frame_id, parts)  # a cue recalled once is recalled again from memory
         return frame_id, parts
 
+    def _latest_id(self) -> str:
+        """What "latest" means: the frame this run published last; before it has published any
+        (just after a restart), the newest frame in the library."""
+        if self._last_published is not None:
+            return self._last_published
+        newest = self.library.find("", 1) if self.library is not None else []
+        if not newest:
+            empty = " and the library is empty" if self.library is not None else ""
+            raise NotFound(f"no frame has been published yet{empty}")
+        return newest[0].frame_id
+
     def _cmd_get_frame(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
         frame_id, parts = self._find_frame(args, "get_frame")
+        header = json.loads(bytes(parts[0]))
+        if header.get("server_id") != self.server_id:  # read from the library, not published by this run
+            header.update(seq=0, server_id=self.server_id, sent_at=time.time())
+            parts = [wire.encode_header(header), *parts[1:]]
         return [wire.encode_reply(request_id, {"frame_id": frame_id}), *parts]
 
     def _cmd_recall(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
         """Publish a kept frame again through the frame path, without the model."""
         frame_id, parts = self._find_frame(args, "recall")
-        header, _ = self._publish(parts, recalled_at=time.time())
+        header = self._publish(parts, recalled_at=time.time())
         log.info("frame %s recalled (seq %d)", frame_id, header["seq"])
         return [wire.encode_reply(request_id, {"frame_id": frame_id, "seq": header["seq"]})]
 
@@ -441,8 +461,15 @@ class GeneratorServer:
             raise wire.ProtocolError("'limit' must be an integer in [1, 10000]")
         if self.library is None:
             raise NotFound("this generator runs without a frame library (--no-library)")
-        frames = [e.summary() for e in self.library.find(search, limit)]
-        return [wire.encode_reply(request_id, {"frames": frames, "total": len(self.library)})]
+        frames, room = [], wire.MAX_REPLY_BYTES - 512  # the reply's other fields fit in what is left
+        for entry in self.library.find(search, limit):
+            summary = entry.summary()
+            room -= len(wire.encode_json(summary)) + 1
+            if room < 0:
+                break
+            frames.append(summary)
+        result = {"frames": frames, "total": len(self.library), "truncated": room < 0}
+        return [wire.encode_reply(request_id, result)]
 
     def _cmd_delete(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
         if set(args) != {"frame_id"} or not wire.is_valid_id(args["frame_id"]):
@@ -457,6 +484,12 @@ class GeneratorServer:
         if self._last_published == args["frame_id"]:
             self._last_published = None
         return [wire.encode_reply(request_id, {"deleted": args["frame_id"]})]
+
+
+def _brief(job: dict[str, Any]) -> dict[str, Any]:
+    """A job summary for status events: the prompt cut to STATUS_PROMPT_CHARS characters."""
+    prompt = job.get("prompt") or ""
+    return job | {"prompt": prompt[:STATUS_PROMPT_CHARS - 1] + "…" if len(prompt) > STATUS_PROMPT_CHARS else prompt}
 
 
 def _job_id_arg(args: dict[str, Any], *, required: bool) -> str | None:

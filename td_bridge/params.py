@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-SEED_MAX = 2**32 - 1
+SEED_MAX = 2**31 - 1  # an OSC int32: every show tool sends and shows it
 RANDOM_SEED = -1
 
 
@@ -62,6 +62,8 @@ class Param:
                 return f"{len(value)} characters is too long"
             if "\x00" in value:
                 return "NUL characters are not allowed"
+            if not value.isascii() and any("\ud800" <= ch <= "\udfff" for ch in value):
+                return "lone surrogates are not valid text"
             if self.choices and value not in self.choices:
                 return f"{value!r} is not a choice"
             return None

@@ -30,7 +30,9 @@ TOPIC_STATUS = b"status"
 EVENT_TOPICS = (TOPIC_PROGRESS, TOPIC_STATUS)
 
 MAX_HEADER_BYTES = 64 * 1024
+STAMP_BYTES = 256  # room a header keeps for what the publisher adds: seq, server_id, sent_at, recalled_at
 MAX_REQUEST_BYTES = 64 * 1024
+MAX_REPLY_BYTES = 1024 * 1024  # a reply's JSON part (a get_frame reply's frame parts have their own limits)
 MAX_SIDE = 16384
 MAX_PIXELS = 8192 * 8192
 MAX_ID_LENGTH = 64
@@ -81,7 +83,8 @@ def is_valid_id(value: Any) -> bool:
     return isinstance(value, str) and _ID_RE.match(value) is not None
 
 
-def _json_bytes(obj: dict[str, Any]) -> bytes:
+def encode_json(obj: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, as every message of this protocol is written."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
@@ -193,11 +196,20 @@ def _check_size(width: int, height: int) -> None:
         )
 
 
+def encode_header(header: dict[str, Any], reserve: int = 0) -> bytes:
+    """The header as UTF-8 JSON; ProtocolError if it (plus ``reserve`` bytes still to come) would
+    exceed :data:`MAX_HEADER_BYTES`, so no frame a conforming client must reject ever leaves."""
+    data = encode_json(header)
+    if len(data) + reserve > MAX_HEADER_BYTES:
+        raise ProtocolError(f"frame header is {len(data)} bytes (+{reserve} to come); the limit is {MAX_HEADER_BYTES}")
+    return data
+
+
 def encode_frame_parts(rgb: np.ndarray, depth: np.ndarray, header: dict[str, Any]) -> list[Any]:
     """Parts after the topic: [header JSON, RGB buffer, depth buffer] (buffers not copied)."""
     check_arrays(rgb, depth)
     return [
-        _json_bytes(header),
+        encode_header(header),
         memoryview(np.ascontiguousarray(rgb)).cast("B"),
         memoryview(np.ascontiguousarray(depth, dtype="<u2")).cast("B"),
     ]
@@ -269,7 +281,7 @@ def encode_event(topic: bytes, payload: dict[str, Any]) -> list[bytes]:
     if topic not in EVENT_TOPICS:
         raise ValueError(f"unknown event topic {topic!r}")
     body = {"protocol": PROTOCOL_VERSION, "kind": topic.decode(), **payload}
-    return [topic, _json_bytes(body)]
+    return [topic, encode_json(body)]
 
 
 def decode_event(parts: Sequence[Any]) -> dict[str, Any]:
@@ -285,7 +297,7 @@ def decode_event(parts: Sequence[Any]) -> dict[str, Any]:
 
 
 def encode_request(request_id: str, cmd: str, args: dict[str, Any] | None = None) -> bytes:
-    return _json_bytes({"protocol": PROTOCOL_VERSION, "id": request_id, "cmd": cmd, "args": args or {}})
+    return encode_json({"protocol": PROTOCOL_VERSION, "id": request_id, "cmd": cmd, "args": args or {}})
 
 
 def decode_request(data: bytes) -> dict[str, Any]:
@@ -306,17 +318,17 @@ def decode_request(data: bytes) -> dict[str, Any]:
 
 
 def encode_reply(request_id: str | None, result: dict[str, Any] | None = None) -> bytes:
-    return _json_bytes({"protocol": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": result or {}})
+    return encode_json({"protocol": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": result or {}})
 
 
 def encode_error(request_id: str | None, code: str, message: str) -> bytes:
-    return _json_bytes(
+    return encode_json(
         {"protocol": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": {"code": code, "message": message}}
     )
 
 
 def decode_reply(data: bytes) -> dict[str, Any]:
-    reply = _load_json_object(data, "reply", MAX_HEADER_BYTES)
+    reply = _load_json_object(data, "reply", MAX_REPLY_BYTES)
     check_version(reply, "reply")
     if not isinstance(reply.get("ok"), bool):
         raise ProtocolError("reply field 'ok' must be true or false")

@@ -11,7 +11,7 @@ from td_bridge.params import ParamError
     ("/depthfusion/mesh_rows", [128.0], OscRoute("set", "mesh_rows", 128)),
     ("/depthfusion/seamless", ["off"], OscRoute("set", "seamless", False)),
     ("/depthfusion/edges", ["fade"], OscRoute("set", "edges", "fade")),
-    ("/depthfusion/seed", [2**32 - 1], OscRoute("set", "seed", 2**32 - 1)),
+    ("/depthfusion/seed", [2**31 - 1], OscRoute("set", "seed", 2**31 - 1)),
     ("/depthfusion/generate", [], OscRoute("action", "generate")),
     ("/depthfusion/generate", ["a misty forest ✓"], OscRoute("action", "generate", "a misty forest ✓")),
     ("/depthfusion/recall", [" opening "], OscRoute("action", "recall", "opening")),

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import time
 import zipfile
 
 import numpy as np
@@ -224,16 +225,30 @@ def test_a_recalled_frame_stays_in_memory_and_latest_means_on_screen(make_server
     original_load = library.load
     monkeypatch.setattr(library, "load", lambda frame_id: reads.append(frame_id) or original_load(frame_id))
     with CommandClient(srv.commands) as client:
-        with pytest.raises(CommandError, match="no frame has been published yet"):
-            client.get_frame()
+        server_id = client.ping()["server_id"]
+        first = client.get_frame()  # this run has published nothing yet: the library's newest
+        assert (first.frame_id, first.seq, first.meta["server_id"]) == (newer.frame_id, 0, server_id)
+        assert first.meta["sent_at"] >= first.meta["created_at"]
         client.recall(cue="newer")
         client.recall(cue="newer")
-        assert reads == [newer.frame_id]  # the second time from memory
-        assert client.get_frame(older.frame_id).frame_id == older.frame_id  # fetched, not shown
-        assert client.get_frame().frame_id == newer.frame_id
+        assert reads == [newer.frame_id]  # read once, then from memory
+        fetched = client.get_frame(older.frame_id)  # fetched, not shown
+        assert (fetched.frame_id, fetched.seq, fetched.meta["server_id"]) == (older.frame_id, 0, server_id)
+        latest = client.get_frame()  # as last published: the second recall
+        assert (latest.frame_id, latest.seq, latest.meta["server_id"]) == (newer.frame_id, 2, server_id)
+        assert "recalled_at" in latest.meta and latest.meta["sent_at"] <= time.time()
         assert client.status()["last_frame_id"] == newer.frame_id
         client.delete(newer.frame_id)
         assert client.status()["last_frame_id"] is None
+        assert client.get_frame().frame_id == older.frame_id  # back to the library's newest
+
+
+def test_latest_with_an_empty_library_says_so(make_server, tmp_path):
+    srv = make_server(library=FrameLibrary(tmp_path))
+    with CommandClient(srv.commands) as client:
+        assert client.status()["library"] == {"root": str(tmp_path), "frames": 0}  # an empty library is no null
+        with pytest.raises(CommandError, match="no frame has been published yet and the library is empty"):
+            client.get_frame()
 
 
 @pytest.mark.parametrize(
@@ -489,3 +504,33 @@ def test_library_cli_lists_exports_and_deletes(tmp_path):
     assert run_cli("library", *lib, "delete", forest.frame_id).returncode == 0
     assert [e.frame_id for e in FrameLibrary(tmp_path / "lib").find()] == [desert.frame_id]
     assert run_cli("library", *lib, "list", "--limit", "0").returncode == 2
+
+
+def test_frame_ids_sort_in_creation_order():
+    """Ids made within one second (issue 12: 6 of 19 out of order) sort as they were made."""
+    from generator.frames import new_frame_id
+    from td_bridge.protocol import is_valid_id
+
+    ids = [new_frame_id() for _ in range(2000)]
+    assert sorted(ids) == ids and len(set(ids)) == len(ids) and all(map(is_valid_id, ids))
+    headers = [frame(seed=s)[0] for s in range(20)]
+    made = [h["frame_id"] for h in headers]
+    assert sorted(made) == made == [h["frame_id"] for h in sorted(headers, key=lambda h: h["created_at"])]
+    assert made[0][:8] == time.strftime("%Y%m%d", time.gmtime(headers[0]["created_at"]))  # the day folder's date
+
+
+def test_a_library_reply_stays_within_the_reply_limit(make_server, tmp_path):
+    """Frames with the longest legal text in the costliest characters: the reply holds as many of the
+    newest as fit in MAX_REPLY_BYTES and says it was cut."""
+    from td_bridge import protocol as wire
+
+    library = FrameLibrary(tmp_path)
+    made = [saved(library, prompt="\x01" * 2000, cue=f"c{i}")[0].frame_id for i in range(60)]
+    srv = make_server(library=library)
+    with CommandClient(srv.commands) as client:
+        reply = client.library(limit=100)
+        assert reply["truncated"] is True and reply["total"] == 60
+        assert [f["frame_id"] for f in reply["frames"]] == made[::-1][:len(reply["frames"])]
+        assert len(wire.encode_json(reply)) <= wire.MAX_REPLY_BYTES and len(reply["frames"]) >= 20
+        small = client.library(limit=5)
+        assert small["truncated"] is False and len(small["frames"]) == 5

@@ -76,7 +76,7 @@ def test_ping_pong(osc):
         ("/depthfusion/seamless", "off", False),
         ("/depthfusion/scheduler", "euler", "euler"),
         ("/depthfusion/prompt", "a misty forest ✓", "a misty forest ✓"),
-        ("/depthfusion/seed", 2**32 - 1, 2**32 - 1),
+        ("/depthfusion/seed", 2**31 - 1, 2**31 - 1),
     ],
 )
 def test_parameters_are_coerced_and_echoed(osc, address, value, echoed):
@@ -87,9 +87,9 @@ def test_int64_and_double_arguments(osc):
     from pythonosc.osc_message_builder import OscMessageBuilder
 
     builder = OscMessageBuilder("/depthfusion/seed")
-    builder.add_arg(2**32 - 2, OscMessageBuilder.ARG_TYPE_INT64)
+    builder.add_arg(2**31 - 2, OscMessageBuilder.ARG_TYPE_INT64)
     osc.raw(builder.build().dgram)
-    assert osc.recv() == ("/depthfusion/seed", [2**32 - 2])
+    assert osc.recv() == ("/depthfusion/seed", [2**31 - 2])
     builder = OscMessageBuilder("/depthfusion/guidance")
     builder.add_arg(6.25, OscMessageBuilder.ARG_TYPE_DOUBLE)
     osc.raw(builder.build().dgram)

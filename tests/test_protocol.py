@@ -209,3 +209,12 @@ def test_deeply_nested_request_is_rejected_not_crashing():
     body = b'{"protocol":1,"id":"x","cmd":"ping","args":' + b'{"a":' * 10000 + b"1" + b"}" * 10001
     with pytest.raises(wire.ProtocolError):
         wire.decode_request(body)
+
+
+def test_encode_header_refuses_what_a_client_must_reject():
+    fits = {"notes": "ü" * ((wire.MAX_HEADER_BYTES - wire.STAMP_BYTES - 20) // 2)}  # UTF-8, not \\u escapes
+    assert len(wire.encode_header(fits, reserve=wire.STAMP_BYTES)) + wire.STAMP_BYTES <= wire.MAX_HEADER_BYTES
+    with pytest.raises(wire.ProtocolError, match="the limit is 65536"):
+        wire.encode_header({"notes": "ü" * (wire.MAX_HEADER_BYTES // 2)})
+    with pytest.raises(wire.ProtocolError, match=r"\+256 to come"):
+        wire.encode_header({"notes": "x" * (wire.MAX_HEADER_BYTES - 100)}, reserve=wire.STAMP_BYTES)

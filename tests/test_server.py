@@ -1,5 +1,8 @@
 import contextlib
+import dataclasses
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -8,8 +11,10 @@ import zmq
 from conftest import SMALL, wait_for
 from generator.backends import DemoBackend
 from generator.backends.demo import scene_for
+from generator.library import FrameLibrary
 from td_bridge import protocol as wire
-from td_bridge.receiver import CommandClient, CommandError
+from td_bridge.params import GENERATION_PARAMS
+from td_bridge.receiver import CommandClient, CommandError, FrameReceiver
 
 
 def wait_job(client, job_id, states=("done", "cancelled", "failed")):
@@ -70,7 +75,7 @@ def test_generate_publishes_a_frame_that_late_joiners_can_fetch(client, receiver
 
 def test_random_seed_is_resolved_and_reported(client, receiver):
     job = client.generate(**SMALL)
-    assert 0 <= job["params"]["seed"] < 2**32
+    assert 0 <= job["params"]["seed"] < 2**31
     frame = wait_for(receiver.latest, what="frame")
     assert frame.meta["seed"] == job["params"]["seed"]
 
@@ -273,3 +278,104 @@ def test_shutdown_does_not_hang_on_a_backend_that_ignores_cancel(make_server, ca
     srv.close()
     assert time.monotonic() - started < 2.5
     assert "did not stop within 0.3 s" in caplog.text
+
+
+# ------------------------------------------------------------------ limits, replies and job state (issue 12)
+
+LONGEST_TEXT = {p.name: p.max_length for p in GENERATION_PARAMS if p.kind is str and p.max_length}
+
+
+@pytest.mark.parametrize("char", ["😀", "\x01"])  # 4 bytes in UTF-8; 6 as a JSON escape, the most per character
+def test_the_largest_legal_text_fields_make_frames_and_events_every_client_reads(make_server, tmp_path, char):
+    """Every text field at its longest, in the characters that cost the most bytes: the frame, its
+    recall, get_frame and the status events stay within the documented limits and decode."""
+    text = {name: char * length for name, length in LONGEST_TEXT.items()}
+    assert set(text) == {"prompt", "negative_prompt", "cue"}
+    srv = make_server(DemoBackend(step_delay=0.02), library=FrameLibrary(tmp_path), max_waiting=40)
+    with CommandClient(srv.commands) as c, FrameReceiver(srv.frames) as rx:
+        wait_for(lambda: rx.connected, what="receiver")
+        job = c.generate(**text, **SMALL)
+        done = wait_job(c, job["job_id"])
+        assert done["state"] == "done" and done["saved"] is True and done["error"] is None
+        frame = wait_for(rx.latest, what="frame")
+        assert len(wire.encode_json(frame.meta)) <= wire.MAX_HEADER_BYTES
+        assert all(frame.meta["params"][name] == value for name, value in text.items())
+        assert frame.meta["prompt"] == text["prompt"] and frame.meta["negative_prompt"] == text["negative_prompt"]
+        c.recall(frame.frame_id)
+        assert wait_for(lambda: (f := rx.latest()) and f.seq == 2 and f, what="recall").meta["recalled_at"]
+        assert c.get_frame(cue=text["cue"]).frame_id == frame.frame_id
+        jobs = [c.generate(**{**text, **SMALL, "steps": 20})["job_id"] for _ in range(40)]  # a full queue in status
+        status = wait_for(lambda: (s := rx.event("status")) and s["queued"] >= 20 and s, what="busy status")
+        assert len(status["waiting"]) == 16 and len(status["waiting"][0]["prompt"]) == 100
+        assert rx.stats().errors == 0
+        assert c.job(jobs[-1])["prompt"] == text["prompt"]  # whole in the job's own summary
+        c.cancel()
+
+
+class HugeInfoBackend(DemoBackend):
+    name = "huge-info"
+
+    def generate(self, params, progress, cancelled):
+        result = super().generate(params, progress, cancelled)
+        return dataclasses.replace(result, info={"notes": "x" * wire.MAX_HEADER_BYTES})
+
+
+def test_a_header_over_the_limit_fails_the_job_and_is_neither_saved_nor_published(make_server, tmp_path):
+    library = FrameLibrary(tmp_path)
+    srv = make_server(HugeInfoBackend(), library=library)
+    with CommandClient(srv.commands) as c, FrameReceiver(srv.frames) as rx:
+        wait_for(lambda: rx.connected, what="receiver")
+        done = wait_job(c, c.generate(**SMALL)["job_id"])
+        assert done["state"] == "failed" and "the limit is 65536" in done["error"]
+        assert done["frame_id"] is None and done["saved"] is None and len(library) == 0
+        assert rx.latest() is None and c.status()["frames_published"] == 0
+
+
+def test_saved_is_reported_together_with_the_frame_id(make_server, tmp_path, monkeypatch):
+    """The job's summary never says saved: true before it names its frame."""
+    encode, reached, release = wire.encode_frame_parts, threading.Event(), threading.Event()
+
+    def held(*args):  # the worker, after saving, stops before handing the frame over
+        if threading.current_thread().name == "depthfusion-worker":
+            reached.set()
+            release.wait(10)
+        return encode(*args)
+
+    monkeypatch.setattr(wire, "encode_frame_parts", held)
+    srv = make_server(library=FrameLibrary(tmp_path))
+    with CommandClient(srv.commands) as c:
+        job_id = c.generate(**SMALL)["job_id"]
+        assert reached.wait(10)
+        during = c.job(job_id)
+        release.set()
+        done = wait_job(c, job_id)
+    assert during["state"] == "running" and (during["saved"], during["frame_id"]) == (None, None)
+    assert done["saved"] is True and done["frame_id"] is not None
+
+
+def test_replies_come_in_request_order_and_unreadable_requests_get_id_null(raw):
+    """A DEALER may send several requests at once: replies keep their order, and one whose request had
+    no readable id carries "id": null in that request's place."""
+    raw.send_multipart([wire.encode_request("a-1", "ping")])
+    raw.send_multipart([b"not json"])
+    raw.send_multipart([b'{"protocol": 1, "cmd": "ping"}'])
+    raw.send_multipart([b'{"protocol": 1, "id": "bad id!", "cmd": "ping"}'])
+    raw.send_multipart([wire.encode_request("a-5", "nope")])
+    replies = [wire.decode_reply(raw.recv_multipart()[0]) for _ in range(5)]
+    assert [(r["id"], r["ok"]) for r in replies] == [("a-1", True), (None, False), (None, True), (None, False),
+                                                     ("a-5", False)]
+
+
+def test_an_oversized_request_gets_no_reply_and_the_client_reconnects(raw):
+    raw.send(b"x" * (2 * 1024 * 1024))  # the connection is dropped: no reply ever comes
+    with pytest.raises(zmq.Again):
+        raw.recv()
+    deadline = time.monotonic() + 10
+    while True:  # the DEALER reconnects on its own; requests sent meanwhile may be lost, so resend
+        raw.send(wire.encode_request("again", "ping"))
+        try:
+            reply = wire.decode_reply(raw.recv())
+            break
+        except zmq.Again:
+            assert time.monotonic() < deadline, "no reply after the reconnect"
+    assert reply["id"] == "again" and reply["ok"]
