@@ -167,6 +167,9 @@ VIEW_PARAMS: tuple[Param, ...] = (
     Param("pitch", float, 0.0, "Head tilt upwards.", minimum=-90.0, maximum=90.0, unit="deg"),
     Param("eye_width", int, 1280, "Width of each eye's image.", minimum=16, maximum=16384, unit="px"),
     Param("eye_height", int, 720, "Height of each eye's image.", minimum=16, maximum=16384, unit="px"),
+    Param("packing", str, "half", "Side-by-side and top-bottom outputs: half keeps one eye's size with each eye "
+          "squeezed into its half (frame-compatible 3D, within Non-Commercial's 1280×1280); full puts both eyes "
+          "at full size (twice as wide or high).", choices=("half", "full")),
     Param("ods_height", int, 640, "Height of each eye's 360° stereo equirectangular image (twice as wide).",
           minimum=16, maximum=8192, unit="px"),
     Param("dome_size", int, 1280, "Width and height of the dome's fisheye image.", minimum=16, maximum=16384,

@@ -5,8 +5,9 @@ feed the same values to the shaders on llvmpipe); ``render_settings`` gives ever
 operator parameter of the DepthFusion component (sphere mesh, cameras, render sizes, 360° and
 dome projections) by operator name, for the extension to write when a parameter changes.
 
-TouchDesigner camera facts used here (Derivative's Camera COMP page): ``ipdshiftx`` moves a camera
-along its own X axis after rotation (right eye +IPD/2, left eye −IPD/2); Window X (``winx``)
+TouchDesigner camera facts used here (Derivative's Camera COMP page): IPD Shift (``ipdshift``, one
+value) moves a camera along its own X axis after rotation (right eye +IPD/2, left eye −IPD/2; for the
+omni-directional stereo camera the sign depends on the build, see td_bridge.td_builds); Window X (``winx``)
 shifts the image by that fraction of its width ("a Window X of −0.5 moves the previous centre of
 the image to the left edge"), which makes the off-axis frustum of
 :func:`td_bridge.geometry.off_axis_projection`.
@@ -19,6 +20,7 @@ from typing import Any, Mapping
 
 from .depth import LINEAR, DepthMapping
 from .params import DISPLAY_PARAMS, VIEW_PARAMS, validate_all
+from .td_builds import ODS_IPD_SIGN_FIXED, Build, ods_ipd_shift
 
 EDGE_MODES = {"keep": 0.0, "cull": 1.0, "fade": 2.0}  # uMapping.w, as depthfusion_pixel.glsl reads it
 
@@ -26,6 +28,7 @@ EDGE_MODES = {"keep": 0.0, "cull": 1.0, "fade": 2.0}  # uMapping.w, as depthfusi
 GEOMETRY, MESH, MATERIAL = "sphere", "mesh", "displace"
 EYES = ("left", "right")
 ODS_CAMERA, ODS_RENDER, DOME_CAMERA, DOME_RENDER, DOME = "cam_ods", "render_ods", "cam_dome", "render_dome", "dome"
+SIDE_BY_SIDE, TOP_BOTTOM, ODS_TOP_BOTTOM = "side_by_side", "top_bottom", "ods_top_bottom"
 
 
 def camera(eye: str) -> str:
@@ -88,9 +91,11 @@ def cube_face_size(equirect_height: int) -> int:
     return max(16, math.ceil(2 * equirect_height / math.pi / 8) * 8)
 
 
-def render_settings(display: Mapping[str, Any], view: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def render_settings(display: Mapping[str, Any], view: Mapping[str, Any],
+                    build: Build = ODS_IPD_SIGN_FIXED) -> dict[str, dict[str, Any]]:
     """Parameter values by operator name (``sphere/mesh`` is inside the Geometry COMP) for
-    display and view parameters; both are validated first (ParamError names every problem)."""
+    display and view parameters on TouchDesigner ``build`` (it sets the ODS IPD sign); both are
+    validated first (ParamError names every problem)."""
     display, view = validate_all((display, DISPLAY_PARAMS), (view, VIEW_PARAMS))
     near, far = clip_range(display, view)
     head = {"tx": view["head_x"], "ty": view["head_y"], "tz": view["head_z"], "rz": 0.0, "rord": "xyz"}
@@ -101,17 +106,22 @@ def render_settings(display: Mapping[str, Any], view: Mapping[str, Any]) -> dict
     for eye, sign in zip(EYES, (-1.0, 1.0)):
         offset = sign * view["ipd"] / 2
         settings[camera(eye)] = {
-            **head, "rx": view["pitch"], "ry": view["yaw"], "ipdshiftx": offset, "viewanglemethod": "vertfov",
+            **head, "rx": view["pitch"], "ry": view["yaw"], "ipdshift": offset, "viewanglemethod": "vertfov",
             "fov": view["fov"], "winx": window_x(offset, view["convergence"], view["fov"], aspect),
             "near": near, "far": far,
         }
         settings[render(eye)] = {"resolutionw": view["eye_width"], "resolutionh": view["eye_height"]}
         settings[ods(eye)] = {"resolutionw": 2 * view["ods_height"], "resolutionh": view["ods_height"]}
     face = cube_face_size(view["ods_height"])
-    settings[ODS_CAMERA] = {**head, "rx": 0.0, "ry": view["yaw"], "ipdshiftx": view["ipd"] / 2,
+    eye_w, eye_h = view["eye_width"], view["eye_height"]
+    full = view["packing"] == "full"
+    settings[SIDE_BY_SIDE] = {"resolutionw": 2 * eye_w if full else eye_w, "resolutionh": eye_h}
+    settings[TOP_BOTTOM] = {"resolutionw": eye_w, "resolutionh": 2 * eye_h if full else eye_h}
+    settings[ODS_TOP_BOTTOM] = {"resolutionw": 2 * view["ods_height"], "resolutionh": 2 * view["ods_height"]}
+    settings[ODS_CAMERA] = {**head, "rx": 0.0, "ry": view["yaw"], "ipdshift": ods_ipd_shift(view["ipd"], build),
                             "near": near, "far": far}
     settings[ODS_RENDER] = {"resolutionw": face, "resolutionh": face}
-    settings[DOME_CAMERA] = {**head, "rx": view["dome_tilt"], "ry": view["yaw"], "ipdshiftx": 0.0,
+    settings[DOME_CAMERA] = {**head, "rx": view["dome_tilt"], "ry": view["yaw"], "ipdshift": 0.0,
                              "near": near, "far": far}
     dome_face = cube_face_size(view["dome_size"])
     settings[DOME_RENDER] = {"resolutionw": dome_face, "resolutionh": dome_face}

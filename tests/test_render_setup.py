@@ -35,7 +35,7 @@ def td_camera_world(cam):
     m[:3, :3] = rotation
     m[:3, 3] = (cam["tx"], cam["ty"], cam["tz"])
     shift = np.eye(4)
-    shift[0, 3] = cam["ipdshiftx"]
+    shift[0, 3] = cam["ipdshift"]
     return m @ shift
 
 
@@ -146,7 +146,23 @@ def test_render_settings_sizes_and_validation():
     assert settings["ods_left"] == settings["ods_right"] == {"resolutionw": 2000, "resolutionh": 1000}
     assert settings["render_ods"]["resolutionw"] == cube_face_size(1000) == 640
     assert settings["dome"] == {"fov": 180.0, "resolutionw": 1024, "resolutionh": 1024}
-    assert settings["cam_dome"]["rx"] == 90.0 and settings["cam_ods"]["ipdshiftx"] == 0.032
+    assert settings["cam_dome"]["rx"] == 90.0 and settings["cam_ods"]["ipdshift"] == 0.032
     with pytest.raises(ParamError) as error:
         render_settings({"mesh_rows": 1}, {"ipd": -1, "edges": "blur"})
     assert all(name in str(error.value) for name in ("mesh_rows", "ipd", "edges"))
+
+
+def test_stereo_layouts_pack_half_by_default_and_full_on_request():
+    settings = render_settings({}, {"eye_width": 1280, "eye_height": 720, "ods_height": 640})
+    assert settings["side_by_side"] == settings["top_bottom"] == {"resolutionw": 1280, "resolutionh": 720}
+    assert settings["ods_top_bottom"] == {"resolutionw": 1280, "resolutionh": 1280}
+    full = render_settings({}, {"eye_width": 1280, "eye_height": 720, "packing": "full"})
+    assert full["side_by_side"] == {"resolutionw": 2560, "resolutionh": 720}
+    assert full["top_bottom"] == {"resolutionw": 1280, "resolutionh": 1440}
+
+
+def test_the_ods_ipd_sign_is_reversed_before_2023_12370():
+    ipd = {"ipd": 0.07}
+    assert render_settings({}, ipd, (2023, 12370))["cam_ods"]["ipdshift"] == 0.035
+    assert render_settings({}, ipd, (2025, 31550))["cam_ods"]["ipdshift"] == 0.035
+    assert render_settings({}, ipd, (2023, 11290))["cam_ods"]["ipdshift"] == -0.035

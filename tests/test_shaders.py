@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, require_tool
+from td_bridge import td_builds
 from td_bridge.depth import DepthMapping
 from td_bridge.geometry import Displacer, discontinuous_triangles, sphere_mesh
 from td_bridge.protocol import Frame
@@ -19,10 +20,11 @@ from td_bridge.top_frames import to_top
 sys.path.insert(0, str(ROOT / "touchdesigner"))
 import shader_source  # noqa: E402
 
-# What TouchDesigner declares in front of a GLSL MAT's code (only the names our shaders use).
-TD_VERTEX_HEADER = """#version 460
-layout(location = 0) in vec3 P;
-vec4 TDDeform(vec3 p) { return vec4(p, 1.0); }
+# What TouchDesigner declares in front of a GLSL MAT's code (only the names our shaders use); the vertex
+# position input differs by build (td_bridge.td_builds): P on 2023 builds, TDPos() on 2025 builds.
+POSITION_DECLARATIONS = {"P": "layout(location = 0) in vec3 P;\n",
+                         "TDPos()": "layout(location = 0) in vec3 tdPosition;\nvec3 TDPos() { return tdPosition; }\n"}
+TD_VERTEX_FUNCTIONS = """vec4 TDDeform(vec3 p) { return vec4(p, 1.0); }
 vec4 TDWorldToProj(vec4 p) { return p; }
 """
 TD_PIXEL_HEADER = """#version 460
@@ -33,17 +35,37 @@ vec4 TDOutputSwizzle(vec4 c) { return c; }
 # ------------------------------------------------------------------ glslangValidator
 
 
-def validate(tmp_path, vertex, pixel):
+def validate(tmp_path, vertex, pixel, declared="TDPos()"):
+    """glslangValidator on both stages behind a header that declares the ``declared`` position input."""
     tool = require_tool("glslangValidator", "glslang-tools")
-    (tmp_path / "df.vert").write_text(TD_VERTEX_HEADER + vertex, encoding="utf-8")
+    header = "#version 460\n" + POSITION_DECLARATIONS[declared] + TD_VERTEX_FUNCTIONS
+    (tmp_path / "df.vert").write_text(header + vertex, encoding="utf-8")
     (tmp_path / "df.frag").write_text(TD_PIXEL_HEADER + pixel, encoding="utf-8")
     return subprocess.run([tool, "-l", "df.vert", "df.frag"], cwd=tmp_path, capture_output=True, text=True)
 
 
-def test_the_shaders_compile_and_link(tmp_path):
-    result = validate(tmp_path, shader_source.vertex_source(), shader_source.pixel_source())
+@pytest.mark.parametrize("position", td_builds.POSITION_INPUTS)
+def test_the_shaders_compile_and_link_for_each_builds_position_input(tmp_path, position):
+    result = validate(tmp_path, shader_source.vertex_source(position), shader_source.pixel_source(), position)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WARNING" not in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("position, other, message", [("TDPos()", "P", "no matching overloaded function"),
+                                                      ("P", "TDPos()", "undeclared identifier")])
+def test_a_position_input_the_build_lacks_does_not_compile(tmp_path, position, other, message):
+    result = validate(tmp_path, shader_source.vertex_source(position), shader_source.pixel_source(), other)
+    assert result.returncode != 0 and message in result.stdout, result.stdout
+
+
+def test_the_position_line_is_rewritten_not_duplicated():
+    text = shader_source.vertex_source("P")
+    assert td_builds.with_position(text, "TDPos()") == shader_source.vertex_source("TDPos()")
+    assert text.count("#define DF_POSITION") == 1
+    with pytest.raises(ValueError, match="one of TDPos\\(\\), P"):
+        td_builds.with_position(text, "gl_Vertex")
+    with pytest.raises(ValueError, match="does not start with"):
+        td_builds.with_position(shader_source.pixel_source(), "P")
 
 
 @pytest.mark.parametrize(

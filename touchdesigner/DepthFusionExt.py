@@ -6,10 +6,17 @@ worth testing lives in td_bridge (tests/test_component.py); this file moves valu
 component's parameters and operators and the controller, on TouchDesigner's main thread:
 the Execute DAT calls ``OnFrameStart`` every frame, the Parameter Execute DAT ``OnPulse`` and
 ``OnValueChange``, the Script TOPs ``CookRgb`` / ``CookDepth``, the OSC In DAT ``OnOsc``.
+
+Life cycle: ``__init__`` touches no operator. ``onInitTD`` (called by TouchDesigner from 2025.31550,
+and by a ``run(..., delayFrames=1)`` this class schedules on every build; whichever comes first wins)
+imports td_bridge, applies the settings, starts the controller and runs Diagnose once.
+``onDestroyTD`` (2025.31550+) and ``__delTD__`` (before) both close it; closing twice is harmless.
+No callback raises: a problem goes to *Last Error* and the frames keep flowing.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import importlib.util
 import sys
@@ -24,6 +31,9 @@ PYZMQ_HELP = ("pyzmq is missing from TouchDesigner's Python. TouchDesigner 2025:
 STATE_PARS = {"Status": "status", "Backend": "backend", "Progress": "progress", "Frameid": "frame_id",
               "Jobid": "job_id", "Lasterror": "last_error", "Connected": "connected"}
 PAR_OF = {attribute: par for par, attribute in STATE_PARS.items()}
+SCRIPT_TOP_FORMATS = {"rgb": "rgba8fixed", "depth": "mono16fixed"}  # as build_depthfusion.py sets them
+TEXTURE_LIMIT = 1280  # TouchDesigner Non-Commercial's largest texture side
+DIAGNOSTICS = "diagnostics"
 
 
 class _SourceLoader(importlib.abc.Loader):
@@ -65,14 +75,54 @@ def load_package(name: str, sources: dict[str, str]) -> Any:
     return package
 
 
+def _guarded(method):
+    """A callback that never raises into TouchDesigner: the problem goes to Last Error."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - TouchDesigner must keep running whatever happens here
+            self._error(f"{method.__name__}: {type(exc).__name__}: {exc}")
+            return None
+
+    return call
+
+
 class DepthFusionExt:
-    """Promoted methods: Connect, Disconnect, Generate, Cancel, Recall."""
+    """Promoted methods: Connect, Disconnect, Generate, Cancel, Recall, ApplySettings, Diagnose."""
 
     def __init__(self, ownerComp: Any) -> None:
         self.ownerComp = ownerComp
         self.controller = None
         self.bridge = False
+        self.started = self.closed = False
+        self.started_by = ""
+        self.diagnosis = ""
         self._poles = (0.5, 0.5)
+        self._controller_error = ""
+        try:
+            import td  # TouchDesigner's module (the stand-in in the tests)
+
+            td.run("args[0].onInitTD(fallback=True)", self, delayFrames=1)
+        except Exception as exc:  # noqa: BLE001 - never fail the extension's construction
+            self._pending_error = f"cannot schedule the start: {exc}"
+        else:
+            self._pending_error = ""
+
+    # ------------------------------------------------------------ life cycle
+
+    def onInitTD(self, fallback: bool = False) -> None:
+        """Start once: TouchDesigner 2025.31550+ calls this; older builds get the run() of __init__."""
+        if self.started or self.closed:
+            return
+        self.started, self.started_by = True, "run(delayFrames=1)" if fallback else "onInitTD"
+        self._start()
+
+    @_guarded
+    def _start(self) -> None:
+        if self._pending_error:
+            self._error(self._pending_error)
         try:
             self._import_bridge()
         except ImportError as exc:
@@ -86,10 +136,25 @@ class DepthFusionExt:
             missing = "zmq" in str(exc)
             self._show(status="pyzmq missing" if missing else "td_bridge missing",
                        last_error=PYZMQ_HELP if missing else f"cannot import td_bridge: {exc}")
-            return
-        self.controller = ComponentController()
-        if self._value("Autoconnect"):
-            self.Connect()
+        else:
+            self.controller = ComponentController()
+            if self._value("Autoconnect"):
+                self.Connect()
+        self.Diagnose()
+
+    def onDestroyTD(self) -> None:
+        """TouchDesigner 2025.31550+ calls this before the extension is re-initialised or destroyed."""
+        self._close()
+
+    def __delTD__(self) -> None:
+        """Builds before 2025.31550 call this when extensions are re-initialised."""
+        self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        controller, self.controller = self.controller, None
+        if controller is not None:
+            controller.close()
 
     def _import_bridge(self) -> None:
         folder = str(self._value("Bridgepath") or "").strip()
@@ -105,61 +170,91 @@ class DepthFusionExt:
 
     # ------------------------------------------------------------ promoted methods
 
+    @_guarded
     def Connect(self) -> None:
         self._run(lambda c: c.connect(self._value("Framesaddress"), self._value("Commandsaddress")))
 
+    @_guarded
     def Disconnect(self) -> None:
         self._run(lambda c: c.disconnect())
 
+    @_guarded
     def Generate(self) -> None:
         from td_bridge.params import GENERATION_PARAMS
 
         values = self._schema_values(GENERATION_PARAMS)
         self._run(lambda c: c.generate(values))
 
+    @_guarded
     def Cancel(self) -> None:
         self._run(lambda c: c.cancel())
 
+    @_guarded
     def Recall(self, name: str | None = None) -> None:
         """Publish a kept frame again: a frame id or cue name (default: the Recall Name parameter)."""
         self._run(lambda c: c.recall(self._value("Recallname") if name is None else name))
 
+    @_guarded
     def ApplySettings(self) -> None:
-        """Write what the Depth, Sphere, Stereo, Outputs and OSC pages imply into the operators:
-        mesh size, shader uniforms, cameras, render and projection sizes, the OSC In DAT."""
+        """Write what the Depth, Sphere, Stereo, Outputs, OSC and Diagnose pages imply into the operators.
+        Each parameter is written on its own: one that fails is listed in Last Error, the rest still apply;
+        values out of range change nothing (the last good settings stay)."""
         if not self.bridge:
             return
-        from td_bridge.params import DISPLAY_PARAMS, VIEW_PARAMS
-        from td_bridge.render_setup import MATERIAL, render_settings, shader_uniforms
-
-        display, view = self._schema_values(DISPLAY_PARAMS), self._schema_values(VIEW_PARAMS)
         try:
-            settings = render_settings(display, view)
-            uniforms = shader_uniforms(display, view["edges"], self._poles)
+            settings = self._settings()
         except ValueError as exc:  # ParamError too: out-of-range values set by script or expression
-            self._show(last_error=f"settings not applied: {exc}")
+            self._error(f"settings not applied: {exc}")
             return
-        settings[MATERIAL] = self._uniform_pars(uniforms)
-        settings["osc_in"] = {"active": self._value("Oscin"), "port": self._value("Oscport"),
-                              "localaddress": self._value("Osclocaladdress")}
-        for path, values in settings.items():
-            target = self.ownerComp.op(path)
-            for name, value in values.items():
-                if target.par[name].eval() != value:
-                    target.par[name].val = value
+        problems = [f"{path}.{name} = {value!r}: {reason}" for path, name, value, reason in self._write(settings)]
+        problems += self._apply_shader_position()
+        if problems:
+            self._error(f"settings: {len(problems)} not applied: " + "; ".join(problems))
+        elif str(self.ownerComp.par.Lasterror.eval()).startswith("settings"):
+            self._show(last_error="")
+
+    @_guarded
+    def Diagnose(self) -> str:
+        """Check the component in this TouchDesigner; the report goes to the diagnostics DAT, a summary to
+        Status. Returns the report."""
+        from td_bridge.diagnose import Report
+
+        report = Report()
+        self._diagnose_versions(report)
+        if self.bridge:
+            try:
+                settings = self._settings()
+            except ValueError as exc:
+                report.problem(f"settings: {exc}")
+            else:
+                for path, name, value, reason in self._check(settings):
+                    report.problem(f"{path}.{name} = {value!r}: {reason}")
+                report.note(f"parameters written: {sum(len(v) for v in settings.values())} checked")
+        self._diagnose_shader(report)
+        self._diagnose_tops(report)
+        text = report.text()
+        dat = self.ownerComp.op(DIAGNOSTICS)
+        if dat is not None:
+            dat.text = text
+        self.diagnosis = report.summary()
+        self._show(status=self._status_line())
+        return text
 
     # ------------------------------------------------------------ callbacks (thin shims call these)
 
+    @_guarded
     def OnPulse(self, par: Any) -> None:
         actions = {"Connect": self.Connect, "Disconnect": self.Disconnect, "Generate": self.Generate,
-                   "Cancel": self.Cancel, "Recall": self.Recall}
+                   "Cancel": self.Cancel, "Recall": self.Recall, "Diagnose": self.Diagnose}
         if par.name in actions:
             actions[par.name]()
 
+    @_guarded
     def OnValueChange(self, par: Any) -> None:
         """The Parameter Execute DAT watches only the parameters ApplySettings reads."""
         self.ApplySettings()
 
+    @_guarded
     def OnOsc(self, address: str, args: list[Any]) -> None:
         """One message from the OSC In DAT: set a parameter or run an action; problems in Last Error."""
         if not self.bridge:
@@ -170,7 +265,7 @@ class DepthFusionExt:
         try:
             message = route(address, args)
         except ValueError as exc:
-            self._show(last_error=f"OSC {address}: {exc}")
+            self._error(f"OSC {address}: {exc}")
             return
         if message.kind == "set":
             self.ownerComp.par[td_name(message.name)].val = message.value
@@ -183,6 +278,7 @@ class DepthFusionExt:
         else:
             {"cancel": self.Cancel, "connect": self.Connect, "disconnect": self.Disconnect}[message.name]()
 
+    @_guarded
     def OnFrameStart(self, frame: int) -> None:
         if self.controller is None:
             return
@@ -192,22 +288,93 @@ class DepthFusionExt:
                 self.ownerComp.op(name).cook(force=True)
             self._set_poles(frame_in.poles)
         state = self.controller.state
-        self._show(**{attribute: getattr(state, attribute) for attribute in STATE_PARS.values()})
+        values = {attribute: getattr(state, attribute) for attribute in STATE_PARS.values() if attribute != "last_error"}
+        values["status"] = self._status_line()
+        if state.last_error != self._controller_error:  # a new answer from the generator
+            self._controller_error = values["last_error"] = state.last_error
+        self._show(**values)
 
+    @_guarded
     def CookRgb(self, scriptOp: Any) -> None:
         if self.controller is not None and self.controller.frame is not None:
             scriptOp.copyNumpyArray(self.controller.frame.rgb)
 
+    @_guarded
     def CookDepth(self, scriptOp: Any) -> None:
         if self.controller is not None and self.controller.frame is not None:
             scriptOp.copyNumpyArray(self.controller.frame.depth)
 
-    def onDestroyTD(self) -> None:
-        """TouchDesigner calls this before the extension is re-initialised or destroyed."""
-        if self.controller is not None:
-            self.controller.close()
+    # ------------------------------------------------------------ settings
 
-    # ------------------------------------------------------------ helpers
+    def _build(self) -> tuple[int, int]:
+        import td
+        from td_bridge.td_builds import parse_build
+
+        return parse_build(td.app.version, td.app.build)
+
+    def _settings(self) -> dict[str, dict[str, Any]]:
+        """Every derived operator parameter, by operator path (raises ValueError for bad values)."""
+        from td_bridge.params import DISPLAY_PARAMS, VIEW_PARAMS
+        from td_bridge.render_setup import MATERIAL, render_settings, shader_uniforms
+
+        display, view = self._schema_values(DISPLAY_PARAMS), self._schema_values(VIEW_PARAMS)
+        settings = render_settings(display, view, self._build())
+        settings[MATERIAL] = self._uniform_pars(shader_uniforms(display, view["edges"], self._poles))
+        settings["osc_in"] = {"active": self._value("Oscin"), "port": self._value("Oscport"),
+                              "localaddress": self._value("Osclocaladdress")}
+        return settings
+
+    def _check(self, settings: dict[str, dict[str, Any]]) -> list[tuple[str, str, Any, str]]:
+        """(operator, parameter, value, reason) for each setting TouchDesigner would refuse."""
+        problems = []
+        for path, values in settings.items():
+            target = self.ownerComp.op(path)
+            for name, value in values.items():
+                par = None if target is None else target.par[name]
+                if target is None:
+                    problems.append((path, name, value, "no such operator"))
+                elif par is None:
+                    problems.append((path, name, value, f"{target.OPType} has no parameter {name!r}"))
+                elif par.isMenu and par.menuNames and value not in par.menuNames:
+                    problems.append((path, name, value, f"not in its menu {list(par.menuNames)}"))
+        return problems
+
+    def _write(self, settings: dict[str, dict[str, Any]]) -> list[tuple[str, str, Any, str]]:
+        """Write each setting on its own; returns what failed."""
+        failed = self._check(settings)
+        refused = {(path, name) for path, name, _, _ in failed}
+        for path, values in settings.items():
+            target = self.ownerComp.op(path)
+            for name, value in values.items():
+                if (path, name) in refused:
+                    continue
+                try:
+                    par = target.par[name]
+                    if par.eval() != value:
+                        par.val = value
+                except Exception as exc:  # noqa: BLE001 - one parameter must not stop the others
+                    failed.append((path, name, value, f"{type(exc).__name__}: {exc}"))
+        return failed
+
+    def _position(self) -> str:
+        from td_bridge.td_builds import POSITION_MENU, vertex_position_input
+
+        chosen = POSITION_MENU.get(self._value("Shaderposition"))
+        return chosen or vertex_position_input(self._build())
+
+    def _apply_shader_position(self) -> list[str]:
+        from td_bridge.td_builds import with_position
+
+        vertex = self.ownerComp.op("vertex")
+        if vertex is None:
+            return ["vertex: the vertex shader DAT is missing"]
+        try:
+            text = with_position(vertex.text, self._position())
+        except ValueError as exc:
+            return [f"vertex: {exc}"]
+        if text != vertex.text:
+            vertex.text = text
+        return []
 
     def _uniform_pars(self, uniforms: dict[str, tuple[float, ...]]) -> dict[str, float]:
         """GLSL MAT Vectors-page parameter values for ``uniforms``, found by uniform name."""
@@ -215,6 +382,9 @@ class DepthFusionExt:
 
         mat = self.ownerComp.op(MATERIAL)
         index = {mat.par[f"vec{i}name"].eval(): i for i in range(mat.seq.vec.numBlocks)}
+        missing = [name for name in uniforms if name not in index]
+        if missing:
+            raise ValueError(f"{MATERIAL} has no vector uniform named {', '.join(missing)}")
         return {f"vec{index[name]}value{axis}": float(value)
                 for name, vector in uniforms.items() for axis, value in zip("xyzw", vector)}
 
@@ -226,8 +396,104 @@ class DepthFusionExt:
         for name, value in self._uniform_pars({"uPoles": (*poles, 0.0, 0.0)}).items():
             mat.par[name].val = value
 
+    # ------------------------------------------------------------ diagnosis
+
+    def _diagnose_versions(self, report: Any) -> None:
+        import td
+
+        from_build = "?"
+        try:
+            build = self._build()
+        except ValueError as exc:
+            report.problem(str(exc))
+        else:
+            from td_bridge.td_builds import OLDEST_SUPPORTED, build_text, has_extension_hooks
+
+            from_build = build_text(build)
+            if build < OLDEST_SUPPORTED:
+                report.problem(f"TouchDesigner {from_build} is older than the oldest supported build "
+                               f"{build_text(OLDEST_SUPPORTED)}")
+            hooks = "onInitTD/onDestroyTD" if has_extension_hooks(build) else "__delTD__"
+            report.note(f"extension hooks of this build: {hooks}; started by {self.started_by or 'nothing yet'}")
+        report.note(f"{td.app.product} version {td.app.version} build {td.app.build} ({from_build}) "
+                    f"on {td.app.osName}")
+        report.note(f"Python {sys.version.split()[0]}")
+        for module in ("numpy", "zmq"):
+            try:
+                version = importlib.import_module(module).__version__
+            except ImportError:
+                version = "missing"
+                if module == "zmq":
+                    report.problem("pyzmq is missing: " + PYZMQ_HELP)
+            report.note(f"{'pyzmq' if module == 'zmq' else module} {version}")
+        bridge = sys.modules.get("td_bridge")
+        report.note(f"td_bridge from {getattr(bridge, '__file__', None) or 'the embedded Text DATs'}")
+
+    def _diagnose_shader(self, report: Any) -> None:
+        from td_bridge.render_setup import MATERIAL
+
+        report.note(f"shader position input: {self._position()} (Shader Position: {self._value('Shaderposition')})")
+        for name in (MATERIAL, "vertex", "pixel"):
+            node = self.ownerComp.op(name)
+            if node is None:
+                report.problem(f"{name}: missing")
+                continue
+            for kind, text in (("error", node.errors()), ("warning", node.warnings())):
+                if text:
+                    (report.problem if kind == "error" else report.warning)(f"{name} {kind}s: {text}")
+
+    def _diagnose_tops(self, report: Any) -> None:
+        import numpy as np
+
+        frame = self.controller.frame if self.controller is not None else None
+        for name, wanted in SCRIPT_TOP_FORMATS.items():
+            top = self.ownerComp.op(name)
+            if top is None:
+                report.problem(f"{name}: missing")
+                continue
+            actual = top.pixelFormatName
+            if actual != wanted:
+                report.problem(f"{name}: pixel format {actual}, not {wanted}")
+            if frame is None:
+                report.note(f"{name}: no frame received yet; its contents are not checked")
+                continue
+            sent = (frame.rgb if name == "rgb" else frame.depth).astype(np.float64)
+            sent /= 255.0 if name == "rgb" else 65535.0
+            shown = top.numpyArray()
+            if shown is None:
+                report.problem(f"{name}: numpyArray() returned nothing")
+                continue
+            shown = np.asarray(shown, dtype=np.float64)[..., :sent.shape[2]]
+            if shown.shape != sent.shape:
+                report.problem(f"{name}: the TOP holds {shown.shape[1]}×{shown.shape[0]}, the frame is "
+                               f"{sent.shape[1]}×{sent.shape[0]}")
+                continue
+            error = min(np.abs(shown - sent).max(), np.abs(shown[::-1] - sent).max())
+            step = 1 / 255 if name == "rgb" else 1 / 65535
+            if error > step / 2 + 1e-7:
+                report.problem(f"{name}: values off by up to {error * 65535:.0f}/65535 ({actual} keeps fewer bits)")
+            else:
+                report.note(f"{name}: {actual}, frame values intact")
+        for out in sorted((c for c in self.ownerComp.children if c.OPType == "outTOP"), key=lambda c: c.name):
+            size = f"{out.width}×{out.height}"
+            if max(out.width, out.height) > TEXTURE_LIMIT:
+                report.warning(f"{out.name}: {size}, over TouchDesigner Non-Commercial's "
+                               f"{TEXTURE_LIMIT}×{TEXTURE_LIMIT}")
+            else:
+                report.note(f"{out.name}: {size}")
+
+    # ------------------------------------------------------------ helpers
+
+    def _status_line(self) -> str:
+        base = self.controller.state.status if self.controller is not None else self.ownerComp.par.Status.eval()
+        base = str(base).split(" · diagnose")[0]
+        return f"{base} · {self.diagnosis}" if self.diagnosis else base
+
     def _value(self, name: str) -> Any:
-        return self.ownerComp.par[name].eval()
+        par = self.ownerComp.par[name]
+        if par is None:
+            raise LookupError(f"the component has no parameter {name!r} (an older .tox? build it again)")
+        return par.eval()
 
     def _schema_values(self, params: Any) -> dict[str, Any]:
         """{schema name: value} of the custom parameters made from td_bridge.params ``params``."""
@@ -242,11 +508,17 @@ class DepthFusionExt:
         try:
             action(self.controller)
         except (ValueError, ConnectionError) as exc:  # ParamError is a ValueError
-            self._show(last_error=str(exc))
+            self._error(str(exc))
+
+    def _error(self, text: str) -> None:
+        try:
+            self._show(last_error=text)
+        except Exception:  # noqa: BLE001 - not even Last Error can be written: say it in the Textport
+            print(f"DepthFusion: {text}")
 
     def _show(self, **values: Any) -> None:
         """Write state parameters; only changed ones, so nothing downstream re-cooks every frame."""
         for attribute, value in values.items():
             par = self.ownerComp.par[PAR_OF[attribute]]
-            if par.val != value:
+            if par is not None and par.val != value:
                 par.val = value

@@ -13,9 +13,12 @@ The network: custom parameters (parameters.py); the extension and the callback D
 Script TOPs ``rgb`` and ``depth``; the sphere (Sphere SOP in a Geometry COMP) with the GLSL MAT
 ``displace``; left/right eye cameras and renders, side-by-side and top-bottom layouts; 360° stereo
 (Render TOP ``cubemapods`` → Render Select TOPs → Projection TOPs, equirectangular); a 180° dome
-fisheye (cube map → Projection TOP); Out TOPs; an OSC In DAT (off by default); td_bridge embedded
-as Text DATs so the .tox works without td_bridge installed. Values derived from the custom
-parameters (mesh size, cameras, resolutions, uniforms) are written by DepthFusionExt.ApplySettings.
+fisheye (cube map → Projection TOP); Out TOPs (named so that TouchDesigner's alphanumeric connector
+order is the README's order); an OSC In DAT (off by default); the ``diagnostics`` Text DAT; td_bridge
+embedded as Text DATs so the .tox works without td_bridge installed. Values derived from the custom
+parameters (mesh size, cameras, resolutions, uniforms, the shader's position input) are written by
+DepthFusionExt.ApplySettings. Building again replaces an existing ``DepthFusion`` (its extension is
+closed first) instead of making ``DepthFusion1``.
 """
 
 from __future__ import annotations
@@ -26,8 +29,15 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 COMPONENT = "DepthFusion"
-PULSES = ["Connect", "Disconnect", "Generate", "Cancel", "Recall"]
+PULSES = ["Connect", "Disconnect", "Generate", "Cancel", "Recall", "Diagnose"]
 OUTPUTS = ["left", "right", "side_by_side", "top_bottom", "ods", "dome", "rgb", "depth"]  # Out TOPs, in order
+EXTENSION = "op('./DepthFusionExt').module.DepthFusionExt(me)"
+PIXEL_FORMATS = {"rgb": "rgba8fixed", "depth": "mono16fixed"}  # Script TOPs: 16-bit depth stays 16-bit
+
+
+def out_name(index: int, output: str) -> str:
+    """Out TOP name; TouchDesigner orders a component's outputs alphanumerically by name."""
+    return f"out{index + 1}_{output}"
 UNIFORMS = ["uMapping", "uRange", "uPoles", "uMeshStep"]  # the GLSL MAT's vector uniforms
 SAMPLERS = [("sDepth", "depth", "nearest"), ("sColor", "rgb", "linear")]  # name, TOP, filter
 
@@ -47,8 +57,8 @@ def _wire(source: Any, target: Any) -> None:
     source.outputConnectors[0].connect(target.inputConnectors[0])
 
 
-def _imports(folder: Path) -> tuple[Any, Any, Any]:
-    """parameters.py, shader_source.py and td_bridge.render_setup, importable from the repository."""
+def _imports(folder: Path) -> tuple[Any, Any, Any, Any]:
+    """parameters.py, shader_source.py, td_bridge.render_setup and td_bridge.td_builds from the repository."""
     repo = folder.parent
     if str(repo) not in sys.path:  # parameters.py imports td_bridge's schema
         sys.path.insert(0, str(repo))
@@ -58,9 +68,9 @@ def _imports(folder: Path) -> tuple[Any, Any, Any]:
         import shader_source
     finally:
         sys.path.remove(str(folder))
-    from td_bridge import render_setup
+    from td_bridge import render_setup, td_builds
 
-    return parameters, shader_source, render_setup
+    return parameters, shader_source, render_setup, td_builds
 
 
 def _frames(td: Any, comp: Any, read) -> None:
@@ -69,17 +79,18 @@ def _frames(td: Any, comp: Any, read) -> None:
         script = _dat(comp, td.textDAT, f"{name}_top", read(f"callbacks/{name}_top.py"), 0, -150 * row)
         top = _at(comp.create(td.scriptTOP, name), 200, -150 * row)
         top.par.callbacks = script.name
+        top.par.format = PIXEL_FORMATS[name]
     execute = _dat(comp, td.executeDAT, "frames", read("callbacks/execute.py"), -200, -300)
     execute.par.framestart = True
     execute.par.active = True
 
 
-def _scene(td: Any, comp: Any, shader_source: Any, rs: Any) -> None:
+def _scene(td: Any, comp: Any, shader_source: Any, rs: Any, position: str) -> None:
     """The sphere: Sphere SOP in a Geometry COMP, displaced and coloured by the GLSL MAT."""
-    vertex = _dat(comp, td.textDAT, "vertex", shader_source.vertex_source(), 400, 150)
+    vertex = _dat(comp, td.textDAT, "vertex", shader_source.vertex_source(position), 400, 150)
     pixel = _dat(comp, td.textDAT, "pixel", shader_source.pixel_source(), 400, 0)
     for dat in (vertex, pixel):
-        dat.par.language = "glsl"
+        dat.par.extension, dat.par.customext = "custom", "glsl"  # for external editors
     mat = _at(comp.create(td.glslMAT, rs.MATERIAL), 600, 100)
     mat.par.glslversion = "glsl460"
     mat.par.vdat, mat.par.pdat = vertex.name, pixel.name
@@ -120,10 +131,13 @@ def _render(td: Any, comp: Any, rs: Any, name: str, camera: str, mode: str, x: i
 
 
 def _layout(td: Any, comp: Any, name: str, tops: list[Any], align: str, x: int, y: int) -> Any:
+    """A Layout TOP of ``tops`` at the size ApplySettings gives it (each input fills its cell)."""
     layout = _at(comp.create(td.layoutTOP, name), x, y)
     layout.par.top = " ".join(top.name for top in tops)
     layout.par.align = align
-    layout.par.scaleres = True
+    layout.par.scaleres = False
+    layout.par.fit = "fill"
+    layout.par.outputresolution = "custom"
     return layout
 
 
@@ -141,8 +155,8 @@ def _outputs(td: Any, comp: Any, rs: Any) -> None:
     eyes = [_render(td, comp, rs, rs.render(eye), rs.camera(eye), "render2d", 1200, 300 - 150 * i)
             for i, eye in enumerate(rs.EYES)]
     final = dict(zip(rs.EYES, eyes))
-    final["side_by_side"] = _layout(td, comp, "side_by_side", eyes, "horizlr", 1400, 300)
-    final["top_bottom"] = _layout(td, comp, "top_bottom", eyes, "verttb", 1400, 150)
+    final["side_by_side"] = _layout(td, comp, rs.SIDE_BY_SIDE, eyes, "horizlr", 1400, 300)
+    final["top_bottom"] = _layout(td, comp, rs.TOP_BOTTOM, eyes, "verttb", 1400, 150)
 
     _render(td, comp, rs, rs.ODS_RENDER, rs.ODS_CAMERA, "cubemapods", 1200, -100)
     ods = []
@@ -151,24 +165,39 @@ def _outputs(td: Any, comp: Any, rs: Any) -> None:
         select.par.top = rs.ODS_RENDER
         select.par.cameraindex = index  # the Render TOP's second eye is camera index 1
         ods.append(_projection(td, comp, rs.ods(eye), select, "equirectangular", 1600, -100 - 150 * index))
-    final["ods"] = _layout(td, comp, "ods_top_bottom", ods, "verttb", 1800, -100)
+    final["ods"] = _layout(td, comp, rs.ODS_TOP_BOTTOM, ods, "verttb", 1800, -100)
 
     dome = _render(td, comp, rs, rs.DOME_RENDER, rs.DOME_CAMERA, "cubemap", 1200, -450)
     final["dome"] = _projection(td, comp, rs.DOME, dome, "fisheye", 1400, -450)
     final["rgb"], final["depth"] = comp.op("rgb"), comp.op("depth")
     for index, name in enumerate(OUTPUTS):
-        _wire(final[name], _at(comp.create(td.outTOP, f"out_{name}"), 2000, 300 - 120 * index))
+        _wire(final[name], _at(comp.create(td.outTOP, out_name(index, name)), 2000, 300 - 120 * index))
+
+
+def _remove_old(parent: Any) -> None:
+    """Close and delete an earlier build, so the new one gets the name ``DepthFusion``."""
+    old = parent.op(COMPONENT)
+    if old is None:
+        return
+    extension = getattr(old.ext, "DepthFusionExt", None)
+    if extension is not None:
+        extension.onDestroyTD()
+    old.destroy()
 
 
 def build(td: Any, parent: Any, folder: Path) -> Any:
     """Create ``parent/DepthFusion`` from ``folder`` (this touchdesigner/ folder) and return it."""
     folder = Path(folder)
-    parameters, shader_source, render_setup = _imports(folder)
+    parameters, shader_source, render_setup, td_builds = _imports(folder)
 
     def read(name: str) -> str:
         return (folder / name).read_text(encoding="utf-8")
 
+    position = td_builds.vertex_position_input(td_builds.parse_build(td.app.version, td.app.build))
+    _remove_old(parent)
     comp = parent.create(td.baseCOMP, COMPONENT)
+    if comp.name != COMPONENT:
+        raise RuntimeError(f"could not name the component {COMPONENT}: {comp.path} exists")
     comp.par.parentshortcut = COMPONENT  # lets operators inside find the component: parent.DepthFusion
     parameters.create_parameters(comp)
 
@@ -178,7 +207,7 @@ def build(td: Any, parent: Any, folder: Path) -> Any:
 
     _dat(comp, td.textDAT, "DepthFusionExt", read("DepthFusionExt.py"), -400, 0)
     _frames(td, comp, read)
-    _scene(td, comp, shader_source, render_setup)
+    _scene(td, comp, shader_source, render_setup, position)
     _outputs(td, comp, render_setup)
 
     changes = _dat(comp, td.parameterexecuteDAT, "parameters", read("callbacks/parexec.py"), 0, -300)
@@ -190,9 +219,12 @@ def build(td: Any, parent: Any, folder: Path) -> Any:
     osc = _dat(comp, td.textDAT, "osc_callbacks", read("callbacks/osc_in.py"), -200, -450)
     osc_in = _at(comp.create(td.oscinDAT, "osc_in"), 0, -450)
     osc_in.par.callbacks = osc.name  # Active, Port and Local Address follow the OSC page (ApplySettings)
+    _at(comp.create(td.textDAT, "diagnostics"), 200, -450)  # written by the Diagnose pulse
 
-    comp.par.extension1 = "op('./DepthFusionExt').module.DepthFusionExt(me)"
-    comp.par.promoteextension1 = True
+    comp.seq.ext.numBlocks = 1  # the Extensions page's sequence (TouchDesigner 2023.11290 and later)
+    comp.par.ext0object = EXTENSION
+    comp.par.ext0name = "DepthFusionExt"
+    comp.par.ext0promote = True
     comp.initializeExtensions()
     return comp
 

@@ -3,8 +3,8 @@
 ``create_parameters(comp)`` runs inside TouchDesigner (from build_depthfusion.py) and in the
 tests against the td stand-in. Pages: Connection, Generate (every generation parameter plus
 Generate / Cancel / Recall), Depth and Sphere (what the shaders use), Stereo and Outputs (cameras
-and output sizes), OSC (the component's own OSC In DAT) and Status (read-only, written by
-DepthFusionExt).
+and output sizes), OSC (the component's own OSC In DAT), Diagnose (the self-check and the shader's
+position input) and Status (read-only, written by DepthFusionExt).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES
 from td_bridge.params import DISPLAY_PARAMS, GENERATION_PARAMS, VIEW_PARAMS, find_param, td_name, td_parameter_specs
+from td_bridge.td_builds import POSITION_MENU
 
 # name, style, label, default, help
 CONNECTION = [
@@ -34,7 +35,8 @@ ACTIONS = [
 VIEW_PAGES = {
     "Depth": ("mapping", "radius", "strength", "near", "far", "cull_jump", "edges"),
     "Sphere": ("mesh_rows", "mesh_cols"),
-    "Stereo": ("ipd", "convergence", "fov", "head_x", "head_y", "head_z", "yaw", "pitch", "eye_width", "eye_height"),
+    "Stereo": ("ipd", "convergence", "fov", "head_x", "head_y", "head_z", "yaw", "pitch", "eye_width", "eye_height",
+               "packing"),
     "Outputs": ("ods_height", "dome_size", "dome_fov", "dome_tilt"),
 }
 OSC_PORT = 9001  # the generator's OSC listens on 9000
@@ -44,8 +46,14 @@ OSC = [
     ("Osclocaladdress", "Str", "OSC Local Address", "127.0.0.1", "Address to listen on: 127.0.0.1 for this "
      "machine only; a LAN address (or empty, every interface) to accept show control from other machines."),
 ]
+DIAGNOSE = [
+    ("Diagnose", "Pulse", "Diagnose", None, "Check the component in this TouchDesigner (parameters, menus, shader, "
+     "pixel formats, sizes, versions); the report goes to the diagnostics DAT, a summary to Status."),
+    ("Shaderposition", "Menu", "Shader Position", "auto", "The GLSL MAT's vertex position input: auto picks it "
+     "from the TouchDesigner build (TDPos() from 2025.30000, P before); set it if Diagnose reports a shader error."),
+]
 # Parameters whose change re-derives operator settings (DepthFusionExt.ApplySettings).
-SETTINGS_PARS = [td_name(p.name) for p in DISPLAY_PARAMS + VIEW_PARAMS] + [row[0] for row in OSC]
+SETTINGS_PARS = [td_name(p.name) for p in DISPLAY_PARAMS + VIEW_PARAMS] + [row[0] for row in OSC] + ["Shaderposition"]
 STATUS = [
     ("Status", "Str", "Status", "disconnected", "What the generator is doing."),
     ("Connected", "Toggle", "Connected", False, "The generator's heartbeat arrives."),
@@ -106,6 +114,9 @@ def create_parameters(comp: Any) -> None:
     osc = comp.appendCustomPage("OSC")
     for row in OSC:
         _add(osc, *row, **({"low": 1, "high": 65535} if row[1] == "Int" else {}))
+    diagnose = comp.appendCustomPage("Diagnose")
+    for row in DIAGNOSE:
+        _add(diagnose, *row, **({"menu": list(POSITION_MENU)} if row[1] == "Menu" else {}))
     status = comp.appendCustomPage("Status")
     for row in STATUS:
         _add(status, *row, read_only=True)

@@ -1,50 +1,136 @@
-"""A strict stand-in for TouchDesigner's ``td`` module, for running DepthFusion's component code
-outside TouchDesigner.
+"""A strict stand-in for TouchDesigner's ``td`` module, built from Derivative's documentation data.
 
-Only what DepthFusion uses is here, with the names and signatures of Derivative's documentation
-(Par, ParGroup, Page, OP, COMP, DAT, Connector and Sequence classes; the Script, Render, Render
-Select, Projection, Layout and Out TOPs, the Execute, Parameter Execute, Text and OSC In DATs,
-the Sphere SOP, the GLSL MAT, and the Base, Geometry and Camera COMPs). It is strict on purpose:
-a parameter or member that TouchDesigner does not have raises AttributeError, a menu entry it
-does not list or a custom parameter name it would refuse raises ValueError, and
-``copyNumpyArray`` checks what the documentation allows (shape (h, w, 1-4); uint8, uint16 or
-float32; inside ``onCook`` only). Parameter Execute DATs run ``onPulse`` / ``onValueChange``
-for the parameters they watch.
+Every operator type, parameter name, tuple part, menu entry and parameter sequence comes from
+``td_docs.json``, which ``extract_docs.py`` extracts from a markdown mirror of docs.derivative.ca (its
+source and commit are recorded in the file); what the pages do not settle comes from ``td_hand.json``,
+each entry with its source. The stand-in knows no parameter outside that data: ``op.par.name`` raises
+AttributeError and ``op.par['name']`` returns None, as TouchDesigner does. Its Python classes define only
+members the class pages document (tests/test_tdstub.py checks this), plus stand-in controls whose names
+start with ``simulate_`` or ``stub_``.
 
-What is *not* modelled: cooking and rendering, expressions other than
-``parent.Shortcut.op('name')``, the GPU, and every operator and parameter DepthFusion does not
-touch.
+Modelled TouchDesigner behaviour: builds (``simulate_build``: ``app.build``/``app.version``, the
+extension hooks — ``__delTD__`` before 2025.31550, ``onInitTD``/``onDestroyTD`` from it — and the GLSL
+MAT's vertex position input), ``COMP.create`` taking the next numbered name, input ``connect()``
+replacing, Parameter Execute ``onValueChange`` once per frame (``simulate_frame``), ``run(...,
+delayFrames=N)``, Out TOP connectors sorted by name, TOP sizes (custom resolution, Layout TOP scale
+resolution, inputs), Script TOP pixel formats and ``copyNumpyArray``'s checks.
+
+Not modelled: cooking beyond Script TOPs, rendering, expressions other than ``parent.Shortcut.op('name')``.
 """
 
 from __future__ import annotations
 
-import enum
-import fnmatch
+import json
 import re
 import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+HERE = Path(__file__).resolve().parent
+DOCS = json.loads((HERE / "td_docs.json").read_text(encoding="utf-8"))
+HAND = json.loads((HERE / "td_hand.json").read_text(encoding="utf-8"))
+BEHAVIOUR = {name: entry["value"] for name, entry in HAND["behaviours"].items()}
+SUPPORTED_BUILDS = tuple(HAND["builds"])
 CUSTOM_NAME = re.compile(r"[A-Z][a-z0-9]*")
 
 
-class ParMode(enum.Enum):
-    CONSTANT = 0
-    EXPRESSION = 1
-    EXPORT = 2
-    BIND = 3
+def _build_key(build: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in str(build).split("."))
+
+
+def _since(build: str) -> bool:
+    """True when the running build is ``build`` or newer."""
+    return (int(app.version), int(app.build)) >= _build_key(build)
+
+
+# ------------------------------------------------------------------ the application and the frame loop
+
+
+class App:
+    """``td.app``: only the documented members DepthFusion reads."""
+
+    def __init__(self) -> None:
+        self.build, self.version, self.osName, self.product = "", "", "Linux (td stand-in)", "TouchDesigner"
+
+
+app = App()
+
+
+class _World:
+    """What TouchDesigner's frame loop holds: the frame number, delayed runs, pending value changes."""
+
+    def __init__(self) -> None:
+        self.frame = 0
+        self.runs: list[tuple[int, str, tuple, dict]] = []
+        self.changes: dict[int, tuple[Par, Any]] = {}
+        self.valuechange_args = tuple(BEHAVIOUR["valuechange_signatures"][0])
+        self.root: COMP | None = None
+
+
+_world = _World()
+
+
+def simulate_build(build: str, valuechange_args: tuple[str, ...] | None = None) -> None:
+    """Act as TouchDesigner ``build`` (one of SUPPORTED_BUILDS); optionally call onValueChange with
+    the other documented signature."""
+    if build not in HAND["builds"]:
+        raise ValueError(f"the td stand-in models the builds {', '.join(SUPPORTED_BUILDS)}, not {build}")
+    app.version, app.build = build.split(".")  # td_hand.json: app_build_format
+    if valuechange_args is not None:
+        if list(valuechange_args) not in BEHAVIOUR["valuechange_signatures"]:
+            raise ValueError(f"undocumented onValueChange signature {valuechange_args}")
+        _world.valuechange_args = tuple(valuechange_args)
+
+
+simulate_build(SUPPORTED_BUILDS[-1])
+
+
+def run(script: str, *args: Any, endFrame: bool = False, fromOP: Any = None, asParameter: bool = False,
+        group: Any = None, delayFrames: int = 0, delayMilliSeconds: int = 0, delayRef: Any = None) -> None:
+    """Run ``script`` (with ``args`` bound) ``delayFrames`` frames later; 0 runs at the end of this frame."""
+    _world.runs.append((_world.frame + max(0, int(delayFrames)), script, args, {"op": op}))
+
+
+def op(path: str) -> OP | None:
+    """An operator by absolute path."""
+    return _world.root.op(path) if _world.root is not None else None
+
+
+def debug(*args: Any) -> None:
+    print(*args)
+
+
+def simulate_frame() -> int:
+    """One TouchDesigner frame: Execute DATs' onFrameStart, then due ``run`` scripts, then one
+    onValueChange per changed, watched parameter. Returns the frame number."""
+    _world.frame += 1
+    if _world.root is not None:
+        for dat in _world.root.stub_descendants(executeDAT):
+            if dat.par.active.eval() and dat.par.framestart.eval():
+                dat.module.onFrameStart(_world.frame)
+    due = sorted((entry for entry in _world.runs if entry[0] <= _world.frame), key=lambda entry: entry[0])
+    _world.runs = [entry for entry in _world.runs if entry[0] > _world.frame]
+    for _, script, args, names in due:
+        exec(compile(script, "<run>", "exec"), {**names, "args": args})
+    changes, _world.changes = _world.changes, {}
+    for par, previous in changes.values():
+        if par.owner.valid and par.eval() != previous:
+            for dat in _watchers(par, "valuechange"):
+                values = {"par": par, "val": par.eval(), "prev": previous}
+                dat.module.onValueChange(*(values[name] for name in _world.valuechange_args))
+    return _world.frame
+
+
+# ------------------------------------------------------------------ parameters
 
 
 class Par:
-    """One parameter. Members: the documented ones DepthFusion reads or writes."""
+    """One parameter. Members: documented ones only (Par Class)."""
 
-    __slots__ = ("owner", "name", "style", "isCustom", "_val", "_expr", "_mode", "_label", "_help", "_default",
-                 "_min", "_max", "_clampMin", "_clampMax", "_normMin", "_normMax", "_menuNames", "_menuLabels",
-                 "_readOnly", "_enable", "_page", "_pulses")
-
-    def __init__(self, owner: OP, name: str, style: str, *, custom: bool, default: Any = None, page: Page | None = None,
-                 menu: list[str] | None = None) -> None:
+    def __init__(self, owner: OP, name: str, style: str | None, *, custom: bool, default: Any = None,
+                 page: Page | None = None, menu: list[str] | None = None) -> None:
         self.owner, self.name, self.style, self.isCustom = owner, name, style, custom
         self._default = default
         self._val = default
@@ -54,9 +140,8 @@ class Par:
         self._clampMin = self._clampMax = False
         self._menuNames = list(menu) if menu is not None else ([] if style in ("Menu", "StrMenu") else None)
         self._menuLabels = list(self._menuNames) if self._menuNames is not None else None
-        self._readOnly, self._enable, self._page, self._pulses = False, True, page, 0
+        self._readOnly, self._enable, self._page = False, True, page
 
-    # values
     @property
     def val(self) -> Any:
         return self._val
@@ -65,18 +150,17 @@ class Par:
     def val(self, value: Any) -> None:
         if self.style == "Pulse":
             raise TypeError(f"{self.name} is a pulse parameter: use .pulse()")
-        previous = self._val
+        previous = self.eval()
         self._val, self._mode = self._coerce(value), ParMode.CONSTANT
-        if self._val != previous:
-            for dat in _watchers(self, "valuechange"):
-                dat.module.onValueChange(self, previous)
+        _world.changes.setdefault(id(self), (self, previous))
 
     def _coerce(self, value: Any) -> Any:
-        if self.style == "Menu":
+        if self.isMenu and self.style != "StrMenu":
             if isinstance(value, int) and not isinstance(value, bool):
                 value = self._menuNames[value]
             if value not in self._menuNames:
-                raise ValueError(f"{self.name}: {value!r} is not one of the menu names {self._menuNames}")
+                raise ValueError(f"{self.owner.path}: {self.name}: {value!r} is not one of the menu names "
+                                 f"{self._menuNames}")
             return value
         if self.style == "Toggle":
             return bool(value)
@@ -84,9 +168,8 @@ class Par:
             return int(value)
         if self.style == "Float":
             return float(value)
-        if self.style in ("Str", "StrMenu", "Header", "Folder", "TOP", "DAT", "OP", "COMP", "MAT", "SOP", "CHOP",
-                          "Python"):
-            return value if not isinstance(value, (str, int, float, bool)) else str(value)
+        if self.style in ("Str", "StrMenu", "Folder"):
+            return str(value)
         return value
 
     def eval(self) -> Any:
@@ -107,12 +190,10 @@ class Par:
         return self._mode
 
     def pulse(self, value: Any = 1, frames: int = 0, seconds: float = 0) -> None:
-        """Pulse it; Parameter Execute DATs watching it run ``onPulse(par)``."""
-        self._pulses += 1
+        """Parameter Execute DATs watching it run ``onPulse(par)``."""
         for dat in _watchers(self, "onpulse"):
             dat.module.onPulse(self)
 
-    # custom-parameter attributes ("Can only be set on Custom Parameters")
     def _custom_only(self, attribute: str) -> None:
         if not self.isCustom:
             raise AttributeError(f"{attribute} can only be set on custom parameters ({self.name})")
@@ -159,7 +240,7 @@ class Par:
         self._menuLabels = [str(n) for n in labels]
 
     @property
-    def help(self) -> str:  # documented read-only on Par; set it through the ParGroup
+    def help(self) -> str:  # read-only on Par; set it through the ParGroup
         return self._help
 
     @property
@@ -172,10 +253,16 @@ class Par:
 
     @property
     def isMenu(self) -> bool:
-        return self.style in ("Menu", "StrMenu")
+        return self._menuNames is not None and self.style != "Pulse"
 
     def __repr__(self) -> str:
         return f"<Par {self.owner.path}:{self.name}={self._val!r}>"
+
+
+class ParMode:
+    """``td.ParMode`` (the members DepthFusion compares with)."""
+
+    CONSTANT, EXPRESSION, EXPORT, BIND = "CONSTANT", "EXPRESSION", "EXPORT", "BIND"
 
 
 class ParGroup(list):
@@ -214,29 +301,32 @@ class ParGroup(list):
 
 
 class ParCollection:
-    """``op.par``: attribute or item access by exact name; anything else is an error."""
+    """``op.par``: ``op.par.name`` raises AttributeError for an unknown name, ``op.par['name']`` is None."""
 
     def __init__(self, owner: OP) -> None:
-        object.__setattr__(self, "_owner", owner)
+        object.__setattr__(self, "owner", owner)
         object.__setattr__(self, "_pars", {})
 
     def _add(self, par: Par) -> None:
         self._pars[par.name] = par
 
+    def _remove(self, name: str) -> None:
+        del self._pars[name]
+
     def __getattr__(self, name: str) -> Par:
         try:
             return self._pars[name]
         except KeyError:
-            raise AttributeError(f"{self._owner.OPType} {self._owner.path} has no parameter {name!r}") from None
+            raise AttributeError(f"{self.owner.OPType} {self.owner.path} has no parameter {name!r}") from None
 
-    def __getitem__(self, name: str) -> Par:
-        return self.__getattr__(name)
+    def __getitem__(self, name: str) -> Par | None:
+        return self._pars.get(name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         self.__getattr__(name).val = value  # `op.par.x = 5` sets the constant value
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._pars
+    def __iter__(self):
+        return iter(list(self._pars.values()))
 
 
 class Page:
@@ -250,79 +340,99 @@ class Page:
     def pars(self) -> list[Par]:
         return [par for group in self.parGroups for par in group]
 
-    def _append(self, name: str, style: str, label: str | None, order: Any, replace: bool, size: int = 1,
-                default: Any = None) -> ParGroup:
+    def _append(self, name: str, style: str, label: str | None, replace: bool, default: Any = None) -> ParGroup:
         if not isinstance(name, str) or not CUSTOM_NAME.fullmatch(name):
             raise ValueError(f"invalid custom parameter name {name!r}: a capital letter, then lowercase letters "
                              "and digits")
-        names = [name] if size == 1 else [f"{name}{i}" for i in range(1, size + 1)]
-        for existing in names:
-            if existing in self.owner.par._pars and not replace:
-                raise ValueError(f"parameter {existing} already exists")
-        pars = [Par(self.owner, n, style, custom=True, default=default, page=self) for n in names]
-        group = ParGroup(name, pars)
+        if self.owner.par[name] is not None and not replace:
+            raise ValueError(f"parameter {name} already exists")
+        par = Par(self.owner, name, style, custom=True, default=default, page=self)
+        group = ParGroup(name, [par])
         group.label = label if label is not None else name
         self.parGroups.append(group)
-        for par in pars:
-            self.owner.par._add(par)
+        self.owner.par._add(par)
         return group
 
     def appendFloat(self, name, label=None, size=1, order=None, replace=True) -> ParGroup:
-        return self._append(name, "Float", label, order, replace, size, 0.0)
+        return self._append(name, "Float", label, replace, 0.0)
 
     def appendInt(self, name, label=None, size=1, order=None, replace=True) -> ParGroup:
-        return self._append(name, "Int", label, order, replace, size, 0)
+        return self._append(name, "Int", label, replace, 0)
 
     def appendStr(self, name, label=None, order=None, replace=True) -> ParGroup:
-        return self._append(name, "Str", label, order, replace, default="")
-
-    def appendStrMenu(self, name, label=None, order=None, replace=True) -> ParGroup:
-        return self._append(name, "StrMenu", label, order, replace, default="")
+        return self._append(name, "Str", label, replace, "")
 
     def appendMenu(self, name, label=None, order=None, replace=True) -> ParGroup:
-        return self._append(name, "Menu", label, order, replace, default="")
+        return self._append(name, "Menu", label, replace, "")
 
     def appendToggle(self, name, label=None, order=None, replace=True) -> ParGroup:
-        return self._append(name, "Toggle", label, order, replace, default=False)
+        return self._append(name, "Toggle", label, replace, False)
 
     def appendPulse(self, name, label=None, order=None, replace=True) -> ParGroup:
-        return self._append(name, "Pulse", label, order, replace)
+        return self._append(name, "Pulse", label, replace)
 
     def appendFolder(self, name, label=None, order=None, replace=True) -> ParGroup:
-        return self._append(name, "Folder", label, order, replace, default="")
+        return self._append(name, "Folder", label, replace, "")
 
-    def appendHeader(self, name, label=None, order=None, replace=True) -> ParGroup:
-        return self._append(name, "Header", label, order, replace, default="")
+
+class Sequence:
+    """A parameter sequence (``op.seq.vec``): ``numBlocks`` blocks of ``name{i}{suffix}`` parameters."""
+
+    def __init__(self, owner: OP, name: str, block: dict[str, dict]) -> None:
+        self.owner, self.name, self._block, self._blocks = owner, name, block, 0
+        self.numBlocks = BEHAVIOUR["sequence_default_blocks"]
+
+    @property
+    def numBlocks(self) -> int:
+        return self._blocks
+
+    @numBlocks.setter
+    def numBlocks(self, count: int) -> None:
+        count = int(count)
+        for index in range(self._blocks, count):
+            for suffix, info in self._block.items():
+                self.owner.stub_add_builtin(f"{self.name}{index}{suffix}", info)
+        for index in range(count, self._blocks):
+            for suffix in self._block:
+                self.owner.par._remove(f"{self.name}{index}{suffix}")
+        self._blocks = count
+
+
+class SequenceCollection(types.SimpleNamespace):
+    """``op.seq``: the operator's sequences by name."""
+
+    def __getitem__(self, name: str) -> Sequence:
+        return getattr(self, name)
 
 
 # ------------------------------------------------------------------ operators
 
 
 class OP:
-    """Common operator behaviour. ``BUILTIN`` lists the operator's own parameters (name → style)."""
+    """Common operator behaviour; the parameters come from the operator's page in td_docs.json."""
 
     OPType = "OP"
-    BUILTIN: dict[str, str] = {}
-    MENUS: dict[str, list[str]] = {}
-
-    INPUTS = 0  # input connectors
-    SEQUENCES: dict[str, dict[str, str]] = {}  # sequence name → block parameter suffix → style
+    stub_inputs = 0  # input connectors
 
     def __init__(self, name: str, parent: COMP | None) -> None:
         self.name, self._parent = name, parent
         self.par = ParCollection(self)
         self.nodeX = self.nodeY = 0
         self.totalCooks = 0
-        for par_name, style in self.BUILTIN.items():
-            self._add_builtin(par_name, style)
-        self.inputConnectors = [Connector(self, i, True) for i in range(self.INPUTS)]
+        self.valid = True
+        self.display = self.render = False
+        self._errors: list[str] = []
+        docs = DOCS["operators"].get(self.OPType, {"parameters": {}, "sequences": {}})
+        for par_name, info in docs["parameters"].items():
+            self.stub_add_builtin(par_name, info)
+        self.inputConnectors = [Connector(self, i, True) for i in range(self.stub_inputs)]
         self.outputConnectors = [Connector(self, 0, False)]
-        self.seq = types.SimpleNamespace(**{n: Sequence(self, n, b) for n, b in self.SEQUENCES.items()})
+        self.seq = SequenceCollection(**{n: Sequence(self, n, block) for n, block in docs["sequences"].items()})
 
-    def _add_builtin(self, par_name: str, style: str, menu_key: str | None = None) -> None:
-        menu = self.MENUS.get(menu_key or par_name)
-        default = menu[0] if menu else {"Toggle": False, "Float": 0.0, "Int": 0, "Str": ""}.get(style)
-        self.par._add(Par(self, par_name, style, custom=False, default=default, menu=menu))
+    def stub_add_builtin(self, name: str, info: dict) -> None:
+        menu = info.get("menu")
+        self.par._add(Par(self, name, "Menu" if menu else None, custom=False, default=menu[0] if menu else None,
+                          menu=menu))
 
     @property
     def inputs(self) -> list[OP]:
@@ -330,7 +440,16 @@ class OP:
         return [c.connections[0].owner for c in self.inputConnectors if c.connections]
 
     def destroy(self) -> None:
+        for node in self.stub_descendants(COMP, include_self=True):
+            node.stub_destroy_extensions()
+        self.valid = False
         del self._parent._children[self.name]
+
+    def stub_descendants(self, kind: type, include_self: bool = False) -> list[OP]:
+        found = [self] if include_self and isinstance(self, kind) else []
+        for child in getattr(self, "_children", {}).values():
+            found += child.stub_descendants(kind, include_self=True)
+        return found
 
     @property
     def path(self) -> str:
@@ -347,10 +466,16 @@ class OP:
     def cook(self, force: bool = False, recurse: bool = False, includeUtility: bool = False) -> None:
         self.totalCooks += 1
 
-    def _initialize(self) -> None:
+    def errors(self, recurse: bool = False) -> str:
+        return "\n".join(self._errors)
+
+    def warnings(self, recurse: bool = False) -> str:
+        return ""
+
+    def stub_initialize(self) -> None:
         """Default contents a new operator gets (a Geometry COMP's torus)."""
 
-    def _resolve(self, path: Any) -> OP | None:
+    def stub_resolve(self, path: Any) -> OP | None:
         """An OP parameter's value as TouchDesigner reads it from this operator: a name is a sibling,
         '..' the component this operator sits in."""
         if isinstance(path, OP) or path is None:
@@ -367,8 +492,6 @@ class OP:
 
 
 class DAT(OP):
-    BUILTIN: dict[str, str] = {}
-
     def __init__(self, name: str, parent: COMP | None) -> None:
         super().__init__(name, parent)
         self._text = ""
@@ -384,10 +507,12 @@ class DAT(OP):
 
     @property
     def module(self) -> types.ModuleType:
-        """The DAT's text run as a module (TouchDesigner's ``op('x').module``); ``me`` is the DAT."""
+        """The DAT's text run as a module (TouchDesigner's ``op('x').module``); the td module's members
+        are there as in every TouchDesigner script, ``me`` is the DAT."""
         if self._module is None:
             module = types.ModuleType(self.name)
-            module.__dict__.update(me=self, parent=lambda n=1: self.parent(n), op=self._parent.op)
+            module.__dict__.update(me=self, parent=lambda n=1: self.parent(n), op=self._parent.op, app=app, run=run,
+                                   debug=debug)
             exec(compile(self._text, self.path, "exec"), module.__dict__)
             self._module = module
         return self._module
@@ -395,29 +520,33 @@ class DAT(OP):
 
 class textDAT(DAT):
     OPType = "textDAT"
-    BUILTIN = {"file": "File", "syncfile": "Toggle", "language": "Menu"}
-    MENUS = {"language": ["python", "glsl", "text"]}
 
 
 class executeDAT(DAT):
-    """Runs ``onFrameStart(frame)`` etc. from its text when the matching toggle is on."""
+    """Runs ``onFrameStart(frame)`` from its text at each ``simulate_frame`` while Active and Frame Start are on."""
 
     OPType = "executeDAT"
-    BUILTIN = {"active": "Toggle", "start": "Toggle", "create": "Toggle", "exit": "Toggle", "framestart": "Toggle",
-               "frameend": "Toggle"}
-
-    def simulate_frame_start(self, frame: int) -> None:
-        """The stand-in's clock: TouchDesigner calls onFrameStart(frame) at each frame start."""
-        if self.par.active.eval() and self.par.framestart.eval():
-            self.module.onFrameStart(frame)
 
 
 class parameterexecuteDAT(DAT):
-    """Calls ``onPulse(par)`` / ``onValueChange(par, prev)`` for the parameters it watches."""
+    """Calls ``onPulse(par)`` at once and ``onValueChange`` once per frame for the parameters it watches."""
 
     OPType = "parameterexecuteDAT"
-    BUILTIN = {"active": "Toggle", "op": "OP", "pars": "Str", "custom": "Toggle", "builtin": "Toggle",
-               "valuechange": "Toggle", "onpulse": "Toggle"}
+
+
+class oscinDAT(DAT):
+    """Runs its callbacks DAT's ``onReceiveOSC`` for each message while Active is on."""
+
+    OPType = "oscinDAT"
+
+    def simulate_receive(self, address: str, args: list[Any]) -> bool:
+        """A message arriving at the port: True when the callback ran."""
+        if not self.par.active.eval():
+            return False
+        dat = self.stub_resolve(self.par.callbacks.eval())
+        message = " ".join([address, *map(str, args)])
+        dat.module.onReceiveOSC(self, 0, message, message.encode(), 0.0, address, list(args), None)
+        return True
 
 
 def _watchers(par: Par, toggle: str) -> list[parameterexecuteDAT]:
@@ -432,56 +561,23 @@ def _watchers(par: Par, toggle: str) -> list[parameterexecuteDAT]:
         for dat in place.children:
             if not isinstance(dat, parameterexecuteDAT) or not dat.par.active.eval() or not dat.par[toggle].eval():
                 continue
-            target = dat._resolve(dat.par.op.eval())
+            target = dat.stub_resolve(dat.par.op.eval())
             names = str(dat.par.pars.eval() or "*").split()
             kind_on = dat.par.custom.eval() if par.isCustom else dat.par.builtin.eval()
-            if target is owner and kind_on and any(fnmatch.fnmatchcase(par.name, n) for n in names):
+            if target is owner and kind_on and any(re.fullmatch(n.replace("*", ".*"), par.name) for n in names):
                 found.append(dat)
     return found
 
 
-class scriptTOP(OP):
-    OPType = "scriptTOP"
-    BUILTIN = {"callbacks": "DAT", "setuppars": "Pulse", "modoutsidecook": "Toggle"}
-
-    def __init__(self, name: str, parent: COMP | None) -> None:
-        super().__init__(name, parent)
-        self._cooking = False
-        self.image: np.ndarray | None = None  # what copyNumpyArray last received (the texture, here)
-
-    def cook(self, force: bool = False, recurse: bool = False, includeUtility: bool = False) -> None:
-        super().cook(force=force, recurse=recurse, includeUtility=includeUtility)
-        callbacks = self.par.callbacks.eval()
-        dat = self._resolve(callbacks)
-        if dat is None:
-            raise RuntimeError(f"{self.path}: callbacks DAT {callbacks!r} not found")
-        self._cooking = True
-        try:
-            dat.module.onCook(self)
-        finally:
-            self._cooking = False
-
-    def copyNumpyArray(self, numpyArray: np.ndarray) -> None:
-        if not self._cooking and not self.par.modoutsidecook.eval():
-            raise RuntimeError("copyNumpyArray outside onCook (turn on Modify Outside of Cook)")
-        array = numpyArray
-        if not isinstance(array, np.ndarray) or array.ndim != 3 or not 1 <= array.shape[2] <= 4:
-            raise ValueError(f"copyNumpyArray needs shape (h, w, 1-4), got {getattr(array, 'shape', type(array))}")
-        if array.dtype not in (np.uint8, np.uint16, np.float32):
-            raise ValueError(f"copyNumpyArray needs uint8, uint16 or float32, got {array.dtype}")
-        self.image = array.copy()
-
-
 class COMP(OP):
     OPType = "COMP"
-    BUILTIN = {"extension1": "Python", "extname1": "Str", "promoteextension1": "Toggle",
-               "reinitextensions": "Pulse", "parentshortcut": "Str"}
 
     def __init__(self, name: str, parent: COMP | None) -> None:
         super().__init__(name, parent)
         self._children: dict[str, OP] = {}
         self.customPages: list[Page] = []
         self.ext = types.SimpleNamespace()
+        self.extensions: list[Any] = []
 
     @property
     def children(self) -> list[OP]:
@@ -501,23 +597,31 @@ class COMP(OP):
         self.customPages.append(page)
         return page
 
-    def create(self, OPtype: type, name: str | None = None, initialize: bool = True) -> OP:
-        if not (isinstance(OPtype, type) and issubclass(OPtype, OP)) or OPtype in (OP, DAT, COMP):
-            raise TypeError(f"create() needs an operator type such as textDAT, got {OPtype!r}")
-        name = name or f"{OPtype.OPType}{len(self._children) + 1}"
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in self._children:
-            raise ValueError(f"bad or duplicate operator name {name!r} in {self.path}")
-        node = OPtype(name, self)
+    def create(self, opType: type, name: str | None = None, initialize: bool = True) -> OP:
+        """A new child; a taken name gives the next numbered name, as TouchDesigner does."""
+        if not (isinstance(opType, type) and issubclass(opType, OP)) or opType.OPType not in DOCS["operators"]:
+            raise TypeError(f"create() needs a documented operator type such as textDAT, got {opType!r}")
+        name = name or f"{opType.OPType[:-3].lower()}1"
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"bad operator name {name!r} in {self.path}")
+        if name in self._children:
+            stem, digits = re.fullmatch(r"(.*?)(\d*)", name).groups()
+            number = int(digits or 0) + 1
+            while f"{stem}{number}" in self._children:
+                number += 1
+            name = f"{stem}{number}"
+        node = opType(name, self)
         self._children[name] = node
         if initialize:
-            node._initialize()
+            node.stub_initialize()
         return node
 
     def op(self, path: Any) -> OP | None:
         if isinstance(path, OP):
             return path
         node: OP | None = self
-        for part in str(path).strip("/").split("/"):
+        for part in str(path).strip("/").split("/") if not str(path).startswith("/") else \
+                [_world.root.name, *str(path).strip("/").split("/")][1:]:
             if part in ("", "."):
                 continue
             if part == "..":
@@ -528,64 +632,59 @@ class COMP(OP):
                 return None
         return node
 
-    def initializeExtensions(self) -> list[Any]:
-        """Run ``extension1`` (as TouchDesigner would) and promote it when asked."""
-        source = self.par.extension1.eval()
-        if not source:
-            return []
-        ext_dat_name = re.fullmatch(r"op\('\./?(\w+)'\)\.module\.(\w+)\(me\)", source)
-        if ext_dat_name is None:
-            raise NotImplementedError(f"the td stand-in runs extension1 only as op('./DAT').module.Class(me): {source}")
-        dat, cls = ext_dat_name.groups()
-        extension = getattr(self.op(dat).module, cls)(self)
-        setattr(self.ext, cls, extension)
-        if self.par.promoteextension1.eval():
-            for attribute in dir(extension):
-                if attribute[:1].isupper():
-                    setattr(self, attribute, getattr(extension, attribute))
-        return [extension]
+    def initializeExtensions(self, index: int | None = None) -> list[Any]:
+        """(Re-)create the extensions of the Extensions page's ``ext`` sequence, as TouchDesigner would:
+        the old objects get their destroy hook first; from 2025.31550 the new ones get ``onInitTD`` at
+        the end of the frame."""
+        self.stub_destroy_extensions()
+        self.ext, self.extensions = types.SimpleNamespace(), []
+        for block in range(self.seq.ext.numBlocks):
+            source = self.par[f"ext{block}object"].eval()
+            if not source:
+                continue
+            match = re.fullmatch(r"op\('\./?(\w+)'\)\.module\.(\w+)\(me\)", source)
+            if match is None:
+                raise NotImplementedError(f"the td stand-in runs extensions only as op('./DAT').module.Class(me): "
+                                          f"{source}")
+            dat, cls = match.groups()
+            extension = getattr(self.op(dat).module, cls)(self)
+            self.extensions.append(extension)
+            setattr(self.ext, self.par[f"ext{block}name"].eval() or cls, extension)
+            if self.par[f"ext{block}promote"].eval():
+                for attribute in dir(extension):
+                    if attribute[:1].isupper():
+                        setattr(self, attribute, getattr(extension, attribute))
+            if _since(BEHAVIOUR["extension_hooks_from"]) and hasattr(extension, "onInitTD"):
+                run("args[0].onInitTD()", extension)
+        return self.extensions
+
+    def stub_destroy_extensions(self) -> None:
+        for extension in self.extensions:
+            if _since(BEHAVIOUR["extension_hooks_from"]) and hasattr(extension, "onDestroyTD"):
+                extension.onDestroyTD()
+            elif hasattr(extension, "__delTD__"):
+                extension.__delTD__()
+        self.extensions = []
 
     def save(self, filepath: str, createFolders: bool = False) -> str:
         raise NotImplementedError("only TouchDesigner writes .tox files")
+
+
+def stub_out_tops(comp: COMP) -> list[outTOP]:
+    """The component's Out TOPs in the order of its output connectors: alphanumeric by name."""
+    return sorted((c for c in comp.children if isinstance(c, outTOP)), key=lambda o: o.name)
 
 
 class baseCOMP(COMP):
     OPType = "baseCOMP"
 
 
-# ------------------------------------------------------------------ the render network's operators
-# Parameter names and menu entries from Derivative's pages for each operator; only those
-# DepthFusion sets. Parameters that are tuples in TouchDesigner (Translate, Window X/Y, IPD
-# Shift, Resolution) appear as their parts (tx, winx, ipdshiftx, resolutionw …).
-
-
-def _parts(name: str, letters: str = "xyz", style: str = "Float") -> dict[str, str]:
-    return {name + letter: style for letter in letters}
-
-
-TOP_COMMON = {"outputresolution": "Menu", **_parts("resolution", "wh", "Int")}
-TOP_MENUS = {"outputresolution": ["useinput", "eighth", "quarter", "half", "2x", "4x", "8x", "fit", "limit",
-                                  "custom"]}
-XFORM = {"xord": "Menu", "rord": "Menu", **_parts("t"), **_parts("r"), **_parts("s")}
-XFORM_MENUS = {"xord": ["srt", "str", "rst", "rts", "tsr", "trs"], "rord": ["xyz", "xzy", "yxz", "yzx", "zxy", "zyx"]}
-
-
 class SOP(OP):
-    """SOPs carry the display and render flags (``SOP.display``, ``SOP.render``)."""
-
-    def __init__(self, name: str, parent: COMP | None) -> None:
-        super().__init__(name, parent)
-        self.display = self.render = False
+    pass
 
 
 class sphereSOP(SOP):
     OPType = "sphereSOP"
-    BUILTIN = {"type": "Menu", "surftype": "Menu", **_parts("rad"), **_parts("t"), "orient": "Menu", "rows": "Int",
-               "cols": "Int", "upole": "Toggle", "texture": "Menu", "normals": "Toggle"}
-    MENUS = {"type": ["prim", "poly", "mesh", "nurbs", "bezier"],
-             "surftype": ["rows", "cols", "rowcol", "triangles", "quads", "alttriangles"], "orient": ["x", "y", "z"],
-             "texture": ["off", "byprimtype", "equirectangularin", "equirectangularout", "equiazimuth",
-                         "equiazimuth360"]}
 
 
 class torusSOP(SOP):
@@ -596,102 +695,159 @@ class geometryCOMP(COMP):
     """A new Geometry COMP holds a Torus SOP (as in TouchDesigner's network editor)."""
 
     OPType = "geometryCOMP"
-    BUILTIN = {**COMP.BUILTIN, **XFORM, "material": "MAT", "render": "Toggle"}
-    MENUS = XFORM_MENUS
 
-    def _initialize(self) -> None:
+    def stub_initialize(self) -> None:
         torus = self.create(torusSOP, "torus1")
         torus.display = torus.render = True
 
 
 class cameraCOMP(COMP):
     OPType = "cameraCOMP"
-    BUILTIN = {**COMP.BUILTIN, **XFORM, "projection": "Menu", "viewanglemethod": "Menu", "fov": "Float",
-               "near": "Float", "far": "Float", **_parts("win", "xy"), **_parts("ipdshift"),
-               **_parts("bgcolor", "rgba")}
-    MENUS = {**XFORM_MENUS, "projection": ["perspective", "ortho", "persporthoblend", "custommatrix"],
-             "viewanglemethod": ["horzfov", "vertfov", "focalaperture"]}
 
 
 class MAT(OP):
     pass
 
 
-EXTEND = ["hold", "zero", "repeat", "mirror"]
-
-
 class glslMAT(MAT):
+    """``errors()`` reports a vertex position input the running build does not declare (td_hand.json)."""
+
     OPType = "glslMAT"
-    BUILTIN = {"glslversion": "Menu", "vdat": "DAT", "pdat": "DAT"}
-    MENUS = {"glslversion": ["glsl120", "glsl330", "glsl400", "glsl410", "glsl420", "glsl430", "glsl440", "glsl450",
-                             "glsl460"],
-             "samplerextendu": EXTEND, "samplerextendv": EXTEND,
-             "samplerfilter": ["nearest", "linear", "mipmaplinear"]}
-    SEQUENCES = {"sampler": {"name": "Str", "top": "TOP", "extendu": "Menu", "extendv": "Menu", "filter": "Menu"},
-                 "vec": {"name": "Str", **_parts("value", "xyzw")}}
+
+    def errors(self, recurse: bool = False) -> str:
+        vertex = self.stub_resolve(self.par.vdat.eval())
+        if vertex is None:
+            return "Vertex shader DAT not found"
+        declared = stub_vertex_position_input().removesuffix("()")
+        problems = [f"'{name}' : undeclared identifier" for name in ("TDPos", "P")
+                    if name != declared and re.search(rf"(?<!\w){name}(?!\w)", _code(vertex.text))]
+        return "\n".join(self._errors + problems)
+
+
+def _code(text: str) -> str:
+    """GLSL text without comments."""
+    return re.sub(r"//[^\n]*|/\*.*?\*/", "", text, flags=re.S)
+
+
+def stub_vertex_position_input() -> str:
+    """The vertex position input the running build's GLSL MAT declares (td_hand.json)."""
+    inputs = BEHAVIOUR["vertex_position_input"]
+    return inputs[max((b for b in inputs if _since(b)), key=_build_key)]
 
 
 class TOP(OP):
-    INPUTS = 1
-    BUILTIN = TOP_COMMON
-    MENUS = TOP_MENUS
+    stub_inputs = 1
+
+    @property
+    def width(self) -> int:
+        return self.stub_size()[0]
+
+    @property
+    def height(self) -> int:
+        return self.stub_size()[1]
+
+    def stub_size(self) -> tuple[int, int]:
+        if self.par.outputresolution.eval() == "custom":
+            return int(self.par.resolutionw.eval()), int(self.par.resolutionh.eval())
+        sources = self.stub_sources()
+        return sources[0].stub_size() if sources else (256, 256)
+
+    def stub_sources(self) -> list[TOP]:
+        return self.inputs
+
+
+class scriptTOP(TOP):
+    OPType = "scriptTOP"
+    stub_inputs = 0
+
+    def __init__(self, name: str, parent: COMP | None) -> None:
+        super().__init__(name, parent)
+        self._cooking = False
+        self.stub_image: np.ndarray | None = None  # what copyNumpyArray last received (the texture, here)
+
+    def cook(self, force: bool = False, recurse: bool = False, includeUtility: bool = False) -> None:
+        super().cook(force=force, recurse=recurse, includeUtility=includeUtility)
+        dat = self.stub_resolve(self.par.callbacks.eval())
+        if dat is None:
+            raise RuntimeError(f"{self.path}: callbacks DAT {self.par.callbacks.eval()!r} not found")
+        self._cooking = True
+        try:
+            dat.module.onCook(self)
+        finally:
+            self._cooking = False
+
+    def copyNumpyArray(self, numpyArray: np.ndarray, is3D: bool = False, isCube: bool = False) -> None:
+        if not self._cooking and not self.par.modoutsidecook.eval():
+            raise RuntimeError("copyNumpyArray outside onCook (turn on Modify Outside of Cook)")
+        array = numpyArray
+        if not isinstance(array, np.ndarray) or array.ndim != 3 or not 1 <= array.shape[2] <= 4:
+            raise ValueError(f"copyNumpyArray needs shape (h, w, 1-4), got {getattr(array, 'shape', type(array))}")
+        if array.dtype not in (np.uint8, np.uint16, np.float32):
+            raise ValueError(f"copyNumpyArray needs uint8, uint16 or float32, got {array.dtype}")
+        self.stub_image = array.copy()
+
+    @property
+    def pixelFormatName(self) -> str:
+        chosen = self.par.format.eval()
+        return BEHAVIOUR["script_top_useinput_format"] if chosen == "useinput" else chosen
+
+    def numpyArray(self, delayed: bool = False, writable: bool = False) -> np.ndarray | None:
+        """The texture as float32 in [0, 1], quantised to the TOP's pixel format."""
+        if self.stub_image is None:
+            return None
+        image = self.stub_image.astype(np.float64)
+        if self.stub_image.dtype != np.float32:
+            image /= np.iinfo(self.stub_image.dtype).max
+        bits = re.search(r"(\d+)(fixed|float)", self.pixelFormatName)
+        if bits and bits.group(2) == "fixed":
+            levels = 2 ** int(bits.group(1)) - 1
+            image = np.round(image * levels) / levels
+        return image.astype(np.float32)[::-1]  # numpy rows top-down, as TouchDesigner returns them
+
+    def stub_size(self) -> tuple[int, int]:
+        if self.stub_image is not None and self.par.outputresolution.eval() != "custom":
+            return self.stub_image.shape[1], self.stub_image.shape[0]
+        return super().stub_size()
 
 
 class renderTOP(TOP):
     OPType = "renderTOP"
-    INPUTS = 0
-    BUILTIN = {"camera": "OP", "geometry": "OP", "lights": "OP", "rendermode": "Menu", "cullface": "Menu",
-               "antialias": "Menu", **TOP_COMMON}
-    MENUS = {**TOP_MENUS, "rendermode": ["render2d", "cubemap", "fisheye180", "dualparaboloid", "uvunwrap",
-                                         "cubemapods"],
-             "cullface": ["neither", "backfaces", "frontfaces", "bothfaces"],
-             "antialias": ["aa1", "aa2", "aa4", "aa8mid", "aa8high", "aa16low", "aa16mid", "aa16high", "aa32"]}
+    stub_inputs = 0
 
 
 class renderselectTOP(TOP):
     OPType = "renderselectTOP"
-    INPUTS = 0
-    BUILTIN = {"top": "TOP", "colorbufindex": "Int", "cameraindex": "Int", **TOP_COMMON}
+    stub_inputs = 0
+
+    def stub_sources(self) -> list[TOP]:
+        source = self.stub_resolve(self.par.top.eval())
+        return [source] if source is not None else []
 
 
 class projectionTOP(TOP):
     OPType = "projectionTOP"
-    BUILTIN = {"input": "Menu", "output": "Menu", "fov": "Float", **_parts("r"), **TOP_COMMON}
-    MENUS = {**TOP_MENUS, "input": ["cubemap", "equirectangular", "fisheye", "dualparaboloid"],
-             "output": ["cubemap", "equirectangular", "fisheye"]}
 
 
 class layoutTOP(TOP):
+    """With Scale Resolution on, the first input's size times the columns (horizontal) or rows (vertical)."""
+
     OPType = "layoutTOP"
-    INPUTS = 0
-    BUILTIN = {"top": "Str", "scaleres": "Toggle", "align": "Menu", "fit": "Menu", **TOP_COMMON}
-    MENUS = {**TOP_MENUS, "align": ["none", "horizlr", "horizrl", "verttb", "vertbt", "gridrows", "gridcols"],
-             "fit": ["fill", "fithorz", "fitvert", "fitbest", "fitoutside", "nativeres"]}
+    stub_inputs = 0
+
+    def stub_sources(self) -> list[TOP]:
+        return [self._parent.op(name) for name in str(self.par.top.eval() or "").split()]
+
+    def stub_size(self) -> tuple[int, int]:
+        sources = self.stub_sources()
+        if self.par.outputresolution.eval() == "custom" or not sources or not self.par.scaleres.eval():
+            return super().stub_size()
+        width, height = sources[0].stub_size()
+        vertical = self.par.align.eval() in ("verttb", "vertbt")
+        return (width, height * len(sources)) if vertical else (width * len(sources), height)
 
 
 class outTOP(TOP):
     OPType = "outTOP"
-    BUILTIN = {}
-
-
-class oscinDAT(DAT):
-    """Runs its callbacks DAT's ``onReceiveOSC`` for each message while Active is on."""
-
-    OPType = "oscinDAT"
-    BUILTIN = {"active": "Toggle", "protocol": "Menu", "port": "Int", "localaddress": "Str", "callbacks": "DAT"}
-    MENUS = {"protocol": ["msging", "multicastmsging", "reliablemsging"]}
-
-    def simulate_receive(self, address: str, args: list[Any]) -> bool:
-        """A message arriving at the port: True when the callback ran."""
-        if not self.par.active.eval():
-            return False
-        dat = self._resolve(self.par.callbacks.eval())
-        message = " ".join([address, *map(str, args)])
-        dat.module.onReceiveOSC(self, 0, message, message.encode(), 0.0, address, list(args), None)
-        return True
-
-
-# ------------------------------------------------------------------ wiring, sequences, expressions
 
 
 class Connector:
@@ -702,39 +858,22 @@ class Connector:
         self.connections: list[Connector] = []
 
     def connect(self, target: Any) -> None:
-        """Wire to ``target``: a connector of the other kind, or an operator (its first free input)."""
+        """Wire to ``target`` (an operator: its first input; or a connector of the other kind). An input's
+        connection is replaced; an output's is appended."""
         if isinstance(target, OP):
-            free = [c for c in target.inputConnectors if not c.connections]
-            if self.isInput or not free:
-                raise ValueError(f"{target.path} has no free input for {self.owner.path}")
-            target = free[0]
+            if self.isInput:
+                target = target.outputConnectors[0]
+            elif not target.inputConnectors:
+                raise ValueError(f"{target.path} has no inputs")
+            else:
+                target = target.inputConnectors[0]
         if not isinstance(target, Connector) or target.isInput == self.isInput:
             raise TypeError("connect() needs an operator or a connector of the other kind")
         source, sink = (target, self) if self.isInput else (self, target)
-        if sink.connections:
-            raise ValueError(f"input {sink.index} of {sink.owner.path} is already wired")
+        for old in sink.connections:
+            old.connections.remove(sink)
+        sink.connections = [source]
         source.connections.append(sink)
-        sink.connections.append(source)
-
-
-class Sequence:
-    """A parameter sequence (``op.seq.vec``): ``numBlocks`` blocks of ``name{i}{suffix}`` parameters."""
-
-    def __init__(self, owner: OP, name: str, block: dict[str, str]) -> None:
-        self.owner, self.name, self._block, self._blocks = owner, name, block, 0
-
-    @property
-    def numBlocks(self) -> int:
-        return self._blocks
-
-    @numBlocks.setter
-    def numBlocks(self, count: int) -> None:
-        if count < self._blocks:
-            raise NotImplementedError("the td stand-in only grows sequences")
-        for index in range(self._blocks, count):
-            for suffix, style in self._block.items():
-                self.owner._add_builtin(f"{self.name}{index}{suffix}", style, f"{self.name}{suffix}")
-        self._blocks = count
 
 
 _PARENT_SHORTCUT_OP = re.compile(r"parent\.(\w+)\.op\('(\w+)'\)")
@@ -754,7 +893,10 @@ def _evaluate(owner: OP, expression: str) -> Any:
     return node.op(name)
 
 
-def make_root() -> baseCOMP:
-    """A fresh '/project1'-like component to build into."""
-    root = baseCOMP("", None)
-    return root.create(baseCOMP, "project1")
+def make_root(build: str | None = None) -> baseCOMP:
+    """A fresh project: '/project1' to build into, a new frame loop, the given build (default the newest)."""
+    global _world
+    _world = _World()
+    simulate_build(build or SUPPORTED_BUILDS[-1])
+    _world.root = baseCOMP("", None)
+    return _world.root.create(baseCOMP, "project1")
