@@ -146,6 +146,37 @@ def run_vertex_stage(ctx, mesh, depth16, mapping, cull_jump=0.0):
     return result[:, :3], result[:, 3]
 
 
+@pytest.mark.parametrize("position", td_builds.POSITION_INPUTS)
+def test_the_component_vertex_stage_runs_for_each_position_input(gl, position):
+    """The vertex shader DAT's own text (not a harness) behind each build's declarations, its gl_Position
+    captured by transform feedback: identity TDDeform/TDWorldToProj give the displaced position."""
+    import moderngl
+
+    header = "#version 450 core\n" + POSITION_DECLARATIONS[position] + TD_VERTEX_FUNCTIONS
+    program = gl.program(vertex_shader=header + shader_source.vertex_source(position),
+                                       varyings=["gl_Position"])
+    mesh, mapping = sphere_mesh(12, 24), MAPPINGS[0]
+    depth16 = np.round(smooth_depth(32, 64, 2) * 65535).astype(np.uint16)
+    top = to_top(Frame(np.zeros(depth16.shape + (3,), np.uint8), depth16, {"frame_id": "t", "seq": 1}))
+    texture = gl.texture((depth16.shape[1], depth16.shape[0]), 1, data=top.depth.tobytes(), dtype="nu2")
+    texture.use(0)
+    display = {"mapping": "linear", "radius": mapping.radius, "strength": mapping.strength, "near": 1.0,
+               "far": 100.0, "cull_jump": 0.0, "mesh_rows": mesh.rows, "mesh_cols": mesh.cols}
+    for name, value in {"sDepth": 0, **shader_uniforms(display, "keep", top.poles)}.items():
+        if name in program:
+            program[name].value = value[:program[name].dimension] if isinstance(value, tuple) else value
+    attribute = "P" if position == "P" else "tdPosition"
+    vbo = gl.buffer(np.ascontiguousarray(mesh.directions, dtype="f4").tobytes())
+    out = gl.buffer(reserve=len(mesh.directions) * 16)
+    vao = gl.vertex_array(program, [(vbo, "3f", attribute)])
+    vao.transform(out, mode=moderngl.POINTS)
+    got = np.frombuffer(out.read(), dtype="f4").reshape(-1, 4)
+    for thing in (vao, out, vbo, texture, program):
+        thing.release()
+    expected = Displacer(mesh, depth16.shape)(depth16, mapping)
+    assert np.allclose(got[:, 3], 1.0) and relative_error(got[:, :3], expected).max() <= 1e-4
+
+
 def smooth_depth(height, width, seed):
     rng = np.random.default_rng(seed)
     v, u = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
