@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES, AddressError
-from td_bridge.params import (DISPLAY_PARAMS, GENERATION_PARAMS, Param, ParamError, resolve_seed, validate,
+from td_bridge.params import (DISPLAY_PARAMS, GENERATION_PARAMS, VIEW_PARAMS, Param, ParamError, resolve_seed, validate,
                               validate_generation)
 
 from .backends.base import BackendUnavailable
 from .library import LibraryError
+from .render.video import PATHS
+from .render.views import VIEWS
 
 log = logging.getLogger("depthfusion")
 
@@ -117,6 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", required=True, type=Path, help="mesh file: .glb, .obj or .ply")
     export.add_argument("--overwrite", action="store_true", help="replace existing files")
     _add_param_flags(export, DISPLAY_PARAMS, "mesh parameters")
+
+    render = sub.add_parser("render", help="draw a frame folder or library frame id as stereo images, 360° stereo, "
+                            "a dome or a video, with the TouchDesigner component's shaders")
+    render.add_argument("frame", help="folder holding rgb.png and depth.png, or a frame id from the library")
+    target = render.add_mutually_exclusive_group(required=True)
+    target.add_argument("-o", "--output", type=Path, help="image file: .png or .jpg")
+    target.add_argument("--video", type=Path, metavar="OUT.mp4", help="write a video along --path instead")
+    render.add_argument("--view", default="sbs", choices=VIEWS, help="left, right, mono (head centre), sbs "
+                        "(left | right), tb (left above right), anaglyph (red-cyan), ods (360° stereo, left above "
+                        "right), dome (fisheye), cubemap (6 faces +X -X +Y -Y +Z -Z in a row) (sbs)")
+    render.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    render.add_argument("--samples", type=int, default=4, choices=[1, 2, 4, 8], help="multisampling (4)")
+    clip = render.add_argument_group("video")
+    clip.add_argument("--path", default="orbit", choices=PATHS, help="camera path: orbit (a circle), dolly "
+                      "(forwards and back), sway (side to side); one loop per clip (orbit)")
+    clip.add_argument("--seconds", type=float, default=6.0, help="clip length (6)")
+    clip.add_argument("--fps", type=int, default=30, help="frames per second (30)")
+    clip.add_argument("--amplitude", type=float, default=None, metavar="METRES",
+                      help="how far the path moves the head (default: a fifth of the way to the nearest surface)")
+    _add_library_flags(render)
+    _add_param_flags(render, DISPLAY_PARAMS, "display parameters")
+    _add_param_flags(render, VIEW_PARAMS, "view parameters (as the TouchDesigner component's)")
 
     sub.add_parser("osc-doc", help="print the OSC address space (docs/osc.md) from the parameter schema")
 
@@ -223,28 +247,42 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _display_params(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
+    """Display flags given, validated; metric mapping takes the frame's recorded near/far unless given."""
+    given = _given_params(args, DISPLAY_PARAMS)
+    if given.get("mapping") == "metric":
+        recorded = meta.get("depth") or {}
+        for key in ("near", "far"):
+            if key not in given and recorded.get(key) is not None:
+                given[key] = recorded[key]
+    return validate(given, DISPLAY_PARAMS)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from td_bridge.depth import read_depth_png
 
     from .export import export_mesh
     from .images import read_rgb_png
 
-    given = _given_params(args, DISPLAY_PARAMS)
-    meta_file = args.frame / "metadata.json"
-    if meta_file.exists() and given.get("mapping") == "metric":
+    meta_file, meta = args.frame / "metadata.json", {}
+    if meta_file.exists():
         try:
-            recorded = json.loads(meta_file.read_text(encoding="utf-8")).get("depth") or {}
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{meta_file}: not valid JSON ({exc})") from None
-        for key in ("near", "far"):  # the frame's own metric range, unless overridden
-            if key not in given and recorded.get(key) is not None:
-                given[key] = recorded[key]
-    display = validate(given, DISPLAY_PARAMS)
+    display = _display_params(args, meta)
     rgb, depth = read_rgb_png(args.frame / "rgb.png"), read_depth_png(args.frame / "depth.png")
     summary = export_mesh(args.output, rgb, depth, display, overwrite=args.overwrite)
     print(f"wrote {summary['path']}: {summary['vertices']} vertices, {summary['triangles']} triangles "
           f"({summary['culled']} culled across depth edges)")
     return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .render.cli import load_frame, run
+
+    meta, rgb, depth = load_frame(args.frame, None if Path(args.frame).is_dir() else _library(args))
+    return run(args, rgb, depth, _display_params(args, meta), _given_params(args, VIEW_PARAMS))
 
 
 def cmd_library(args: argparse.Namespace) -> int:
@@ -300,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         commands = {"serve": cmd_serve, "generate": cmd_generate, "export": cmd_export, "osc-doc": cmd_osc_doc,
-                    "pregenerate": cmd_pregenerate, "library": cmd_library}
+                    "pregenerate": cmd_pregenerate, "library": cmd_library, "render": cmd_render}
         return commands[args.command](args)
     except (ParamError, AddressError, BackendUnavailable, LibraryError, ValueError, OSError) as exc:
         log.error("%s", exc)
