@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, require_tool
+from generator.render.glsl import POSITION_ATTRIBUTES, pixel_header, vertex_header
 from td_bridge import td_builds
 from td_bridge.depth import DepthMapping
 from td_bridge.geometry import Displacer, discontinuous_triangles, sphere_mesh
@@ -20,17 +21,9 @@ from td_bridge.top_frames import to_top
 sys.path.insert(0, str(ROOT / "touchdesigner"))
 import shader_source  # noqa: E402
 
-# What TouchDesigner declares in front of a GLSL MAT's code (only the names our shaders use); the vertex
-# position input differs by build (td_bridge.td_builds): P on 2023 builds, TDPos() on 2025 builds.
-POSITION_DECLARATIONS = {"P": "layout(location = 0) in vec3 P;\n",
-                         "TDPos()": "layout(location = 0) in vec3 tdPosition;\nvec3 TDPos() { return tdPosition; }\n"}
-TD_VERTEX_FUNCTIONS = """vec4 TDDeform(vec3 p) { return vec4(p, 1.0); }
-vec4 TDWorldToProj(vec4 p) { return p; }
-"""
-TD_PIXEL_HEADER = """#version 460
-void TDCheckDiscard() {}
-vec4 TDOutputSwizzle(vec4 c) { return c; }
-"""
+# What TouchDesigner declares in front of a GLSL MAT's code: the renderer's stand-in (generator/render/glsl.py),
+# with the position input of each build (td_bridge.td_builds): P on 2023 builds, TDPos() on 2025 builds.
+TD_VERSION = "#version 460\n"
 
 # ------------------------------------------------------------------ glslangValidator
 
@@ -38,9 +31,8 @@ vec4 TDOutputSwizzle(vec4 c) { return c; }
 def validate(tmp_path, vertex, pixel, declared="TDPos()"):
     """glslangValidator on both stages behind a header that declares the ``declared`` position input."""
     tool = require_tool("glslangValidator", "glslang-tools")
-    header = "#version 460\n" + POSITION_DECLARATIONS[declared] + TD_VERTEX_FUNCTIONS
-    (tmp_path / "df.vert").write_text(header + vertex, encoding="utf-8")
-    (tmp_path / "df.frag").write_text(TD_PIXEL_HEADER + pixel, encoding="utf-8")
+    (tmp_path / "df.vert").write_text(vertex_header(declared, TD_VERSION) + vertex, encoding="utf-8")
+    (tmp_path / "df.frag").write_text(pixel_header(TD_VERSION) + pixel, encoding="utf-8")
     return subprocess.run([tool, "-l", "df.vert", "df.frag"], cwd=tmp_path, capture_output=True, text=True)
 
 
@@ -152,9 +144,8 @@ def test_the_component_vertex_stage_runs_for_each_position_input(gl, position):
     captured by transform feedback: identity TDDeform/TDWorldToProj give the displaced position."""
     import moderngl
 
-    header = "#version 450 core\n" + POSITION_DECLARATIONS[position] + TD_VERTEX_FUNCTIONS
-    program = gl.program(vertex_shader=header + shader_source.vertex_source(position),
-                                       varyings=["gl_Position"])
+    program = gl.program(vertex_shader=vertex_header(position) + shader_source.vertex_source(position),
+                         varyings=["gl_Position"])
     mesh, mapping = sphere_mesh(12, 24), MAPPINGS[0]
     depth16 = np.round(smooth_depth(32, 64, 2) * 65535).astype(np.uint16)
     top = to_top(Frame(np.zeros(depth16.shape + (3,), np.uint8), depth16, {"frame_id": "t", "seq": 1}))
@@ -162,10 +153,11 @@ def test_the_component_vertex_stage_runs_for_each_position_input(gl, position):
     texture.use(0)
     display = {"mapping": "linear", "radius": mapping.radius, "strength": mapping.strength, "near": 1.0,
                "far": 100.0, "cull_jump": 0.0, "mesh_rows": mesh.rows, "mesh_cols": mesh.cols}
-    for name, value in {"sDepth": 0, **shader_uniforms(display, "keep", top.poles)}.items():
+    identity = tuple(np.eye(4).ravel())  # uTDWorldToProj: TDWorldToProj passes positions through
+    for name, value in {"sDepth": 0, "uTDWorldToProj": identity, **shader_uniforms(display, "keep", top.poles)}.items():
         if name in program:
             program[name].value = value[:program[name].dimension] if isinstance(value, tuple) else value
-    attribute = "P" if position == "P" else "tdPosition"
+    attribute = POSITION_ATTRIBUTES[position]
     vbo = gl.buffer(np.ascontiguousarray(mesh.directions, dtype="f4").tobytes())
     out = gl.buffer(reserve=len(mesh.directions) * 16)
     vao = gl.vertex_array(program, [(vbo, "3f", attribute)])

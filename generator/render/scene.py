@@ -18,7 +18,7 @@ from td_bridge.protocol import Frame, check_arrays
 from td_bridge.render_setup import shader_uniforms
 from td_bridge.top_frames import to_top
 
-from .glsl import pixel_shader, vertex_shader
+from .glsl import POSITION, POSITION_ATTRIBUTES, pixel_shader, vertex_shader
 
 MAX_SIZE = 16384  # pixels per side: the schema's largest eye and dome images
 
@@ -64,7 +64,7 @@ class Scene:
         set_uniforms(self.program, self.uniforms)
         self._vbo = ctx.buffer(np.ascontiguousarray(mesh.directions, dtype="f4").tobytes())
         self._ibo = ctx.buffer(np.ascontiguousarray(mesh.triangles, dtype="i4").tobytes())
-        self._vao = ctx.vertex_array(self.program, [(self._vbo, "3f", "P")], index_buffer=self._ibo,
+        self._vao = ctx.vertex_array(self.program, [(self._vbo, "3f", POSITION_ATTRIBUTES[POSITION])], index_buffer=self._ibo,
                                      index_element_size=4)
         self._targets: dict[tuple[int, int, int], tuple[Any, Any]] = {}
 
