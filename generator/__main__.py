@@ -326,7 +326,7 @@ def cmd_pregenerate(args: argparse.Namespace) -> int:
 
 
 def cmd_osc_doc(args: argparse.Namespace) -> int:
-    from .osc import reference
+    from .osc_space import reference
 
     sys.stdout.write(reference())
     return 0

@@ -4,8 +4,9 @@ Datagrams arrive on one UDP socket (127.0.0.1:9000 by default). Each is checked 
 :mod:`generator.osc_packet` before python-osc parses it, then turned into the same JSON
 request a ZeroMQ client sends, over an in-process DEALER to the server's ROUTER: OSC, ZeroMQ
 and the CLI share one validated path. Replies go back to the sender (or to its host at a
-configured reply port); progress, frame and state events go to configured targets.
-One thread, no thread per packet, no exception escapes.
+configured reply port); progress, frame and state events go to configured targets. The
+address space and its type tags live in :mod:`generator.osc_space`. One thread, no thread per
+packet, no exception escapes.
 """
 
 from __future__ import annotations
@@ -20,27 +21,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 from td_bridge import protocol as wire
 from td_bridge.addresses import is_loopback
 from td_bridge.params import GENERATION_PARAMS, Param, ParamError, defaults, generation_param
 
-from .osc_packet import MAX_DATAGRAM, OscPacketError, check_datagram
-from .ratelimit import RateLimitedLogger
+from .osc_packet import MAX_DATAGRAM, OscPacketError, check_datagram, leading_address
+from .osc_space import COMMANDS, INT32_MAX, PREFIX, param_echo, reply
+from .ratelimit import PerSenderLimit, RateLimitedLogger
 
 log = logging.getLogger("depthfusion.osc")
 
-PREFIX = "/depthfusion/"
-COMMANDS = {
-    "generate": "[prompt] — queue a generation with the current parameters (and this prompt)",
-    "cancel": "[job_id] — cancel one job, or everything waiting and running",
-    "recall": "frame_id or cue — publish a kept frame (the newest with that cue) again, without the model",
-    "status": "— reply /depthfusion/status state backend queued last_frame_id",
-    "ping": "— reply /depthfusion/pong",
-}
 MAX_PENDING = 256  # requests awaiting the server's reply
+ERRORS_PER_S = 20.0  # /depthfusion/error replies to one sender, in bursts of up to as many
 
 
 @dataclass
@@ -79,13 +73,6 @@ class OscConfig:
         return networks, targets
 
 
-def osc_message(address: str, *args: Any) -> bytes:
-    builder = OscMessageBuilder(address)
-    for arg in args:
-        builder.add_arg(arg)
-    return builder.build().dgram
-
-
 class OscBridge:
     """Owns the UDP socket and two in-process ZeroMQ sockets; runs on its own thread."""
 
@@ -98,6 +85,7 @@ class OscBridge:
         self._ids = (f"osc-{n}" for n in itertools.count(1))
         self._last_state: tuple | None = None
         self._log = RateLimitedLogger(log, per_window=5, window_s=10.0)
+        self._error_limit = PerSenderLimit(rate=ERRORS_PER_S, burst=int(ERRORS_PER_S))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
@@ -168,11 +156,9 @@ class OscBridge:
             try:
                 check_datagram(data)
                 messages = [m.message for m in OscPacket(data).messages]
-            except OscPacketError as exc:
-                self._log.warning("bad OSC packet from %s: %s", sender[0], exc)
-                continue
-            except Exception as exc:  # python-osc rejected what our checks let through
-                self._log.warning("bad OSC packet from %s: %s", sender[0], exc)
+            except Exception as exc:  # OscPacketError, or python-osc rejected what our checks let through
+                problem = str(exc) if isinstance(exc, OscPacketError) else f"{type(exc).__name__}: {exc}"
+                self._error(sender, leading_address(data), f"malformed OSC packet: {problem}")
                 continue
             for message in messages:
                 self._handle(message.address, list(message.params), sender, dealer)
@@ -222,7 +208,7 @@ class OscBridge:
             self.params[param.name] = param.coerce(args[0])
         except ParamError as exc:
             return self._error(sender, address, str(exc))
-        self._send(self._reply_to(sender), osc_message(address, self.params[param.name]))
+        self._send(self._reply_to(sender), param_echo(param, self.params[param.name]))
 
     def _request(self, dealer: zmq.Socket, sender: tuple[str, int], address: str, cmd: str,
                  args: dict[str, Any]) -> None:
@@ -254,15 +240,14 @@ class OscBridge:
     def _success(address: str, result: dict[str, Any]) -> bytes:
         name = address[len(PREFIX):]
         if name == "ping":
-            return osc_message(PREFIX + "pong")
+            return reply("pong")
         if name == "status":
-            return osc_message(PREFIX + "status", result["state"], result["backend"], result["queued"],
-                               result["last_frame_id"] or "")
+            return reply("status", result["state"], result["backend"], result["queued"], result["last_frame_id"] or "")
         if name == "generate":
-            return osc_message(PREFIX + "queued", result["job_id"], result["params"]["seed"])
+            return reply("queued", result["job_id"], result["params"]["seed"])
         if name == "cancel":
-            return osc_message(PREFIX + "cancelled", len(result["cancelled"]), *result["cancelled"])
-        return osc_message(PREFIX + "recalled", result["frame_id"])
+            return reply("cancelled", len(result["cancelled"]), *result["cancelled"])
+        return reply("recalled", result["frame_id"])
 
     def _drain_events(self, sub: zmq.Socket) -> None:
         while True:
@@ -274,18 +259,18 @@ class OscBridge:
             try:
                 if topic == wire.TOPIC_FRAME:
                     header = json.loads(parts[1].bytes)
-                    self._broadcast(osc_message(PREFIX + "frame", header["frame_id"], header["seq"]))
+                    self._broadcast(reply("frame", header["frame_id"], header["seq"] % (INT32_MAX + 1)))
                     continue
                 event = wire.decode_event([p.bytes for p in parts])
             except (wire.ProtocolError, ValueError, KeyError):
                 continue
             if topic == wire.TOPIC_PROGRESS:
-                self._broadcast(osc_message(PREFIX + "progress", event["job_id"], event["step"], event["total"]))
+                self._broadcast(reply("progress", event["job_id"], event["step"], event["total"]))
             else:
                 state = (event["state"], event["queued"])
                 if state != self._last_state:  # the 1 s heartbeat is not news
                     self._last_state = state
-                    self._broadcast(osc_message(PREFIX + "state", *state))
+                    self._broadcast(reply("state", *state))
 
     def _broadcast(self, packet: bytes) -> None:
         for target in self._targets:
@@ -295,8 +280,10 @@ class OscBridge:
         return (sender[0], self.config.reply_port) if self.config.reply_port else sender[:2]
 
     def _error(self, sender: tuple[str, int], address: str, message: str) -> None:
+        """Log and answer with /depthfusion/error, at most ERRORS_PER_S a second to one sender."""
         self._log.warning("OSC %s from %s: %s", address[:80], sender[0], message)
-        self._send(self._reply_to(sender), osc_message(PREFIX + "error", address[:256], message[:1000]))
+        if self._error_limit.allow(sender[:2]):
+            self._send(self._reply_to(sender), reply("error", address[:256], message[:1000]))
 
     def _send(self, target: tuple[str, int], packet: bytes) -> None:
         try:
@@ -309,41 +296,3 @@ def _expect_args(args: list[Any], low: int, high: int, name: str) -> None:
     if not low <= len(args) <= high:
         wanted = str(low) if low == high else f"{low} to {high}"
         raise ParamError(f"{name}: takes {wanted} argument(s), got {len(args)}")
-
-
-def reference() -> str:
-    """docs/osc.md, generated from the parameter schema."""
-    lines = [
-        "# OSC address space",
-        "",
-        "Generated from `td_bridge/params.py` by `python -m generator osc-doc`; do not edit by hand.",
-        "",
-        "The generator listens on UDP `127.0.0.1:9000` (`--osc-port`, `--osc-host`; a LAN address needs",
-        "`--allow-lan` and `--osc-allow NETWORK`). Replies go to the sender's address, or to its host at",
-        "`--osc-reply-port`. Every `--osc-target HOST:PORT` receives `/depthfusion/progress job_id step total`,",
-        "`/depthfusion/frame frame_id seq` and `/depthfusion/state state queued`.",
-        "",
-        "## Commands",
-        "",
-        "| address | arguments and reply |",
-        "|---|---|",
-        *(f"| `{PREFIX}{name}` | {text} |" for name, text in COMMANDS.items()),
-        "",
-        "Replies: `/depthfusion/pong`; `/depthfusion/status`; `/depthfusion/queued job_id seed`;",
-        "`/depthfusion/cancelled count ids…`; `/depthfusion/recalled frame_id`. Anything wrong gets",
-        "`/depthfusion/error address message` (the message names the allowed range or the known addresses).",
-        "",
-        "## Parameters",
-        "",
-        "Each sets the value the next `/depthfusion/generate` uses and is echoed back as coerced.",
-        "Ints accept integral floats and numeric strings; floats accept ints; bools accept T/F, 0/1",
-        "(int or float) and true/false/on/off.",
-        "",
-        "| address | type | default | allowed | meaning |",
-        "|---|---|---|---|---|",
-    ]
-    for param in GENERATION_PARAMS:
-        default = json.dumps(param.default, ensure_ascii=False)
-        lines.append(f"| `{PREFIX}{param.name}` | {param.kind.__name__} | `{default}` | {param.describe_range()} "
-                     f"| {param.help} |")
-    return "\n".join(lines) + "\n"

@@ -29,6 +29,17 @@ def check_datagram(data: bytes) -> None:
     _check_packet(data, 0, len(data), 0)
 
 
+def leading_address(data: bytes) -> str:
+    """The address a packet, well-formed or not, starts with ("#bundle" for a bundle); "" when none
+    is readable. For error replies only: never trusted beyond that."""
+    head = data[:MAX_ADDRESS + 1].split(b"\0", 1)[0]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    return text if text.startswith(("/", "#bundle")) and text.isprintable() and len(text) <= MAX_ADDRESS else ""
+
+
 def _check_packet(data: bytes, start: int, end: int, depth: int) -> None:
     if data.startswith(BUNDLE, start):
         _check_bundle(data, start, end, depth)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
+from typing import Hashable
 
 
 class RateLimitedLogger:
@@ -31,3 +33,22 @@ class RateLimitedLogger:
                 self._suppressed += 1
                 return
         self.logger.warning(message, *args)
+
+
+class PerSenderLimit:
+    """A token bucket per sender: ``rate`` events a second, bursts of ``burst``; the ``senders`` most
+    recently seen are remembered (a forgotten one starts with a full bucket). One thread only."""
+
+    def __init__(self, rate: float, burst: int, senders: int = 1024) -> None:
+        self.rate, self.burst, self.senders = rate, burst, senders
+        self._buckets: collections.OrderedDict[Hashable, tuple[float, float]] = collections.OrderedDict()
+
+    def allow(self, sender: Hashable) -> bool:
+        now = time.monotonic()
+        tokens, last = self._buckets.pop(sender, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[sender] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self.senders:
+            self._buckets.popitem(last=False)
+        return allowed

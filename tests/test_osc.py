@@ -1,7 +1,6 @@
 import contextlib
 import queue
 import random
-import re
 import socket
 import struct
 import subprocess
@@ -14,7 +13,8 @@ from pythonosc.osc_message import OscMessage
 
 from conftest import ROOT, RunningServer, free_udp_port, require_tool, wait_for
 from generator.backends import DemoBackend
-from generator.osc import OscConfig, osc_message, reference
+from generator.osc import OscConfig
+from generator.osc_space import osc_message, reference
 from td_bridge.receiver import FrameReceiver
 
 SMALL = [("/depthfusion/width", 128), ("/depthfusion/height", 64), ("/depthfusion/steps", 2)]
@@ -36,9 +36,12 @@ class OscClient:
         self.sock.sendto(data, ("127.0.0.1", self.port))
 
     def recv(self, timeout=5):
-        self.sock.settimeout(timeout)
-        message = OscMessage(self.sock.recvfrom(65536)[0])
+        message = OscMessage(self.recv_raw(timeout))
         return message.address, list(message.params)
+
+    def recv_raw(self, timeout=5):
+        self.sock.settimeout(timeout)
+        return self.sock.recvfrom(65536)[0]
 
     def ask(self, address, *args, timeout=5):
         self.send(address, *args)
@@ -71,9 +74,9 @@ def test_ping_pong(osc):
         ("/depthfusion/steps", 30.0, 30),
         ("/depthfusion/steps", "30", 30),
         ("/depthfusion/guidance", 5, 5.0),
-        ("/depthfusion/seamless", False, False),
-        ("/depthfusion/seamless", 1.0, True),
-        ("/depthfusion/seamless", "off", False),
+        ("/depthfusion/seamless", False, 0),
+        ("/depthfusion/seamless", 1.0, 1),
+        ("/depthfusion/seamless", "off", 0),
         ("/depthfusion/scheduler", "euler", "euler"),
         ("/depthfusion/prompt", "a misty forest ✓", "a misty forest ✓"),
         ("/depthfusion/seed", 2**31 - 1, 2**31 - 1),
@@ -332,8 +335,8 @@ def test_real_osc_tools_liblo(make_server):
             with contextlib.suppress(queue.Empty):
                 text += lines.get(timeout=left)
         assert "/depthfusion/width i 128" in text and "/depthfusion/height i 64" in text
-        assert "/depthfusion/seamless F" in text
-        assert re.search(r"/depthfusion/queued s[ih] ", text) and "/depthfusion/frame si" in text  # seed may be int64
+        assert "/depthfusion/seamless i 0" in text  # one type per address: bools echo as int32
+        assert "/depthfusion/queued si " in text and "/depthfusion/frame si" in text
         assert "/depthfusion/progress sii" in text
         assert "/depthfusion/error ss" in text and "/depthfusion/pong" in text
     finally:
@@ -393,3 +396,133 @@ def test_serve_rejects_bad_osc_flags(args, message):
     result = subprocess.run([sys.executable, "-m", "generator", "serve", "--model", "demo", *args], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def type_tags(datagram):
+    """(address, type tag string) of one OSC message, read from the raw bytes."""
+    address, rest = datagram.split(b"\0", 1)
+    rest = rest[(4 - (len(address) + 1) % 4) % 4:]
+    return address.decode(), rest.split(b"\0", 1)[0].decode()
+
+
+def test_every_reply_event_and_echo_has_one_fixed_type_tag_string(make_server, tmp_path):
+    """Whatever the values (seeds at both ends of their range, random ones, bools), each address comes
+    back with the same OSC 1.0 types: i, f and s only."""
+    from generator.library import FrameLibrary
+
+    events = OscClient(0)
+    srv = make_server(DemoBackend(), library=FrameLibrary(tmp_path),
+                      osc=OscConfig(port=free_udp_port(), targets=[f"127.0.0.1:{events.sock.getsockname()[1]}"]))
+    client = OscClient(srv.server.osc.port)
+    seen = {}
+
+    def ask(address, *args):
+        client.send(address, *args)
+        address, tags = type_tags(client.recv_raw())
+        seen.setdefault(address, set()).add(tags)
+        return address
+
+    try:
+        for param, value in [("prompt", "ünï ✓"), ("negative_prompt", ""), ("steps", 2.0), ("guidance", 3),
+                             ("width", "128"), ("height", 64), ("scheduler", "euler"), ("seamless", True),
+                             ("seamless", "off"), ("cue", "act 1"), ("seed", 2**31 - 1), ("seed", 0)]:
+            ask("/depthfusion/" + param, value)
+        for seed in (2**31 - 1, 0, -1, -1, -1, -1):
+            ask("/depthfusion/seed", seed)
+            assert ask("/depthfusion/generate") == "/depthfusion/queued"
+        wait_for(lambda: srv.server.status()["frames_published"] == 6 and srv.server.status()["state"] == "idle",
+                 timeout=30, what="six frames")
+        for _ in range(40):  # progress, frame and state events of the six jobs
+            with contextlib.suppress(TimeoutError):
+                address, tags = type_tags(events.recv_raw(0.5))
+                seen.setdefault(address, set()).add(tags)
+        ask("/depthfusion/status")
+        ask("/depthfusion/recall", "act 1")
+        ask("/depthfusion/cancel")
+        ask("/depthfusion/steps", 0)
+        ask("/depthfusion/ping")
+        raw = osc_message("/depthfusion/seamless", True)  # T: a sender's bool, echoed as 1
+        client.raw(raw)
+        assert client.recv() == ("/depthfusion/seamless", [1])
+    finally:
+        client.close()
+        events.close()
+    assert seen == {
+        "/depthfusion/prompt": {",s"}, "/depthfusion/negative_prompt": {",s"}, "/depthfusion/steps": {",i"},
+        "/depthfusion/guidance": {",f"}, "/depthfusion/width": {",i"}, "/depthfusion/height": {",i"},
+        "/depthfusion/scheduler": {",s"}, "/depthfusion/seamless": {",i"}, "/depthfusion/cue": {",s"},
+        "/depthfusion/seed": {",i"}, "/depthfusion/queued": {",si"}, "/depthfusion/progress": {",sii"},
+        "/depthfusion/frame": {",si"}, "/depthfusion/state": {",si"}, "/depthfusion/status": {",ssis"},
+        "/depthfusion/recalled": {",s"}, "/depthfusion/cancelled": {",i"}, "/depthfusion/error": {",ss"},
+        "/depthfusion/pong": {","},
+    }
+
+
+def test_typed_messages_refuse_values_outside_their_type():
+    assert type_tags(osc_message("/x", 1, "a", "b", tags="is*")) == ("/x", ",iss")
+    assert type_tags(osc_message("/x", 0, tags="is*")) == ("/x", ",i")
+    for args, tags in [((2**31,), "i"), ((-(2**31) - 1,), "i"), (("7",), "i"), ((1, 2), "i"), ((), "si")]:
+        with pytest.raises(ValueError):
+            osc_message("/x", *args, tags=tags)
+
+
+def test_osc_parameters_are_sticky_shared_and_separate_from_zeromq(make_server):
+    """Values set over OSC stay for every later /generate from any sender; /generate's prompt is
+    for that one job; /cue sticks; a ZeroMQ generate takes the defaults."""
+    from td_bridge.params import defaults
+    from td_bridge.receiver import CommandClient
+
+    srv = make_server(DemoBackend(), osc=OscConfig(port=free_udp_port()))
+    first, second = OscClient(srv.server.osc.port), OscClient(srv.server.osc.port)
+    try:
+        for address, value in [*SMALL, ("/depthfusion/cue", "act 1"), ("/depthfusion/prompt", "a set prompt")]:
+            first.ask(address, value)
+        jobs = [second.ask("/depthfusion/generate", "just this once")[1][0], second.ask("/depthfusion/generate")[1][0]]
+        first.ask("/depthfusion/cue", "")
+        jobs.append(first.ask("/depthfusion/generate")[1][0])
+        with CommandClient(srv.commands) as zmq_client:
+            jobs.append(zmq_client.generate(width=128, height=64, steps=2)["job_id"])
+        params = [srv.server.jobs.get(j).params for j in jobs]
+    finally:
+        first.close()
+        second.close()
+    assert [(p["prompt"], p["cue"], p["steps"]) for p in params[:3]] == [
+        ("just this once", "act 1", 2), ("a set prompt", "act 1", 2), ("a set prompt", "", 2)]
+    assert (params[3]["prompt"], params[3]["cue"]) == (defaults()["prompt"], "")
+
+
+@pytest.mark.parametrize("packet, address, problem", [
+    (HOSTILE[0], "#bundle", "bundle element size -8"),
+    (HOSTILE[1], "/depthfusion/prompt", "not valid UTF-8"),
+    (HOSTILE[2], "", "must start with '/'"),
+    (HOSTILE[4], "/depthfusion/steps", "arguments run past the packet"),
+    (b"/depthfusion/steps\0\0,i", "/depthfusion/steps", "not a multiple of 4"),
+    (b"/depthfusion/steps\0\0,x\0\0", "/depthfusion/steps", "unsupported type tag 'x'"),
+])
+def test_malformed_packets_get_an_error_reply(osc, packet, address, problem):
+    osc.raw(packet)
+    reply_address, (answered, message) = osc.recv()
+    assert reply_address == "/depthfusion/error" and answered == address
+    assert message.startswith("malformed OSC packet: ") and problem in message
+
+
+def test_error_replies_are_rate_limited_per_sender(osc, osc_server):
+    other = OscClient(osc_server.server.osc.port)
+    try:
+        started = time.monotonic()
+        for _ in range(200):
+            osc.raw(b"\0" * 8)
+        other.raw(b"\0" * 8)  # another sender has its own allowance
+        assert other.recv()[0] == "/depthfusion/error"
+        errors = 0
+        with contextlib.suppress(TimeoutError):
+            while osc.recv(0.5)[0] == "/depthfusion/error":
+                errors += 1
+        allowance = 20 + 20 * (time.monotonic() - started)  # a burst of 20, then 20 a second
+        assert 20 <= errors <= allowance, (errors, allowance)
+        time.sleep(1.1)  # the allowance refills
+        osc.raw(b"\0" * 8)
+        assert osc.recv()[0] == "/depthfusion/error"
+        assert osc.ask("/depthfusion/ping")[0] == "/depthfusion/pong"  # the flood never stopped commands
+    finally:
+        other.close()

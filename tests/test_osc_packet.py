@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generator.osc import osc_message
+from generator.osc_space import osc_message
 from generator.osc_packet import MAX_DATAGRAM, OscPacketError, check_datagram
 
 
