@@ -6,6 +6,7 @@ import json
 import re
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -142,3 +143,36 @@ def test_the_committed_data_is_what_the_extractor_makes(tmp_path):
     output = tmp_path / "td_docs.json"
     extract_docs.main([str(mirror), "--commit", td.DOCS["source"]["commit"], "-o", str(output)])
     assert json.loads(output.read_text(encoding="utf-8")) == td.DOCS
+
+
+@pytest.mark.parametrize(
+    "action, message",
+    [
+        (lambda page: page.appendFloat("lowercase"), "invalid custom parameter name"),
+        (lambda page: page.appendFloat("Mesh_rows"), "invalid custom parameter name"),
+        (lambda page: page.appendSlider("Value"), "has no attribute 'appendSlider'"),
+    ],
+)
+def test_the_stand_in_refuses_what_touchdesigner_refuses(action, message):
+    page = td.make_root().appendCustomPage("Test")
+    with pytest.raises((ValueError, AttributeError), match=message):
+        action(page)
+
+
+def test_the_stand_in_checks_copy_numpy_array_and_keeps_the_pixel_format():
+    top = td.make_root().create(td.scriptTOP, "t")
+    with pytest.raises(RuntimeError, match="outside onCook"):
+        top.copyNumpyArray(np.zeros((2, 2, 3), np.uint8))
+    top._cooking = True
+    for bad, message in ((np.zeros((2, 2), np.uint8), "shape"), (np.zeros((2, 2, 5), np.uint8), "shape"),
+                         (np.zeros((2, 2, 3), np.float64), "uint8, uint16 or float32")):
+        with pytest.raises(ValueError, match=message):
+            top.copyNumpyArray(bad)
+    depth = np.array([[[0], [1]], [[257], [65535]]], np.uint16)
+    top.copyNumpyArray(depth)
+    assert top.pixelFormatName == td.BEHAVIOUR["script_top_useinput_format"]  # 'Use Input' with no input
+    assert np.abs(top.numpyArray()[..., 0] * 65535 - depth[..., 0]).max() > 100  # 8 bits: depth is lost
+    top.par.format = "mono16fixed"
+    np.testing.assert_array_equal(np.round(top.numpyArray()[..., 0] * 65535), depth[..., 0])
+    with pytest.raises(AttributeError, match="has no parameter 'callback'"):
+        top.par.callback = "x"

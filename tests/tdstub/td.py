@@ -802,7 +802,7 @@ class scriptTOP(TOP):
         if bits and bits.group(2) == "fixed":
             levels = 2 ** int(bits.group(1)) - 1
             image = np.round(image * levels) / levels
-        return image.astype(np.float32)[::-1]  # numpy rows top-down, as TouchDesigner returns them
+        return image.astype(np.float32)  # rows as copyNumpyArray took them (the extension accepts either order)
 
     def stub_size(self) -> tuple[int, int]:
         if self.stub_image is not None and self.par.outputresolution.eval() != "custom":
