@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES, AddressError
-from td_bridge.params import (DISPLAY_PARAMS, GENERATION_PARAMS, VIEW_PARAMS, Param, ParamError, resolve_seed, validate,
-                              validate_generation)
+from td_bridge.params import (DISPLAY_PARAMS, ESTIMATION_PARAMS, GENERATION_PARAMS, VIEW_PARAMS, Param, ParamError,
+                              resolve_seed, validate, validate_generation)
 
 from .backends.base import BackendUnavailable
+from .estimators.checkpoints import DEFAULT_MODEL as DEFAULT_ESTIMATOR
 from .library import LibraryError
 from .render.video import PATHS
 from .render.views import VIEWS
@@ -119,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", required=True, type=Path, help="mesh file: .glb, .obj or .ply")
     export.add_argument("--overwrite", action="store_true", help="replace existing files")
     _add_param_flags(export, DISPLAY_PARAMS, "mesh parameters")
+
+    depth = sub.add_parser("depth", help="estimate depth for images or 360° panoramas; write rgb.png, depth.png, "
+                           "metadata.json")
+    depth.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, TIFF, WebP, ...)")
+    depth.add_argument("-o", "--output", required=True, type=Path,
+                       help="output folder; with several images, one subfolder per image name")
+    depth.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    depth.add_argument("--model", default=DEFAULT_ESTIMATOR, help="depth model: hub id or local folder "
+                       f"(DPT, Depth Anything, ZoeDepth; default {DEFAULT_ESTIMATOR})")
+    depth.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu")
+    depth.add_argument("--revision", default=None, help="hub branch, tag or commit of the model")
+    depth.add_argument("--offline", action="store_true", help="use only weights already downloaded")
+    _add_library_flags(depth)
+    _add_param_flags(depth, ESTIMATION_PARAMS, "estimation parameters")
 
     render = sub.add_parser("render", help="draw a frame folder or library frame id as stereo images, 360° stereo, "
                             "a dome or a video, with the TouchDesigner component's shaders")
@@ -325,6 +340,14 @@ def cmd_pregenerate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_depth(args: argparse.Namespace) -> int:
+    from .estimators.command import run
+
+    params = validate(_given_params(args, ESTIMATION_PARAMS), ESTIMATION_PARAMS)
+    return run(args.images, args.output, params, overwrite=args.overwrite, library=_library(args), model=args.model,
+               device=args.device, revision=args.revision, offline=args.offline)
+
+
 def cmd_osc_doc(args: argparse.Namespace) -> int:
     from .osc_space import reference
 
@@ -338,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         commands = {"serve": cmd_serve, "generate": cmd_generate, "export": cmd_export, "osc-doc": cmd_osc_doc,
-                    "pregenerate": cmd_pregenerate, "library": cmd_library, "render": cmd_render}
+                    "pregenerate": cmd_pregenerate, "library": cmd_library, "render": cmd_render, "depth": cmd_depth}
         return commands[args.command](args)
     except (ParamError, AddressError, BackendUnavailable, LibraryError, ValueError, OSError) as exc:
         log.error("%s", exc)

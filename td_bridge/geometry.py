@@ -321,3 +321,43 @@ def cube_to_direction(face: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndar
         out[m, sa] = ss * sc[m]
         out[m, ta] = ts * tc[m]
     return out / np.linalg.norm(out, axis=-1, keepdims=True)
+
+# ------------------------------------------------------------------ perspective (pinhole) views
+
+
+def _tan_half(fov_deg: float) -> float:
+    if not (np.isfinite(fov_deg) and 0 < fov_deg < 180):
+        raise ValueError(f"a perspective view needs 0 < fov < 180 degrees, got {fov_deg}")
+    return float(np.tan(np.radians(fov_deg) / 2))
+
+
+def perspective_uv_to_direction(u: np.ndarray, v: np.ndarray, fov_deg: float, rotation=None) -> np.ndarray:
+    """Unit world directions for image coordinates of a square pinhole view.
+
+    u ∈ [0, 1] runs left→right, v ∈ [0, 1] top→bottom; ``fov_deg`` spans each side. The camera looks down its
+    −Z with +Y up and +X right, turned into the world by ``rotation`` (camera → world, e.g. rotation_matrix).
+    """
+    half = _tan_half(fov_deg)
+    x = (2 * np.asarray(u, dtype=np.float64) - 1) * half
+    y = (1 - 2 * np.asarray(v, dtype=np.float64)) * half
+    x, y = np.broadcast_arrays(x, y)
+    d = np.stack([x, y, -np.ones_like(x)], axis=-1)
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    r = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)
+    return d @ r.T
+
+
+def direction_to_perspective_uv(direction: np.ndarray, fov_deg: float,
+                                rotation=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u, v, inside) of world directions in a square pinhole view: the inverse of
+    :func:`perspective_uv_to_direction`; ``inside`` is False behind the camera or outside the image."""
+    half = _tan_half(fov_deg)
+    r = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)
+    cam = np.asarray(direction, dtype=np.float64) @ r  # world → camera: rᵀ·d for each row vector
+    ahead = -cam[..., 2]
+    front = ahead > 1e-12
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.where(front, cam[..., 0] / np.where(front, ahead, 1.0), 0.0) / half
+        y = np.where(front, cam[..., 1] / np.where(front, ahead, 1.0), 0.0) / half
+    inside = front & (np.abs(x) <= 1.0 + 1e-12) & (np.abs(y) <= 1.0 + 1e-12)
+    return (x + 1) / 2, (1 - y) / 2, inside

@@ -181,6 +181,18 @@ VIEW_PARAMS: tuple[Param, ...] = (
 )
 
 
+# Depth estimation (python -m generator depth): an image in, an RGBD frame out.
+ESTIMATION_PARAMS: tuple[Param, ...] = (
+    Param("pano", str, "auto", "Treat the image as an equirectangular 360° panorama: auto (when it is 2:1), yes "
+          "or no.", choices=("auto", "yes", "no")),
+    Param("views", str, "dense", "How a panorama is cut into perspective views: dense (22 views of 80°) or cube "
+          "(6 faces widened to 110°, faster).", choices=("dense", "cube")),
+    Param("flip", str, "auto", "Average with the estimate of the mirrored image: auto (ZoeDepth only, as "
+          "transformers documents), yes or no. Doubles the work.", choices=("auto", "yes", "no")),
+    next(p for p in GENERATION_PARAMS if p.name == "cue"),
+)
+
+
 def find_param(name: str, params: Iterable[Param] = GENERATION_PARAMS) -> Param:
     params = tuple(params)
     for param in params:

@@ -207,3 +207,32 @@ def test_cube_faces_follow_opengl():
     np.testing.assert_allclose(s, 0.5) and np.testing.assert_allclose(t, 0.5)
     face, s, t = g.direction_to_cube(np.array([1.0, 0.5, 0.5]))  # +X face: sc = −z, tc = −y
     assert face == 0 and s == pytest.approx(0.25) and t == pytest.approx(0.25)
+
+# ------------------------------------------------------------------ perspective views
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(-180, 180), st.floats(-90, 90), st.floats(10, 170), st.floats(0, 1), st.floats(0, 1))
+def test_perspective_round_trip(yaw, pitch, fov, u, v):
+    rotation = g.rotation_matrix(yaw, pitch)
+    d = g.perspective_uv_to_direction(u, v, fov, rotation)
+    np.testing.assert_allclose(np.linalg.norm(d), 1.0, atol=1e-12)
+    u2, v2, inside = g.direction_to_perspective_uv(d, fov, rotation)
+    assert inside
+    np.testing.assert_allclose([u2, v2], [u, v], atol=1e-9)
+
+
+def test_perspective_view_follows_the_conventions():
+    # centre of an unrotated view looks down −Z; u = 1 at 90° fov is 45° to the right (+X), v = 0 is up
+    np.testing.assert_allclose(g.perspective_uv_to_direction(0.5, 0.5, 90.0), [0, 0, -1], atol=1e-12)
+    np.testing.assert_allclose(g.perspective_uv_to_direction(1.0, 0.5, 90.0), [2**-0.5, 0, -(2**-0.5)], atol=1e-12)
+    np.testing.assert_allclose(g.perspective_uv_to_direction(0.5, 0.0, 90.0), [0, 2**-0.5, -(2**-0.5)], atol=1e-12)
+    # a view turned by yaw 90 (head turn to the left) looks at −X; pitch 90 looks up
+    np.testing.assert_allclose(g.perspective_uv_to_direction(0.5, 0.5, 60.0, g.rotation_matrix(90, 0)), [-1, 0, 0],
+                               atol=1e-12)
+    np.testing.assert_allclose(g.perspective_uv_to_direction(0.5, 0.5, 60.0, g.rotation_matrix(0, 90)), [0, 1, 0],
+                               atol=1e-12)
+    _, _, inside = g.direction_to_perspective_uv(np.array([[0, 0, 1.0], [1.0, 0, -0.5], [0.3, 0.2, -1]]), 90.0)
+    assert inside.tolist() == [False, False, True]  # behind, outside the 90° view, inside
+    with pytest.raises(ValueError, match="fov"):
+        g.perspective_uv_to_direction(0.5, 0.5, 180.0)
