@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_library_flags(depth)
     _add_param_flags(depth, ESTIMATION_PARAMS, "estimation parameters")
 
+    download = sub.add_parser("download", help="fetch the files an LDM3D model needs into the Hugging Face cache")
+    download.add_argument("model", help="hub id, e.g. Intel/ldm3d-pano (Intel/ldm3d-4c, Intel/ldm3d)")
+    download.add_argument("--revision", default=None, help="hub branch, tag or commit (default main)")
+
     render = sub.add_parser("render", help="draw a frame folder or library frame id as stereo images, 360° stereo, "
                             "a dome or a video, with the TouchDesigner component's shaders")
     render.add_argument("frame", help="folder holding rgb.png and depth.png, or a frame id from the library")
@@ -348,6 +352,14 @@ def cmd_depth(args: argparse.Namespace) -> int:
                device=args.device, revision=args.revision, offline=args.offline)
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from .backends.ldm3d_files import download
+
+    files = download(args.model, args.revision)
+    print(f"{args.model} is ready in {files.folder}; serve it with --model {args.model}")
+    return 0
+
+
 def cmd_osc_doc(args: argparse.Namespace) -> int:
     from .osc_space import reference
 
@@ -361,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         commands = {"serve": cmd_serve, "generate": cmd_generate, "export": cmd_export, "osc-doc": cmd_osc_doc,
-                    "pregenerate": cmd_pregenerate, "library": cmd_library, "render": cmd_render, "depth": cmd_depth}
+                    "pregenerate": cmd_pregenerate, "library": cmd_library, "render": cmd_render, "depth": cmd_depth,
+                    "download": cmd_download}
         return commands[args.command](args)
     except (ParamError, AddressError, BackendUnavailable, LibraryError, ValueError, OSError) as exc:
         log.error("%s", exc)

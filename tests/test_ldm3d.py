@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import huggingface_hub
 import torch  # noqa: E402  (the generator extra; `dev.py test` installs it)
 
 import tiny_ldm3d  # noqa: E402
@@ -66,10 +67,21 @@ def test_depth_decoding_per_variant(backends):
     np.testing.assert_array_equal(backends[4].variant.decode_depth(image[..., :4]), [[32768, 0]])
 
 
+def module_calls(backend):
+    """Record the input shapes of every text-encoder, U-Net and VAE-decoder call, in order."""
+    calls: list[tuple] = []
+    handles = [module.register_forward_hook(
+        lambda m, args, out, name=name: calls.append((name, *(tuple(a.shape) for a in args if torch.is_tensor(a)))))
+        for name, module in (("text", backend.text_encoder), ("unet", backend.unet), ("vae", backend.vae.decoder))]
+    return calls, handles
+
+
 @pytest.mark.parametrize("channels, guidance, scheduler", [
     (6, 7.5, "ddim"), (6, 1.0, "ddim"), (4, 7.5, "ddim"), (4, 1.0, "ddim"), (4, 7.5, "dpm++"), (4, 7.5, "euler")])
 def test_rgb_matches_the_deprecated_diffusers_pipeline(backends, channels, guidance, scheduler):
-    """Cross-check only: the deprecated pipeline is never used at run time."""
+    """Cross-check only: the deprecated pipeline is never used at run time. The comparison is exact because both
+    sides run the same modules on the same shapes in the same order (asserted first): CPU kernels may round
+    differently by batch size (MKL on AVX-512 does), so equal results are promised only for equal computations."""
     from diffusers import StableDiffusionLDM3DPipeline
 
     ours = backends[channels]
@@ -78,9 +90,17 @@ def test_rgb_matches_the_deprecated_diffusers_pipeline(backends, channels, guida
         scheduler=make_scheduler(scheduler, ours.scheduler_config), safety_checker=None, feature_extractor=None,
         image_encoder=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    theirs = pipe("a misty forest at dawn", num_inference_steps=3, guidance_scale=guidance, height=64, width=128,
-                  output_type="np", generator=torch.Generator("cpu").manual_seed(7)).rgb[0]
-    out = run(ours, guidance=guidance, scheduler=scheduler)
+    calls, handles = module_calls(ours)
+    try:
+        theirs = pipe("a misty forest at dawn", num_inference_steps=3, guidance_scale=guidance, height=64, width=128,
+                      output_type="np", generator=torch.Generator("cpu").manual_seed(7)).rgb[0]
+        their_calls = list(calls)
+        calls.clear()
+        out = run(ours, guidance=guidance, scheduler=scheduler)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == their_calls
     np.testing.assert_array_equal(out.rgb, np.round(theirs * 255).astype(np.uint8))
 
 
@@ -173,16 +193,16 @@ def broken_models(tmp_path_factory):
         ("sr", {}, "ldm3d-sr"),
         ("width", {}, "cross-attention width"),
         ("missing", {}, "neither an existing folder nor a hub id"),
-        ("empty", {}, "cannot load LDM3D"),
+        ("empty", {}, "has no model_index.json: not a model folder in the diffusers layout"),
         ("garbage-config", {}, "cannot load LDM3D"),
-        ("hub", {"local_files_only": True}, "not in the local Hugging Face cache"),
+        ("hub", {"local_files_only": True}, "nothing of Intel/ldm3d-pano is in the Hugging Face cache"),
         ("ok", {"dtype": "fp16"}, "fp16 is not supported on the CPU"),
         ("ok", {"device": "cuda"}, "sees no CUDA GPU"),
         ("ok", {"device": "tpu"}, "device must be"),
     ],
 )
 def test_loading_errors_are_clear(models, broken_models, tmp_path, monkeypatch, case, options, message):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     if case == "empty":
         (tmp_path / "empty").mkdir()
         model = str(tmp_path / "empty")
@@ -201,13 +221,6 @@ def test_loading_errors_are_clear(models, broken_models, tmp_path, monkeypatch, 
         model = str(broken_models[case])
     with pytest.raises(BackendUnavailable, match=message):
         load_backend(model, **options)
-
-
-def test_auto_without_gpu_uses_only_cached_weights_and_falls_back(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    backend = load_backend("auto")
-    assert backend.name == "demo"
-    assert "not in the local Hugging Face cache" in caplog.text and "using the demo backend" in caplog.text
 
 
 def test_generate_cli_with_a_local_model(models, tmp_path):
@@ -239,20 +252,3 @@ def test_long_prompts_are_truncated_with_a_warning(backends, caplog):
     out = run(backends[6], prompt=" ".join(["misty forest"] * 60))
     assert out.rgb.shape == (64, 128, 3)
     assert re.search(r"only the first 77", caplog.text)
-
-
-def test_loading_says_nothing_alarming(models):
-    """No diffusers warnings at load: modules loaded in the dtype they run in are not cast again (diffusers
-    warns about every cast), and accelerate's loading path is not asked for (a warning without it)."""
-    import logging
-
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    diffusers_log = logging.getLogger("diffusers")  # it does not propagate to the root logger
-    diffusers_log.addHandler(handler)
-    try:
-        load_backend(str(models[4]))
-    finally:
-        diffusers_log.removeHandler(handler)
-    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []

@@ -29,8 +29,10 @@ def write_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
 
 
-def build(model: Path, vae_channels: int = 6, unet_in_channels: int = 4, text_width: int = 32, seed: int = 0) -> Path:
-    """Write a tiny LDM3D into the folder ``model`` (hub layout) and return it."""
+def build(model: Path, vae_channels: int = 6, unet_in_channels: int = 4, text_width: int = 32, seed: int = 0,
+          pipeline: str = "StableDiffusionLDM3DPipeline") -> Path:
+    """Write a tiny LDM3D into the folder ``model`` (hub layout) and return it; ``pipeline`` is the index's
+    class name (``StableDiffusionUpscaleLDM3DPipeline`` makes an ldm3d-sr-like index)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -55,8 +57,19 @@ def build(model: Path, vae_channels: int = 6, unet_in_channels: int = 4, text_wi
                        ("scheduler", scheduler)):
         part.save_pretrained(model / name)
     (model / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionLDM3DPipeline", "scheduler": ["diffusers", "DDIMScheduler"],
+        "_class_name": pipeline, "scheduler": ["diffusers", "DDIMScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
         "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}))
+    return model
+
+
+def to_bin(model: Path) -> Path:
+    """Turn the saved weights into PyTorch .bin files only, as older hub repositories ship them."""
+    from safetensors.torch import load_file
+
+    for weights in sorted(model.glob("*/*.safetensors")):
+        name = "pytorch_model.bin" if weights.name == "model.safetensors" else weights.with_suffix(".bin").name
+        torch.save(load_file(weights), weights.with_name(name))
+        weights.unlink()
     return model

@@ -20,22 +20,53 @@ def load_backend(model: str = "auto", *, demo_step_delay: float = 0.0, **ldm3d_o
     if model == "demo":
         return DemoBackend(step_delay=demo_step_delay)
     if model == "auto":
-        try:
-            return _load_ldm3d(DEFAULT_LDM3D, auto=True, **ldm3d_options)
-        except BackendUnavailable as exc:
-            log.warning("model auto: LDM3D is unavailable (%s); using the demo backend", exc)
-            return DemoBackend(step_delay=demo_step_delay)
+        return _auto(demo_step_delay, **ldm3d_options)
     return _load_ldm3d(model, **ldm3d_options)
 
 
-def _load_ldm3d(model: str, auto: bool = False, **options: Any) -> Backend:
+def _auto(demo_step_delay: float, **options: Any) -> Backend:
+    """A cached LDM3D checkpoint (pano, then 4c, then ldm3d); with none cached, ldm3d-pano downloads on a GPU
+    and the demo backend runs on a CPU. Every choice and fallback is logged with its reason."""
     try:
-        from .ldm3d import LDM3DBackend, pick_device
+        from .ldm3d import pick_device
+        from .ldm3d_files import CHECKPOINTS, cached_checkpoints, hub_cache
     except ImportError as exc:
-        missing = exc.name or str(exc)
-        raise BackendUnavailable(f"the LDM3D backend cannot be imported (missing module {missing}); "
-                                 "install it with: pip install 'depthfusion[generator]'") from exc
-    if auto and pick_device(options.get("device", "auto")).type == "cpu":
-        # minutes per frame on a CPU: use weights already downloaded, never start a multi-GB download
-        options["local_files_only"] = True
+        log.warning("model auto: %s; using the demo backend", _import_problem(exc))
+        return DemoBackend(step_delay=demo_step_delay)
+    usable, reasons = cached_checkpoints(options.get("revision"))
+    on_cpu = pick_device(options.get("device", "auto")).type == "cpu"
+    for model in usable:
+        log.info("model auto: %s, the first of %s found complete in the Hugging Face cache %s", model,
+                 ", ".join(CHECKPOINTS), hub_cache())
+        for skipped in CHECKPOINTS[:CHECKPOINTS.index(model)]:
+            log.info("model auto: not %s: %s", skipped, reasons[skipped])
+        try:
+            return _load_ldm3d(model, **{**options, "local_files_only": True})
+        except BackendUnavailable as exc:
+            reasons[model] = str(exc)
+            log.warning("model auto: %s did not load (%s)", model, exc)
+    if not usable and not on_cpu and not options.get("local_files_only"):
+        log.info("model auto: no LDM3D checkpoint in the Hugging Face cache %s; fetching %s", hub_cache(),
+                 DEFAULT_LDM3D)
+        try:
+            return _load_ldm3d(DEFAULT_LDM3D, **options)
+        except BackendUnavailable as exc:
+            reasons[DEFAULT_LDM3D] = str(exc)
+    why = "; ".join(reasons.values()) or "no cached checkpoint loaded"
+    cpu = " (on a CPU auto never starts a multi-GB download)" if on_cpu and not usable else ""
+    log.warning("model auto: LDM3D is unavailable%s: %s. Using the demo backend; "
+                "`python -m generator download %s` fetches a checkpoint", cpu, why, DEFAULT_LDM3D)
+    return DemoBackend(step_delay=demo_step_delay)
+
+
+def _import_problem(exc: ImportError) -> str:
+    return (f"the LDM3D backend cannot be imported (missing module {exc.name or exc}); "
+            "install it with: pip install 'depthfusion[generator]'")
+
+
+def _load_ldm3d(model: str, **options: Any) -> Backend:
+    try:
+        from .ldm3d import LDM3DBackend
+    except ImportError as exc:
+        raise BackendUnavailable(_import_problem(exc)) from exc
     return LDM3DBackend.load(model, **options)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,11 @@ import torch
 from td_bridge.depth import depth16_from_vae4, depth16_from_vae6
 
 from .base import RGBD, BackendUnavailable, Cancelled, CancelledFn, ProgressFn
+from .ldm3d_files import HUB_ID, resolve  # noqa: F401  (HUB_ID: generator.estimators imports it from here)
 from .seamless import set_seamless
 
 log = logging.getLogger("depthfusion.ldm3d")
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
-COMPONENTS = ("scheduler", "tokenizer", "text_encoder", "unet", "vae")
-WEIGHTED = ("text_encoder", "unet", "vae")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -56,38 +56,6 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and DTYPES[name] == torch.float16:
         raise BackendUnavailable("fp16 is not supported on the CPU; use fp32 or bf16")
     return DTYPES[name]
-
-
-def resolve_model(model: str, *, revision: str | None = None, local_files_only: bool = False) -> Path:
-    """A local folder in the diffusers layout, downloading from the Hugging Face hub if needed."""
-    folder = Path(model).expanduser()
-    if folder.is_dir():
-        return folder
-    if not HUB_ID.match(model):
-        raise BackendUnavailable(f"model {model!r} is neither an existing folder nor a hub id like Intel/ldm3d-pano")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    def fetch(patterns: list[str]) -> Path:
-        return Path(snapshot_download(model, revision=revision, local_files_only=local_files_only,
-                                      allow_patterns=patterns, ignore_patterns=["*.fp16.*", "*non_ema*"]))
-
-    try:
-        configs = ["model_index.json", *(f"{c}/*.json" for c in COMPONENTS), "tokenizer/*.txt"]
-        folder = fetch(configs + [f"{c}/*.safetensors" for c in WEIGHTED])
-        missing = [c for c in WEIGHTED if not any((folder / c).glob("*.safetensors"))]
-        if missing:  # older repositories ship PyTorch .bin weights only
-            folder = fetch(configs + [f"{c}/*.bin" for c in missing])
-        return folder
-    except LocalEntryNotFoundError as exc:
-        where = "is not in the local Hugging Face cache"
-        where += "" if local_files_only else " and the hub cannot be reached"
-        raise BackendUnavailable(
-            f"the weights of {model} {where}. Download them once where there is internet "
-            f"(`huggingface-cli download {model}`), copy the cache folder over, or pass a local folder with --model"
-        ) from exc
-    except HfHubHTTPError as exc:
-        raise BackendUnavailable(f"the hub refused {model} (revision {revision or 'main'}): {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -121,6 +89,20 @@ def check_components(tokenizer: Any, text_encoder: Any, unet: Any, vae: Any) -> 
     if not 1 <= tokenizer.model_max_length <= 4096:
         raise BackendUnavailable(f"tokenizer model_max_length {tokenizer.model_max_length} is not usable")
     return Variant(channels=out, scale_factor=2 ** (len(vae.config.block_out_channels) - 1))
+
+
+@contextmanager
+def _quiet_loading():
+    """No transformers weight-loading progress bar: the load is announced by one log line instead."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
 
 
 def make_scheduler(name: str, config: Any):
@@ -159,23 +141,31 @@ class LDM3DBackend:
 
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
-        folder = resolve_model(model, revision=revision, local_files_only=local_files_only)
+        files = resolve(model, revision=revision, local_files_only=local_files_only)
+        folder, safetensors = files.folder, files.safetensors
+        kinds = sorted({"safetensors" if safe else "PyTorch .bin" for safe in safetensors.values()}, reverse=True)
+        log.info("loading LDM3D %s from %s (%s weights)", model, folder, " and ".join(kinds))
+        started = time.perf_counter()
         try:
-            tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-            text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch_dtype)
-            # low_cpu_mem_usage needs accelerate, which loaded no faster here; asking for it without
-            # accelerate makes diffusers warn at every load
-            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch_dtype,
-                                                        low_cpu_mem_usage=False)
-            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32,
-                                                low_cpu_mem_usage=False)
-            scheduler_config = DDIMScheduler.load_config(folder, subfolder="scheduler")
+            with _quiet_loading():
+                tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+                text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch_dtype,
+                                                             use_safetensors=safetensors["text_encoder"])
+                # low_cpu_mem_usage needs accelerate, which loaded no faster here; asking for it without
+                # accelerate makes diffusers warn at every load
+                unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch_dtype,
+                                                            low_cpu_mem_usage=False,
+                                                            use_safetensors=safetensors["unet"])
+                vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32,
+                                                    low_cpu_mem_usage=False, use_safetensors=safetensors["vae"])
+                scheduler_config = DDIMScheduler.load_config(folder, subfolder="scheduler")
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise BackendUnavailable(f"cannot load LDM3D from {folder}: {type(exc).__name__}: {exc}") from exc
         backend = cls(model, tokenizer, text_encoder, unet, vae, scheduler_config, torch_device, torch_dtype)
         backend._place(compile)
-        log.info("LDM3D %s: %d-channel VAE, %s, %s%s", model, backend.variant.channels, torch_device,
-                 str(torch_dtype).removeprefix("torch."), ", torch.compile" if compile else "")
+        log.info("LDM3D %s: %d-channel VAE, %s, %s%s, loaded in %.1f s", model, backend.variant.channels,
+                 torch_device, str(torch_dtype).removeprefix("torch."), ", torch.compile" if compile else "",
+                 time.perf_counter() - started)
         if torch_device.type == "cpu":
             log.warning("LDM3D runs on the CPU: expect minutes per frame")
         return backend
@@ -226,13 +216,18 @@ class LDM3DBackend:
         })
 
     def _encode(self, prompt: str, negative: str, guided: bool) -> torch.Tensor:
-        prompts = [negative, prompt] if guided else [prompt]
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
+        """Text embeddings, ``[negative, prompt]`` when guided. Each text is encoded as its own batch of one, as
+        diffusers' pipelines do: CPU GEMM kernels (MKL on AVX-512) round differently by batch size, and this way
+        the prompt's embedding never depends on whether a negative prompt is encoded beside it."""
+        limit = self.tokenizer.model_max_length
         full = self.tokenizer(prompt, truncation=False).input_ids
-        if len(full) > self.tokenizer.model_max_length:
-            log.warning("prompt is %d tokens; the model reads only the first %d", len(full),
-                        self.tokenizer.model_max_length)
+        if len(full) > limit:
+            log.warning("prompt is %d tokens; the model reads only the first %d", len(full), limit)
+        texts = [negative, prompt] if guided else [prompt]
+        return torch.cat([self._embed(text, limit) for text in texts])
+
+    def _embed(self, text: str, limit: int) -> torch.Tensor:
+        tokens = self.tokenizer(text, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
         return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
 
     def _denoise(self, latents: torch.Tensor, embeddings: torch.Tensor, scheduler: Any, params: dict[str, Any],
