@@ -292,7 +292,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     display = _display_params(args, meta)
     rgb, depth = read_rgb_png(args.frame / "rgb.png"), read_depth_png(args.frame / "depth.png")
     summary = export_mesh(args.output, rgb, depth, display, overwrite=args.overwrite)
-    print(f"wrote {summary['path']}: {summary['vertices']} vertices, {summary['triangles']} triangles "
+    print(f"wrote {', '.join(summary['files'])}: {summary['vertices']} vertices, {summary['triangles']} triangles "
           f"({summary['culled']} culled across depth edges)")
     return 0
 

@@ -396,8 +396,7 @@ class GeneratorServer:
             raise wire.ProtocolError(f"{cmd} takes one of 'frame_id', 'cue' or 'name', got {', '.join(sorted(args))}")
         if "name" in args:  # a frame id if one is kept under that id, else a cue name (OSC's /recall)
             name = args["name"]
-            known = wire.is_valid_id(name) and (name in self._history or (self.library is not None and self.library.get(name)))
-            args = {"frame_id": name} if known else {"cue": name}
+            args = {"frame_id": name} if self._is_kept(name) else {"cue": name}
         if "cue" in args:
             cue = args["cue"]
             if not isinstance(cue, str) or not 0 < len(cue) <= 100:
@@ -423,6 +422,12 @@ class GeneratorServer:
         parts = wire.encode_frame_parts(rgb, depth, header)
         self._remember(frame_id, parts)  # a cue recalled once is recalled again from memory
         return frame_id, parts
+
+    def _is_kept(self, name: Any) -> bool:
+        """Whether a frame with this id is in memory or in the library."""
+        if not wire.is_valid_id(name):
+            return False
+        return name in self._history or (self.library is not None and self.library.get(name) is not None)
 
     def _latest_id(self) -> str:
         """What "latest" means: the frame this run published last; before it has published any
