@@ -22,8 +22,9 @@ def head_position(view: Mapping[str, Any]) -> np.ndarray:
     return np.array([view["head_x"], view["head_y"], view["head_z"]], dtype=np.float64)
 
 
-def eye_matrix(view: Mapping[str, Any], display: Mapping[str, Any], eye: str, width: int, height: int) -> np.ndarray:
-    """World → clip for the left, right or mono (head centre) eye camera of validated parameters."""
+def eye_matrix(view: Mapping[str, Any], display: Mapping[str, Any], eye: str) -> np.ndarray:
+    """World → clip for the left, right or mono (head centre) eye camera of validated parameters (the frustum's
+    aspect is the eye image's, eye_width / eye_height, also where a half-packed layout squeezes the image)."""
     if eye not in EYE_SIGNS:
         raise ValueError(f"eye must be one of {', '.join(EYE_SIGNS)}, got {eye!r}")
     rotation = g.rotation_matrix(view["yaw"], view["pitch"])
@@ -31,7 +32,8 @@ def eye_matrix(view: Mapping[str, Any], display: Mapping[str, Any], eye: str, wi
     position = {"left": left, "right": right, "mono": (left + right) / 2}[eye]
     near, far = clip_range(display, view)
     offset = EYE_SIGNS[eye] * view["ipd"] / 2
-    projection = g.off_axis_projection(offset, view["convergence"], view["fov"], width / height, near, far)
+    projection = g.off_axis_projection(offset, view["convergence"], view["fov"], view["eye_width"] / view["eye_height"],
+                                          near, far)
     return projection @ g.view_matrix(position, rotation)
 
 

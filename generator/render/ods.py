@@ -69,7 +69,8 @@ class OdsRenderer:
             raise ValueError(f"ODS needs both eyes inside the nearest surface: head distance + ipd/2 = {reach:g} m, "
                              f"nearest surface {self.scene.radii[0]:g} m from the centre")
         set_uniforms(self.program, {
-            "uHeadRotation": g.rotation_matrix(view["yaw"], 0.0), "uHead": tuple(float(x) for x in head), "uRadii": self.scene.radii,
+            "uHeadRotation": g.rotation_matrix(view["yaw"], 0.0), "uHead": tuple(float(x) for x in head),
+            "uRadii": self.scene.radii,
             "uSteps": march_steps(reach, self.scene.radii, self.scene.size[0]),
         })
         ctx, images = self.scene.ctx, []

@@ -64,8 +64,8 @@ class Scene:
         set_uniforms(self.program, self.uniforms)
         self._vbo = ctx.buffer(np.ascontiguousarray(mesh.directions, dtype="f4").tobytes())
         self._ibo = ctx.buffer(np.ascontiguousarray(mesh.triangles, dtype="i4").tobytes())
-        self._vao = ctx.vertex_array(self.program, [(self._vbo, "3f", POSITION_ATTRIBUTES[POSITION])], index_buffer=self._ibo,
-                                     index_element_size=4)
+        self._vao = ctx.vertex_array(self.program, [(self._vbo, "3f", POSITION_ATTRIBUTES[POSITION])],
+                                     index_buffer=self._ibo, index_element_size=4)
         self._targets: dict[tuple[int, int, int], tuple[Any, Any]] = {}
 
     def bind_textures(self) -> None:

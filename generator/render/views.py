@@ -1,7 +1,8 @@
 """Every view the renderer makes of a frame: eye images and their stereo layouts, 360° stereo, dome, cube map.
 
 Sizes and settings are the view parameters of td_bridge.params (VIEW_PARAMS), as the TouchDesigner component
-reads them: eye images are eye_width × eye_height, ODS eyes 2·ods_height × ods_height (left above right),
+reads them: eye images are eye_width × eye_height (side-by-side and top-bottom: packing half squeezes both eyes
+into one eye's size, full puts them side by side), ODS eyes 2·ods_height × ods_height (left above right),
 the dome dome_size², cube faces td_bridge.render_setup.cube_face_size of the 360° height.
 """
 
@@ -47,9 +48,17 @@ class Renderer:
     def __exit__(self, *exc: Any) -> None:
         self.release()
 
-    def eye(self, view: Mapping[str, Any], eye: str) -> np.ndarray:
+    def eye(self, view: Mapping[str, Any], eye: str, width: int | None = None, height: int | None = None) -> np.ndarray:
+        """One eye's image, eye_width × eye_height unless a (squeezed) size is given."""
+        width, height = width or view["eye_width"], height or view["eye_height"]
+        return self.scene.draw(cameras.eye_matrix(view, self.scene.display, eye), width, height)
+
+    def pair(self, view: Mapping[str, Any], squeeze: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """(left, right); ``squeeze`` "width" or "height" halves that side (left gets the smaller half)."""
         width, height = view["eye_width"], view["eye_height"]
-        return self.scene.draw(cameras.eye_matrix(view, self.scene.display, eye, width, height), width, height)
+        sizes = {"": ((width, height),) * 2, "width": ((width // 2, height), (width - width // 2, height)),
+                 "height": ((width, height // 2), (width, height - height // 2))}[squeeze]
+        return self.eye(view, "left", *sizes[0]), self.eye(view, "right", *sizes[1])
 
     def cube_faces(self, position: np.ndarray, rotation: np.ndarray, size: int, view: Mapping[str, Any]) -> np.ndarray:
         """(6, size, size, 3) faces in CUBE_FACES order, camera-frame axes turned into the world by ``rotation``."""
@@ -69,9 +78,11 @@ class Renderer:
         (view,) = validate_all((view or {}, VIEW_PARAMS))
         if name in ("left", "right", "mono"):
             return self.eye(view, name)
-        if name in ("sbs", "tb", "anaglyph"):
-            left, right = self.eye(view, "left"), self.eye(view, "right")
-            return {"sbs": g.side_by_side, "tb": g.top_bottom, "anaglyph": anaglyph}[name](left, right)
+        if name == "anaglyph":
+            return anaglyph(*self.pair(view))
+        if name in ("sbs", "tb"):  # packing half: one eye's size, each eye squeezed into its half (as TD does)
+            squeeze = {"sbs": "width", "tb": "height"}[name] if view["packing"] == "half" else ""
+            return {"sbs": g.side_by_side, "tb": g.top_bottom}[name](*self.pair(view, squeeze))
         if name == "ods":
             return g.top_bottom(*self.ods(view))
         head = cameras.head_position(view)
