@@ -21,6 +21,7 @@ from .estimators.checkpoints import DEFAULT_MODEL as DEFAULT_ESTIMATOR
 from .library import LibraryError
 from .render.video import PATHS
 from .render.views import VIEWS
+from .train import cli as train_cli
 
 log = logging.getLogger("depthfusion")
 
@@ -160,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_library_flags(render)
     _add_param_flags(render, DISPLAY_PARAMS, "display parameters")
     _add_param_flags(render, VIEW_PARAMS, "view parameters (as the TouchDesigner component's)")
+
+    train_cli.add_dataset_parser(sub)
 
     sub.add_parser("osc-doc", help="print the OSC address space (docs/osc.md) from the parameter schema")
 
@@ -374,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"serve": cmd_serve, "generate": cmd_generate, "export": cmd_export, "osc-doc": cmd_osc_doc,
                     "pregenerate": cmd_pregenerate, "library": cmd_library, "render": cmd_render, "depth": cmd_depth,
-                    "download": cmd_download}
+                    "download": cmd_download, "dataset": train_cli.cmd_dataset}
         return commands[args.command](args)
     except (ParamError, AddressError, BackendUnavailable, LibraryError, ValueError, OSError) as exc:
         log.error("%s", exc)

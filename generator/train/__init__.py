@@ -1,0 +1,8 @@
+"""Training LDM3D on your own RGBD data (issue 16), each stage one CLI verb.
+
+- dataset: ``dataset build`` (images + captions, a Hugging Face dataset or the frame library → 16-bit depth)
+  and the torch Dataset that packs items for the 6- or 4-channel VAE (packing)
+- autoencoder: ``train autoencoder`` (widen SD's KL autoencoder to RGB + depth; losses in losses.py)
+- unet: ``train unet`` (ε-prediction on the frozen widened autoencoder's latents)
+- engine: what both trainers share on Hugging Face accelerate (config checks, checkpoints, exact resume, logs)
+"""
