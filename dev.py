@@ -4,9 +4,11 @@
     python3 dev.py serve [SERVE FLAGS]   # .venv with the generator, then `python -m generator serve`
     python3 dev.py test [PYTEST FLAGS]   # .venv-test with CPU torch, then the whole test suite;
                                          # without flags also td_bridge's tests under TD's numpy
+    python3 dev.py lock                  # re-resolve constraints*.txt to the newest allowed releases
 
-Each command creates its virtual environment once and reinstalls only when pyproject.toml
-or this file changes. On Windows use `py dev.py ...`.
+Each command creates its virtual environment once and reinstalls only when pyproject.toml, the
+constraints files or this file change. Every install goes through the constraints files: the
+versions the suite passed with. On Windows use `py dev.py ...`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ ROOT = Path(__file__).resolve().parent
 TEST_TORCH = "torch==2.13.0"
 # PyPI's Windows torch wheels are CPU-only; PyTorch publishes CUDA builds on its own index.
 WINDOWS_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
+# The versions the suite passed with, as pip constraints (torch by version, never by build: a GPU machine
+# still gets its CUDA build). Written by `dev.py lock`, never by hand.
+CONSTRAINTS = ROOT / "constraints.txt"  # .venv-test and .venv
+TD_CONSTRAINTS = ROOT / "constraints-td.txt"  # .venv-td
 
 
 def venv_python(env: Path) -> Path:
@@ -53,11 +59,13 @@ def serve_torch() -> list[str]:
     return ["torch"] if gpu else [TEST_TORCH]  # Linux PyPI wheels are CUDA builds
 
 
-def ensure_env(env: Path, installs: list[list[str]]) -> Path:
-    """Create ``env`` and run the pip installs unless an identical set-up is already there."""
+def ensure_env(env: Path, installs: list[list[str]], constraints: Path) -> Path:
+    """Create ``env`` and run the pip installs through ``constraints`` unless an identical set-up is already
+    there. A step with its own ``--index-url`` (PyTorch's CUDA builds) is not constrained: that index need not
+    carry the pinned versions of torch's dependencies."""
     stamp_text = "\n".join(
-        [sys.version, (ROOT / "pyproject.toml").read_text(encoding="utf-8"), Path(__file__).read_text(encoding="utf-8")]
-        + [" ".join(step) for step in installs]
+        [sys.version, (ROOT / "pyproject.toml").read_text(encoding="utf-8"), Path(__file__).read_text(encoding="utf-8"),
+         constraints.read_text(encoding="utf-8")] + [" ".join(step) for step in installs]
     )
     stamp = hashlib.sha256(stamp_text.encode()).hexdigest()
     stamp_file = env / ".depthfusion-setup"
@@ -68,7 +76,8 @@ def ensure_env(env: Path, installs: list[list[str]]) -> Path:
     if not python.exists():
         venv.EnvBuilder(with_pip=True, clear=env.exists()).create(env)
     for step in installs:
-        run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *step])
+        pinned = [] if "--index-url" in step else ["-c", str(constraints)]
+        run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *pinned, *step])
     stamp_file.write_text(stamp + "\n")
     return python
 
@@ -79,7 +88,7 @@ def run(cmd: list[str]) -> None:
 
 
 def serve(args: list[str]) -> int:
-    python = ensure_env(ROOT / ".venv", [serve_torch(), ["-e", ".[generator]"]])
+    python = ensure_env(ROOT / ".venv", [serve_torch(), ["-e", ".[generator]"]], CONSTRAINTS)
     return subprocess.call([str(python), "-m", "generator", "serve", *args], cwd=ROOT)
 
 
@@ -96,6 +105,8 @@ TD_SIDE_TESTS = ["tests/test_protocol.py", "tests/test_depth.py", "tests/test_ge
                  "tests/test_component_osc.py"]
 TD_SIDE_PACKAGES = [TD_NUMPY, "pyzmq", "pytest>=8", "hypothesis>=6.100", "python-osc>=1.8", "Pillow>=10",
                     "platformdirs>=3"]
+TEST_INSTALLS = [[TEST_TORCH], ["-e", ".[generator,test]"]]
+TD_INSTALLS = [TD_SIDE_PACKAGES, ["--no-deps", "-e", "."]]
 
 
 def _installed(package: str) -> bool:
@@ -127,18 +138,45 @@ def ensure_system_packages() -> None:
 def test(args: list[str]) -> int:
     """The whole suite; then, when no pytest flags are given, td_bridge's tests under TD's numpy."""
     ensure_system_packages()
-    python = ensure_env(ROOT / ".venv-test", [[TEST_TORCH], ["-e", ".[generator,test]"]])
+    python = ensure_env(ROOT / ".venv-test", TEST_INSTALLS, CONSTRAINTS)
     code = subprocess.call([str(python), "-m", "pytest", *args], cwd=ROOT)
     if args:
         return code
-    td_python = ensure_env(ROOT / ".venv-td", [TD_SIDE_PACKAGES, ["--no-deps", "-e", "."]])
+    td_python = ensure_env(ROOT / ".venv-td", TD_INSTALLS, TD_CONSTRAINTS)
     print(f"[dev] td_bridge under TouchDesigner 2023's {TD_NUMPY}", flush=True)
     td_code = subprocess.call([str(td_python), "-m", "pytest", "-p", "no:cacheprovider", *TD_SIDE_TESTS], cwd=ROOT)
     return code or td_code
 
 
+def lock(args: list[str]) -> int:
+    """Re-resolve both constraints files: the test and TouchDesigner set-ups installed unconstrained, at the
+    newest releases the requirements allow, in a scratch environment, then frozen. Check with `dev.py test`."""
+    if args:
+        print("[dev] lock takes no flags", file=sys.stderr)
+        return 2
+    scratch = ROOT / ".venv-lock"
+    for target, installs in ((CONSTRAINTS, TEST_INSTALLS), (TD_CONSTRAINTS, TD_INSTALLS)):
+        venv.EnvBuilder(with_pip=True, clear=True).create(scratch)
+        python = str(venv_python(scratch))
+        for step in installs:
+            run([python, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--upgrade", *step])
+        frozen = subprocess.run([python, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True, text=True,
+                                check=True).stdout.splitlines()
+        unpinnable = [line for line in frozen if "==" not in line]
+        if unpinnable:
+            raise SystemExit(f"[dev] not from an index, cannot be pinned by version: {', '.join(unpinnable)}")
+        pins = sorted((line.split("+", 1)[0] for line in frozen), key=str.lower)  # torch==2.13.0+cpu → ==2.13.0
+        target.write_text(f"# Written by `python3 dev.py lock` (Python {platform.python_version()}, "
+                          f"{platform.system()} {platform.machine()}); commit it once `dev.py test` passes with it.\n"
+                          + "\n".join(pins) + "\n", encoding="utf-8")
+        print(f"[dev] wrote {target.name}: {len(pins)} pins", flush=True)
+    shutil.rmtree(scratch)
+    print("[dev] now run `python3 dev.py test`; commit constraints.txt and constraints-td.txt if it passes")
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    commands = {"serve": serve, "test": test}
+    commands = {"serve": serve, "test": test, "lock": lock}
     if not argv or argv[0] not in commands:
         print(__doc__, file=sys.stderr)
         return 2
