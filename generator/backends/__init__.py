@@ -16,7 +16,7 @@ DEFAULT_LDM3D = "Intel/ldm3d-pano"
 
 
 def load_backend(model: str = "auto", *, demo_step_delay: float = 0.0, **ldm3d_options: Any) -> Backend:
-    """The backend for ``model``; ``auto`` falls back to the demo backend with one log line."""
+    """The backend for ``model``: ``demo``, an LDM3D hub id or folder, or ``auto`` (see ``_auto``)."""
     if model == "demo":
         return DemoBackend(step_delay=demo_step_delay)
     if model == "auto":

@@ -74,9 +74,9 @@ def check_index(index: object, where: str) -> None:
 def inspect_folder(folder: Path, where: str | None = None, incomplete_hint: str = "") -> ModelFiles:
     """Check a model folder before loading: the layout, the index, and that every needed file is there."""
     where = where or str(folder)
-    if folder.name.startswith("models--") or (folder / "snapshots").is_dir():
-        raise BackendUnavailable(_cache_folder_message(folder))
     index_file = folder / "model_index.json"
+    if not index_file.exists() and ((folder / "snapshots").is_dir() or (folder / "blobs").is_dir()):
+        raise BackendUnavailable(_cache_folder_message(folder))
     needed = needed_files(_listing(folder))
     dangling = [f for f in needed if (folder / f).is_symlink() and not (folder / f).exists()]
     if dangling:
@@ -92,7 +92,8 @@ def inspect_folder(folder: Path, where: str | None = None, incomplete_hint: str 
         check_index(json.loads(index_file.read_text(encoding="utf-8")), where)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BackendUnavailable(f"{where}: model_index.json is not valid JSON ({exc})") from None
-    missing = [f"{c}/ (config)" for c in COMPONENTS if not any(f.startswith(c + "/") for f in needed)]
+    missing = [f"{c}/ config" for c in COMPONENTS
+               if not any(f.startswith(c + "/") and f.endswith((".json", ".txt")) for f in needed)]
     missing += [f"{c}/ weights (*.safetensors or *.bin)" for c in WEIGHTED
                 if not any(f.startswith(c + "/") and f.endswith(WEIGHT_FORMATS) for f in needed)]
     if missing:
@@ -112,7 +113,9 @@ def _listing(folder: Path) -> list[str]:
 
 def _cache_folder_message(folder: Path) -> str:
     repo = folder.name.removeprefix("models--").replace("--", "/")
-    snapshots = sorted(p.name for p in (folder / "snapshots").glob("*") if p.is_dir())
+    main = folder / "refs" / "main"
+    snapshots = [main.read_text(encoding="utf-8").strip()] if main.is_file() else []
+    snapshots += sorted(p.name for p in (folder / "snapshots").glob("*") if p.is_dir())
     pick = f"its snapshot folder {folder / 'snapshots' / snapshots[0]}" if snapshots else "a snapshot folder"
     return (f"{folder} is a Hugging Face cache folder, not a model folder: pass the hub id {repo} "
             f"(it is read from the cache; --offline never goes online) or {pick}")
