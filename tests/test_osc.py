@@ -79,6 +79,8 @@ def test_ping_pong(osc):
         ("/depthfusion/seamless", "off", 0),
         ("/depthfusion/scheduler", "euler", "euler"),
         ("/depthfusion/prompt", "a misty forest ✓", "a misty forest ✓"),
+        ("/depthfusion/prompt", "😀" * 2000, "😀" * 2000),  # the longest legal prompt, 4 UTF-8 bytes a character
+        ("/depthfusion/cue", "😀" * 100, "😀" * 100),
         ("/depthfusion/seed", 2**31 - 1, 2**31 - 1),
     ],
 )
