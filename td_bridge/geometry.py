@@ -322,6 +322,7 @@ def cube_to_direction(face: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndar
         out[m, ta] = ts * tc[m]
     return out / np.linalg.norm(out, axis=-1, keepdims=True)
 
+
 # ------------------------------------------------------------------ perspective (pinhole) views
 
 

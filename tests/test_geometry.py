@@ -208,6 +208,7 @@ def test_cube_faces_follow_opengl():
     face, s, t = g.direction_to_cube(np.array([1.0, 0.5, 0.5]))  # +X face: sc = −z, tc = −y
     assert face == 0 and s == pytest.approx(0.25) and t == pytest.approx(0.25)
 
+
 # ------------------------------------------------------------------ perspective views
 
 
