@@ -9,6 +9,7 @@ radius R at azimuth atan(b / (√(R² − b²)·cos φ)) beside its own.
 
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -322,8 +323,26 @@ def test_no_gl_context_names_what_to_install(monkeypatch):
         raise Exception("libEGL.so.1: cannot open shared object file")
 
     monkeypatch.setattr(moderngl, "create_standalone_context", broken)
-    with pytest.raises(GLUnavailable, match="libegl1 libegl-mesa0 libgl1-mesa-dri"):
+    monkeypatch.setattr(sys, "platform", "linux")
+    with pytest.raises(GLUnavailable, match="through EGL .*libegl1 libegl-mesa0 libgl1-mesa-dri"):
         create_context()
+    monkeypatch.setattr(sys, "platform", "darwin")  # CGL: OpenGL 4.1 at most, never EGL
+    with pytest.raises(GLUnavailable, match="needs OpenGL 4.1"):
+        create_context()
+    asked = []
+    monkeypatch.setattr(moderngl, "create_standalone_context", lambda **kwargs: asked.append(kwargs))
+    create_context()
+    assert asked == [{"require": 410}]
+
+
+def test_the_shaders_compile_as_glsl_410_for_macos(ctx):
+    from generator.render.glsl import pixel_shader, vertex_shader
+    from generator.render.ods import FULL_SCREEN, raycast_shader
+
+    version = "#version 410 core\n"
+    for vertex, fragment in ((vertex_shader(version), pixel_shader(version)),
+                             (version + FULL_SCREEN, raycast_shader(version))):
+        ctx.program(vertex_shader=vertex, fragment_shader=fragment).release()
 
 
 def test_renderer_checks_its_inputs(ctx):

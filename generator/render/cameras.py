@@ -51,18 +51,28 @@ def cube_face_matrices(position: np.ndarray, rotation: np.ndarray, near: float, 
     return matrices
 
 
-def sample_cube(faces: np.ndarray, directions: np.ndarray) -> np.ndarray:
-    """Bilinear colours (…, 3) uint8 of six (n, n, 3) faces (CUBE_FACES order) in camera-frame directions."""
-    n = faces.shape[1]
-    face, s, t = g.direction_to_cube(directions)
-    x = np.clip(s * n - 0.5, 0.0, n - 1.0)
-    y = np.clip(t * n - 0.5, 0.0, n - 1.0)
-    x0, y0 = np.floor(x).astype(np.intp), np.floor(y).astype(np.intp)
-    x1, y1 = np.minimum(x0 + 1, n - 1), np.minimum(y0 + 1, n - 1)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-    top = faces[face, y0, x0] * (1 - fx) + faces[face, y0, x1] * fx
-    bottom = faces[face, y1, x0] * (1 - fx) + faces[face, y1, x1] * fx
-    return np.clip(np.rint(top * (1 - fy) + bottom * fy), 0, 255).astype(np.uint8)
+class CubeLookup:
+    """Bilinear colours of fixed camera-frame directions (…, 3) in six n × n faces (CUBE_FACES order): where
+    each direction falls is worked out once, so a video pays only the gather per frame."""
+
+    def __init__(self, directions: np.ndarray, n: int) -> None:
+        face, s, t = g.direction_to_cube(directions)
+        x = np.clip(s * n - 0.5, 0.0, n - 1.0)
+        y = np.clip(t * n - 0.5, 0.0, n - 1.0)
+        x0, y0 = np.floor(x).astype(np.int32), np.floor(y).astype(np.int32)
+        x1, y1 = np.minimum(x0 + 1, n - 1), np.minimum(y0 + 1, n - 1)
+        fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
+        base = face.astype(np.int32) * n * n
+        self.n, self.shape = n, face.shape
+        self.index = np.stack([base + y0 * n + x0, base + y0 * n + x1, base + y1 * n + x0, base + y1 * n + x1])
+        self.weight = np.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy])[..., None]
+
+    def __call__(self, faces: np.ndarray) -> np.ndarray:
+        if faces.shape != (6, self.n, self.n, 3):
+            raise ValueError(f"expected six {self.n}×{self.n} RGB faces, got {faces.shape}")
+        flat = faces.reshape(-1, 3)
+        colour = sum(flat[index] * weight for index, weight in zip(self.index, self.weight))
+        return np.clip(np.rint(colour), 0, 255).astype(np.uint8)
 
 
 def dome_rotation(view: Mapping[str, Any]) -> np.ndarray:
@@ -70,15 +80,19 @@ def dome_rotation(view: Mapping[str, Any]) -> np.ndarray:
     return g.rotation_matrix(view["yaw"], view["dome_tilt"])
 
 
-def fisheye_from_cube(faces: np.ndarray, size: int, fov_deg: float, rows_per_chunk: int = 256) -> np.ndarray:
-    """Domemaster (size × size) from cube faces rendered by the dome camera: the fisheye centre looks along the
-    camera's view direction, its bottom edge towards the camera's down (td_bridge.geometry's domemaster with
+class Fisheye:
+    """Domemaster (size × size) from cube faces (n × n) rendered by the dome camera: the fisheye centre looks along
+    the camera's view direction, its bottom edge towards the camera's down (td_bridge.geometry's domemaster with
     the zenith turned onto the camera's axis); black outside the circle."""
-    to_camera = g.rotation_matrix(0.0, -90.0)  # the domemaster's zenith (+Y) onto the camera's forward (−Z)
-    image = np.zeros((size, size, 3), np.uint8)
-    u = (np.arange(size) + 0.5) / size
-    for start in range(0, size, rows_per_chunk):
-        v = (np.arange(start, min(start + rows_per_chunk, size)) + 0.5) / size
-        directions, inside = g.fisheye_uv_to_direction(u[None, :], v[:, None], fov_deg)
-        image[start:start + len(v)][inside] = sample_cube(faces, directions[inside] @ to_camera.T)
-    return image
+
+    def __init__(self, size: int, fov_deg: float, n: int) -> None:
+        u = (np.arange(size) + 0.5) / size
+        directions, self.inside = g.fisheye_uv_to_direction(u[None, :], u[:, None], fov_deg)
+        to_camera = g.rotation_matrix(0.0, -90.0)  # the domemaster's zenith (+Y) onto the camera's forward (−Z)
+        self.lookup = CubeLookup(directions[self.inside] @ to_camera.T, n)
+        self.key = (size, fov_deg, n)
+
+    def __call__(self, faces: np.ndarray) -> np.ndarray:
+        image = np.zeros(self.inside.shape + (3,), np.uint8)
+        image[self.inside] = self.lookup(faces)
+        return image

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 TOUCHDESIGNER = Path(__file__).resolve().parents[2] / "touchdesigner"
-GLSL_VERSION = "#version 450 core\n"  # OpenGL 4.5, what Mesa's llvmpipe offers; TouchDesigner says 460
+GLSL_VERSION = "#version 450 core\n"  # OpenGL 4.5 (gl.glsl_version: 410 on macOS); TouchDesigner says 460
 POSITION = "TDPos()"  # the renderer's position input (current TouchDesigner builds; td_bridge.td_builds)
 
 # What TouchDesigner declares in front of a GLSL MAT's code (only the names our shaders use). The vertex
@@ -54,14 +54,14 @@ def shader_source() -> ModuleType:
     return module
 
 
-def vertex_shader(position: str = POSITION) -> str:
+def vertex_shader(version: str = GLSL_VERSION, position: str = POSITION) -> str:
     """The GLSL MAT's vertex stage behind the stand-in header."""
-    return vertex_header(position) + shader_source().vertex_source(position)
+    return vertex_header(position, version) + shader_source().vertex_source(position)
 
 
-def pixel_shader() -> str:
+def pixel_shader(version: str = GLSL_VERSION) -> str:
     """The GLSL MAT's pixel stage behind the stand-in header."""
-    return pixel_header() + shader_source().pixel_source()
+    return pixel_header(version) + shader_source().pixel_source()
 
 
 def common_source() -> str:

@@ -2,7 +2,8 @@
 // sphere of depthfusion_common.glsl (prepended, with #version, by generator/render/ods.py).
 // The surface is the radial height field r = dfRadiusAt(direction): a ray from the eye at o along d first
 // leaves the region |p| < r(p / |p|) at the visible point. From t0 (nearest radius − |o|: still inside) to
-// t1 (farthest radius + |o|: outside) the ray is stepped, the first step outside is refined by bisection.
+// t1 (farthest radius + |o|: outside) the ray is stepped; the first step outside is refined by bisection and
+// a last secant step.
 
 uniform sampler2D sColor;
 uniform sampler2D sOrigin;   // per output pixel: the eye's offset from the head (td_bridge.geometry.ods_rays)
@@ -40,14 +41,21 @@ void main()
             break;
         }
     }
-    for (int k = 0; k < 16; ++k) {
+    float gapIn = dfOutside(origin, direction, inside);
+    float gapOut = dfOutside(origin, direction, outside);
+    for (int k = 0; k < 6; ++k) {  // bisection, then one secant step inside the last bracket
         float t = 0.5 * (inside + outside);
-        if (dfOutside(origin, direction, t) >= 0.0)
+        float gap = dfOutside(origin, direction, t);
+        if (gap >= 0.0) {
             outside = t;
-        else
+            gapOut = gap;
+        } else {
             inside = t;
+            gapIn = gap;
+        }
     }
-    vec3 hit = normalize(origin + outside * direction);
+    float hitT = inside + (outside - inside) * clamp(-gapIn / max(gapOut - gapIn, 1e-20), 0.0, 1.0);
+    vec3 hit = normalize(origin + hitT * direction);
     float keep = dfDisplace(hit).w;  // 0 next to a depth edge, as the vertex stage flags it
     float alpha = 1.0;
     if (uMapping.w > 0.5 && uMapping.w < 1.5 && keep < 0.999)

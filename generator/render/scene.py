@@ -18,6 +18,7 @@ from td_bridge.protocol import Frame, check_arrays
 from td_bridge.render_setup import shader_uniforms
 from td_bridge.top_frames import to_top
 
+from .gl import glsl_version
 from .glsl import POSITION, POSITION_ATTRIBUTES, pixel_shader, vertex_shader
 
 MAX_SIZE = 16384  # pixels per side: the schema's largest eye and dome images
@@ -60,7 +61,9 @@ class Scene:
         radii = self.mapping(np.array([depth.min(), depth.max()], np.float32) / np.float32(65535))
         self.radii = (float(radii.min()), float(radii.max()))  # nearest and farthest surface from the centre
         mesh = sphere_mesh(display["mesh_rows"], display["mesh_cols"])
-        self.program = ctx.program(vertex_shader=vertex_shader(), fragment_shader=pixel_shader())
+        self.version = glsl_version(ctx)
+        self.program = ctx.program(vertex_shader=vertex_shader(self.version),
+                                   fragment_shader=pixel_shader(self.version))
         set_uniforms(self.program, self.uniforms)
         self._vbo = ctx.buffer(np.ascontiguousarray(mesh.directions, dtype="f4").tobytes())
         self._ibo = ctx.buffer(np.ascontiguousarray(mesh.triangles, dtype="i4").tobytes())

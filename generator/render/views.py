@@ -41,6 +41,7 @@ class Renderer:
         self.ctx = create_context() if ctx is None else ctx
         self.scene = Scene(self.ctx, rgb, depth, display, view["edges"], samples)
         self._ods: OdsRenderer | None = None
+        self._fisheye: cameras.Fisheye | None = None
 
     def __enter__(self) -> Renderer:
         return self
@@ -87,8 +88,10 @@ class Renderer:
             return g.top_bottom(*self.ods(view))
         head = cameras.head_position(view)
         if name == "dome":
-            faces = self.cube_faces(head, cameras.dome_rotation(view), cube_face_size(view["dome_size"]), view)
-            return cameras.fisheye_from_cube(faces, view["dome_size"], view["dome_fov"])
+            face = cube_face_size(view["dome_size"])
+            if self._fisheye is None or self._fisheye.key != (view["dome_size"], view["dome_fov"], face):
+                self._fisheye = cameras.Fisheye(view["dome_size"], view["dome_fov"], face)
+            return self._fisheye(self.cube_faces(head, cameras.dome_rotation(view), face, view))
         faces = self.cube_faces(head, g.rotation_matrix(view["yaw"], 0.0), cube_face_size(view["ods_height"]), view)
         return np.concatenate(list(faces), axis=1)  # a 6 × 1 strip: +X, −X, +Y, −Y, +Z, −Z
 
