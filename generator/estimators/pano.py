@@ -44,6 +44,11 @@ class View:
     def rotation(self) -> np.ndarray:
         return rotation_matrix(self.yaw, self.pitch)
 
+    def reaches(self, low: float, high: float) -> bool:
+        """Whether the view can see any latitude in [low, high] degrees (its corners are the farthest it sees)."""
+        radius = np.degrees(np.arctan(np.tan(np.radians(self.fov) / 2) * np.sqrt(2)))
+        return self.pitch - radius <= high and low <= self.pitch + radius
+
 
 def _ring(count: int, pitch: float, fov: float, offset: float = 0.0) -> tuple[View, ...]:
     return tuple(View(offset + 360.0 * k / count, pitch, fov) for k in range(count))
@@ -121,7 +126,8 @@ def _seen(directions: np.ndarray, view: View, disparity: np.ndarray) -> _Seen:
     half = np.tan(np.radians(view.fov) / 2)
     cos = 1.0 / np.sqrt(1 + (x * half) ** 2 + (y * half) ** 2)
     side = disparity.shape[0]
-    sampled = _bilinear(disparity, u * side - 0.5, v * side - 0.5, wrap_x=False)
+    sampled = np.zeros(weight.shape)
+    sampled[inside] = _bilinear(disparity, u[inside] * side - 0.5, v[inside] * side - 0.5, wrap_x=False)
     return _Seen(weight, cos, sampled)
 
 
@@ -139,30 +145,26 @@ def solve_alignment(seen: list[_Seen], area: np.ndarray, reference: int = 0, shi
     overlaps nothing, or sees a constant, determined.
     """
     count = len(seen)
-    rows, rhs = [], []
+    normal = np.zeros((2 * count, 2 * count))  # AᵀA of the stacked residuals, summed pair by pair
     for i in range(count):
         for j in range(i + 1, count):
             both = (seen[i].weight > 0) & (seen[j].weight > 0)
             if not both.any():
                 continue
             omega = np.sqrt(seen[i].weight[both] * seen[j].weight[both] * area[both])
-            block = np.zeros((omega.size, 2 * count))
-            for k, sign in ((i, 1.0), (j, -1.0)):
-                c = seen[k].cos[both]
-                block[:, 2 * k] = sign * omega * c * seen[k].disparity[both]
-                block[:, 2 * k + 1] = sign * omega * c
-            rows.append(block)
-    if not rows:
+            ci, cj = omega * seen[i].cos[both], -omega * seen[j].cos[both]
+            columns = np.stack([ci * seen[i].disparity[both], ci, cj * seen[j].disparity[both], cj])
+            index = [2 * i, 2 * i + 1, 2 * j, 2 * j + 1]
+            normal[np.ix_(index, index)] += columns @ columns.T
+    if not normal.any():
         raise ValueError("no two views overlap; the layout cannot be aligned")
-    a = np.concatenate(rows)
-    strength = ridge * np.sqrt(np.mean(a * a) * len(a))
-    prior = np.tile([1.0, 0.0], count)
-    a = np.concatenate([a, strength * np.eye(2 * count)])
-    b = np.concatenate([np.zeros(len(a) - 2 * count), strength * prior])
-    fixed = 2 * reference  # column of the reference scale: move a_ref = 1 to the right-hand side
-    b = b - a[:, fixed]
+    # the ridge: ‖A·p‖² + λ²‖p − prior‖², λ² relative to the data's own scale
+    strength = ridge**2 * np.trace(normal) / len(normal)
+    normal += strength * np.eye(2 * count)
+    rhs = strength * np.tile([1.0, 0.0], count)
+    fixed = 2 * reference  # the reference scale: a_ref = 1 moves to the right-hand side
     free = [k for k in range(2 * count) if k != fixed and (shifts or k % 2 == 0)]
-    solution, *_ = np.linalg.lstsq(a[:, free], b, rcond=None)
+    solution = np.linalg.solve(normal[np.ix_(free, free)], rhs[free] - normal[free, fixed])
     params = np.zeros(2 * count)
     params[free], params[fixed] = solution, 1.0
     return params.reshape(count, 2)
@@ -223,8 +225,11 @@ def pano_inverse_distance(rgb: np.ndarray, predict: Predict, *, layout: str = "d
     u_centres = (np.arange(width) + 0.5) / width
     for start in range(0, height, _BAND_ROWS):
         rows = slice(start, min(start + _BAND_ROWS, height))
-        band = uv_to_direction(u_centres[None, :], (np.arange(rows.start, rows.stop)[:, None] + 0.5) / height)
-        q[rows] = _blend([_seen(band, view, disparity) for view, disparity in zip(views, disparities)], params)
+        v_centres = (np.arange(rows.start, rows.stop) + 0.5) / height
+        band = uv_to_direction(u_centres[None, :], v_centres[:, None])
+        latitudes = 90.0 - 180.0 * v_centres[[0, -1]]  # the band's top and bottom, degrees
+        near = [k for k, view in enumerate(views) if view.reaches(latitudes[1], latitudes[0])]
+        q[rows] = _blend([_seen(band, views[k], disparities[k]) for k in near], params[near])
     return q, {"layout": layout, "views": len(views),
                "alignment": [[round(float(a), 6), round(float(b), 6)] for a, b in params]}
 
