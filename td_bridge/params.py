@@ -193,6 +193,36 @@ ESTIMATION_PARAMS: tuple[Param, ...] = (
 )
 
 
+# RGBD super-resolution with Intel's ldm3d-sr (python -m generator upscale): a frame in, a larger frame out.
+# Guidance and noise level default as the checkpoint's diffusers community pipeline does, steps and prompt as its
+# model card's example.
+UPSCALE_PARAMS: tuple[Param, ...] = (
+    Param("upscale_factor", float, 4.0, "How many times wider and higher the frame becomes (rounded to a multiple "
+          "of 8 pixels); upscale_width or upscale_height overrides it.", minimum=1.0, maximum=8.0),
+    Param("upscale_width", int, 0, "Target width; 0 follows upscale_height (keeping the aspect) or the factor.",
+          minimum=0, maximum=8192, multiple_of=8, unit="px"),
+    Param("upscale_height", int, 0, "Target height; 0 follows upscale_width (keeping the aspect) or the factor.",
+          minimum=0, maximum=8192, multiple_of=8, unit="px"),
+    Param("upscale_prompt", str, "high quality high resolution uhd 4k image", "What the upscaler steers toward.",
+          max_length=2000),
+    Param("upscale_steps", int, 50, "Denoising steps of the upscaler.", minimum=1, maximum=500),
+    Param("upscale_guidance", float, 9.0, "Classifier-free guidance scale of the upscaler.", minimum=0.0,
+          maximum=50.0),
+    Param("upscale_noise_level", int, 20, "Noise added to the low-resolution frame and told to the model: more "
+          "invents more detail, less stays closer to the source; at most the checkpoint's max_noise_level (350).",
+          minimum=0, maximum=999),
+    Param("upscale_seed", int, RANDOM_SEED, "Random seed of the upscaler; -1 picks one.", minimum=RANDOM_SEED,
+          maximum=SEED_MAX),
+    Param("upscale_scheduler", str, "ddim", "Sampler of the upscaler: ddim, dpm++ or euler.",
+          choices=("ddim", "dpm++", "euler")),
+    Param("upscale_seamless", str, "auto", "Wrap the left and right edges (360° panoramas): auto (when the source "
+          "was generated seamless, or is 2:1 when it says nothing), yes or no.", choices=("auto", "yes", "no")),
+    Param("upscale_tile", int, 0, "Largest tile processed at once, in output pixels; bigger images are done in "
+          "overlapping tiles. 0: 1024 on a CUDA GPU, 512 elsewhere.", minimum=0, maximum=4096, multiple_of=64,
+          unit="px"),
+)
+
+
 def find_param(name: str, params: Iterable[Param] = GENERATION_PARAMS) -> Param:
     params = tuple(params)
     for param in params:

@@ -3,13 +3,16 @@
 Every zero-padded Conv2d in a model is switched to pad circularly across the width (the
 0°/360° seam) and with zeros across the height (the poles). Group norms and attention are
 already indifferent to where the seam lies, so with this on a U-Net or VAE treats the image
-as a cylinder and the left and right edges meet without a visible edge.
+as a cylinder and the left and right edges meet without a visible edge. diffusers' stride-2 downsamplers
+without conv padding (a VAE encoder's) pad one zero column on the right themselves; that column becomes the
+first one.
 """
 
 from __future__ import annotations
 
 from functools import partial
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -23,10 +26,30 @@ def _wrap_pad(module: nn.Conv2d, args: tuple, pad_h: int, pad_w: int) -> tuple:
     return (x, *args[1:])
 
 
+def _wrap_right_pad(module: nn.Conv2d, args: tuple) -> tuple:
+    x = args[0]  # padded by one zero column on the right: the first column comes round instead
+    return (torch.cat([x[..., :-1], x[..., :1]], dim=-1), *args[1:])
+
+
+def _is_right_padded(module: nn.Module) -> bool:
+    """A diffusers Downsample2D that pads (0, 1, 0, 1) with zeros before a padding-free conv."""
+    return (getattr(module, "use_conv", False) and getattr(module, "padding", None) == 0
+            and isinstance(getattr(module, "conv", None), nn.Conv2d))
+
+
 def set_seamless(model: nn.Module, enabled: bool) -> int:
     """Switch horizontal wrap-around on or off for every padded Conv2d; returns how many."""
     count = 0
     for module in model.modules():
+        if _is_right_padded(module):
+            hook = getattr(module.conv, "_depthfusion_wrap_right", None)
+            if enabled and hook is None:
+                module.conv._depthfusion_wrap_right = module.conv.register_forward_pre_hook(_wrap_right_pad)
+                count += 1
+            elif not enabled and hook is not None:
+                hook.remove()
+                del module.conv._depthfusion_wrap_right
+                count += 1
         if not isinstance(module, nn.Conv2d) or module.padding_mode != "zeros":
             continue
         hook = getattr(module, "_depthfusion_wrap", None)
@@ -45,6 +68,6 @@ def set_seamless(model: nn.Module, enabled: bool) -> int:
 
 
 def is_seamless(model: nn.Module) -> bool:
-    return any(hasattr(m, "_depthfusion_wrap") for m in model.modules())
+    return any(hasattr(m, "_depthfusion_wrap") or hasattr(m, "_depthfusion_wrap_right") for m in model.modules())
 
 
