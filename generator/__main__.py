@@ -271,13 +271,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _display_params(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
     """Display flags given, validated; metric mapping takes the frame's recorded near/far unless given."""
-    given = _given_params(args, DISPLAY_PARAMS)
-    if given.get("mapping") == "metric":
-        recorded = meta.get("depth") or {}
-        for key in ("near", "far"):
-            if key not in given and recorded.get(key) is not None:
-                given[key] = recorded[key]
-    return validate(given, DISPLAY_PARAMS)
+    from .frames import display_for_frame
+
+    return display_for_frame(_given_params(args, DISPLAY_PARAMS), meta)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from td_bridge.params import DISPLAY_PARAMS, validate
 from td_bridge.protocol import PROTOCOL_VERSION, STAMP_BYTES, check_arrays, encode_header, frame_header
 
 from . import __version__
@@ -54,6 +55,14 @@ def frame_meta(
         "generator": {"depthfusion": __version__, "protocol": PROTOCOL_VERSION},
         "backend_info": result.info,
     }
+
+
+def display_for_frame(given: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """Display parameters given, validated; metric mapping takes the frame's recorded near/far unless given."""
+    if given.get("mapping") == "metric":
+        recorded = meta.get("depth") or {}
+        given = {**{k: recorded[k] for k in ("near", "far") if recorded.get(k) is not None}, **given}
+    return validate(given, DISPLAY_PARAMS)
 
 
 def make_frame(backend: Backend, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,

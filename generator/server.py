@@ -88,6 +88,8 @@ class GeneratorServer:
         self._pull: zmq.Socket | None = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        self._renders: Any = None  # generator.render.service.RenderService, started by the first render command
+        self._caller: tuple[bytes, list[bytes]] = (b"", [])  # who sent the request being handled
         self.frames_endpoint = ""
         self.commands_endpoint = ""
 
@@ -170,6 +172,8 @@ class GeneratorServer:
                 log.info("waiting for the running step to finish")
             self._worker.join(timeout=self.shutdown_grace)
             worker_stopped = not self._worker.is_alive()
+        if self._renders is not None:
+            worker_stopped = self._renders.close(self.shutdown_grace) and worker_stopped
         for sock in (self._router, self._pull):
             if sock is not None:
                 sock.close(linger=0)
@@ -236,6 +240,8 @@ class GeneratorServer:
                 self._publisher.publish_event(wire.TOPIC_PROGRESS, json.loads(parts[1].bytes))
             elif kind == b"result":
                 self._publish_result(parts[1].bytes.decode(), json.loads(parts[2].bytes), parts[3:])
+            elif kind == b"rendered":  # a render command's reply, from the render thread
+                self._send(parts[1].bytes, [b""] if parts[2].bytes else [], *parts[3:])
             else:
                 self._publish_status()
 
@@ -303,7 +309,10 @@ class GeneratorServer:
                 self._bad_input_log.warning("dropped a request of %d parts (expected 1 JSON part)", len(rest))
                 self._send(identity, [], wire.encode_error(None, "bad_request", "a request is one JSON part"))
                 continue
-            self._send(identity, envelope, *self._handle(rest[-1]))
+            self._caller = identity, envelope
+            reply = self._handle(rest[-1])
+            if reply:  # empty: the reply follows later (render)
+                self._send(identity, envelope, *reply)
 
     def _send(self, identity: bytes, envelope: list[bytes], *parts: Any) -> None:
         try:
@@ -347,6 +356,7 @@ class GeneratorServer:
             "recall": self._cmd_recall,
             "library": self._cmd_library,
             "delete": self._cmd_delete,
+            "render": self._cmd_render,
         }
 
     @staticmethod
@@ -489,6 +499,23 @@ class GeneratorServer:
         if self._last_published == args["frame_id"]:
             self._last_published = None
         return [wire.encode_reply(request_id, {"deleted": args["frame_id"]})]
+
+
+    def _cmd_render(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        """Draw a kept frame with the TouchDesigner component's shaders (generator.render) on the render thread;
+        the reply, JSON then a PNG, is sent when it is done."""
+        from .render.service import FRAME_KEYS, RenderQueueFull, RenderService, render_request
+
+        frame_id, parts = self._find_frame({k: v for k, v in args.items() if k in FRAME_KEYS}, "render")
+        frame = wire.decode_frame_parts([bytes(p) for p in parts])
+        request = render_request(request_id, frame_id, frame, {k: v for k, v in args.items() if k not in FRAME_KEYS})
+        if self._renders is None:
+            self._renders = RenderService(self._ctx, self._worker_address)
+        try:
+            self._renders.submit(self._caller, request)
+        except RenderQueueFull as exc:
+            return [wire.encode_error(request_id, "queue_full", str(exc))]
+        return []
 
 
 def _brief(job: dict[str, Any]) -> dict[str, Any]:

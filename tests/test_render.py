@@ -356,3 +356,62 @@ def test_renderer_checks_its_inputs(ctx):
             r.render("stereo")
         with pytest.raises(ValueError, match="inside the nearest surface"):
             r.render("ods", {"head_x": 5.0})
+
+
+def test_output_size_is_the_size_each_view_renders(ctx):
+    from generator.render.views import VIEWS, output_size
+
+    rgb, depth = scene(64, 32)
+    with renderer(ctx, rgb, depth, samples=1) as r:
+        for packing in ("half", "full"):
+            settings = view(eye_width=33, eye_height=17, ods_height=16, dome_size=20, packing=packing)
+            for name in VIEWS:
+                image = r.render(name, settings)
+                assert output_size(name, settings) == (image.shape[1], image.shape[0]), (name, packing)
+
+
+# ------------------------------------------------------------------ the server's render command
+
+
+def test_the_server_renders_previews_on_their_own_thread(ctx, make_server):
+    import io
+    import time
+
+    import zmq
+    from PIL import Image
+
+    from conftest import wait_for
+    from td_bridge import protocol as wire
+    from td_bridge.receiver import CommandClient, CommandError
+
+    server = make_server()
+    with CommandClient(server.commands, timeout=60) as client:
+        job = client.generate(prompt="a room", seed=1, width=128, height=64, steps=1)
+        done = wait_for(lambda: (lambda j: j if j["state"] == "done" else None)(client.job(job["job_id"])), 10)
+        result, parts = client.request("render", {"view": "anaglyph", "eye_width": 64, "eye_height": 32})
+        assert result == {"frame_id": done["frame_id"], "view": "anaglyph", "width": 64, "height": 32, "format": "png"}
+        with Image.open(io.BytesIO(bytes(parts[0].buffer))) as image:
+            assert image.size == (64, 32) and image.mode == "RGB"
+        for args, message in (({"view": "holo"}, "view: 'holo' is not one of"), ({"ipd": 5}, "ipd: 5"),
+                              ({"view": "ods", "ods_height": 4096}, "larger than"),
+                              ({"frame_id": "nope"}, "neither in memory")):
+            with pytest.raises(CommandError, match=message):
+                client.request("render", args)
+        # a slow render does not hold up other commands: ping answers while it runs
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(server.commands)
+        try:
+            started = time.monotonic()
+            dealer.send(wire.encode_request("slow", "render", {"view": "ods", "ods_height": 768}))
+            time.sleep(0.2)
+            pinged = time.monotonic()
+            client.ping()
+            ping_s = time.monotonic() - pinged
+            assert dealer.poll(60_000), "no render reply"
+            render_s = time.monotonic() - started
+            reply = wire.decode_reply(dealer.recv_multipart()[0])
+        finally:
+            dealer.close()
+    assert reply["ok"] and reply["result"]["width"] == 1536
+    assert ping_s < 0.5 and ping_s < render_s / 2, (ping_s, render_s)  # llvmpipe: ~0.01 s against seconds

@@ -30,6 +30,22 @@ def anaglyph(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return np.concatenate([left[..., :1], right[..., 1:]], axis=-1)
 
 
+def output_size(name: str, view: Mapping[str, Any]) -> tuple[int, int]:
+    """(width, height) of view ``name``'s image for validated view parameters, before rendering it."""
+    width, height = view["eye_width"], view["eye_height"]
+    full = view["packing"] == "full"
+    sizes = {"left": (width, height), "right": (width, height), "mono": (width, height),
+             "anaglyph": (width, height), "sbs": (2 * width if full else width, height),
+             "tb": (width, 2 * height if full else height), "ods": (2 * view["ods_height"], 2 * view["ods_height"]),
+             "dome": (view["dome_size"], view["dome_size"])}
+    if name == "cubemap":
+        face = cube_face_size(view["ods_height"])
+        return 6 * face, face
+    if name not in sizes:
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {name!r}")
+    return sizes[name]
+
+
 class Renderer:
     """Renders one frame (rgb (H, W, 3) uint8, depth (H, W) uint16) with display parameters (DISPLAY_PARAMS) and
     the view parameters' edge mode; each :meth:`render` takes a view name and view parameters (VIEW_PARAMS)."""
