@@ -314,6 +314,19 @@ def test_camera_paths_loop_and_keep_their_amplitude(path):
         assert np.allclose(offsets[:, 2], 0) and np.abs(offsets[:, 0]).max() > 0.29
 
 
+def test_render_without_gl_fails_with_the_install_hint(monkeypatch, frame_dir, tmp_path, caplog):
+    from generator import __main__ as cli
+    from generator.render import views
+    from generator.render.gl import GLUnavailable
+
+    def missing():
+        raise GLUnavailable("no OpenGL context through EGL (test); Debian/Ubuntu: apt-get install libegl1 …")
+
+    monkeypatch.setattr(views, "create_context", missing)
+    assert cli.main(["render", str(frame_dir), "-o", str(tmp_path / "x.png")]) == 2
+    assert "apt-get install libegl1" in caplog.text and not (tmp_path / "x.png").exists()
+
+
 def test_no_gl_context_names_what_to_install(monkeypatch):
     import moderngl
 

@@ -11,8 +11,8 @@ INSTALL_HINT = ("Debian/Ubuntu: apt-get install libegl1 libegl-mesa0 libgl1-mesa
 OTHER_HINT = "update the graphics driver: the renderer needs OpenGL 4.1 or newer"
 
 
-class GLUnavailable(RuntimeError):
-    """No OpenGL context could be made; the message says what to install."""
+class GLUnavailable(OSError):
+    """No OpenGL context could be made (a system library or driver is missing); the message says what to install."""
 
 
 def create_context() -> Any:
