@@ -284,6 +284,23 @@ def test_render_cli_writes_the_view_and_names_a_360_file_for_players(ctx, frame_
     assert missing.returncode == 2 and "neither a frame folder" in missing.stderr
 
 
+def test_render_cli_reads_a_frame_id_from_the_library(ctx, tmp_path):
+    library = tmp_path / "library"
+    made = run_cli("generate", "a room", "-o", str(tmp_path / "frame"), "--model", "demo", "--seed", "7", "--steps",
+                   "1", "--width", "128", "--height", "64", "--library", str(library))
+    assert made.returncode == 0, made.stderr
+    frame_id = made.stdout.split("(frame ")[1].split(",")[0]
+    out = tmp_path / "left.png"
+    result = run_cli("render", frame_id, "-o", str(out), "--view", "left", "--eye-width", "96", "--eye-height", "48",
+                     "--library", str(library))
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+
+    assert Image.open(out).size == (96, 48)
+    unknown = run_cli("render", "20000101T000000Z-00000000", "-o", str(out), "--library", str(library))
+    assert unknown.returncode == 2 and "nor a frame id in the library" in unknown.stderr
+
+
 def test_an_ods_video_carries_spherical_stereo_metadata(ctx, frame_dir, tmp_path):
     import av
 
