@@ -22,6 +22,7 @@ from .library import LibraryError
 from .render.video import PATHS
 from .render.views import VIEWS
 from .train import cli as train_cli
+from .evaluate import cli as evaluate_cli
 
 log = logging.getLogger("depthfusion")
 
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_dataset_parser(sub)
 
     sub.add_parser("osc-doc", help="print the OSC address space (docs/osc.md) from the parameter schema")
+    evaluate_cli.add_parser(sub)
 
     pre = sub.add_parser("pregenerate", help="generate a cue list (TOML or CSV) into the library up front")
     pre.add_argument("cues", type=Path, help="cue list: .toml ([[cue]] tables) or .csv (a header row)")
@@ -373,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"serve": cmd_serve, "generate": cmd_generate, "export": cmd_export, "osc-doc": cmd_osc_doc,
                     "pregenerate": cmd_pregenerate, "library": cmd_library, "render": cmd_render, "depth": cmd_depth,
+                    "evaluate": evaluate_cli.run_evaluate,
                     "download": cmd_download, "dataset": train_cli.cmd_dataset}
         return commands[args.command](args)
     except (ParamError, AddressError, BackendUnavailable, LibraryError, ValueError, OSError) as exc:

@@ -12,10 +12,8 @@ import logging
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from ..backends.base import BackendUnavailable
-from ..estimators.model import resolve_checkpoint
 
 log = logging.getLogger("depthfusion.evaluate")
 
@@ -25,7 +23,7 @@ DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 class ClipScorer:
     """A loaded CLIP model; :meth:`scores` gives each (image, caption) pair its max(100·cos, 0)."""
 
-    def __init__(self, model: str, network: Any, processor: Any, device: torch.device, batch_size: int = 16) -> None:
+    def __init__(self, model: str, network: Any, processor: Any, device: Any, batch_size: int = 16) -> None:
         self.model, self.network, self.processor, self.device = model, network, processor, device
         self.batch_size = batch_size
 
@@ -34,6 +32,7 @@ class ClipScorer:
         from transformers import CLIPModel, CLIPProcessor
 
         from ..backends.ldm3d import pick_device
+        from ..estimators.model import resolve_checkpoint
 
         torch_device = pick_device(device)
         folder = resolve_checkpoint(model, local_files_only=local_files_only)
@@ -47,6 +46,7 @@ class ClipScorer:
 
     def scores(self, images: Sequence[np.ndarray], captions: Sequence[str]) -> np.ndarray:
         """(N,) scores for N uint8 (H, W, 3) images and their N captions."""
+        import torch
         from PIL import Image
 
         if len(images) != len(captions):
