@@ -20,6 +20,7 @@ from .backends.base import BackendUnavailable
 from .estimators.checkpoints import DEFAULT_MODEL as DEFAULT_ESTIMATOR
 from .library import LibraryError
 from .render.video import PATHS
+from .upscaling import DEFAULT_UPSCALER, UPSCALE_PARAMS, upscale_frame, upscale_params
 from .render.views import VIEWS
 from .train import cli as train_cli
 from .evaluate import cli as evaluate_cli
@@ -81,6 +82,19 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     ldm3d.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first frame)")
 
 
+def _add_upscaler_flags(parser: argparse.ArgumentParser, device_flags: bool = False) -> None:
+    group = parser.add_argument_group("upscaler")
+    group.add_argument("--upscaler", default=DEFAULT_UPSCALER, help=f"ldm3d-sr hub id or local folder "
+                       f"({DEFAULT_UPSCALER})")
+    if device_flags:
+        group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu")
+        group.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"],
+                           help="weights precision; auto = fp16 on a GPU, fp32 on the CPU")
+        group.add_argument("--revision", default=None, help="hub branch, tag or commit of the upscaler")
+        group.add_argument("--offline", action="store_true", help="use only weights already downloaded")
+    _add_param_flags(parser, UPSCALE_PARAMS, "upscale parameters")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m generator", description="DepthFusion RGBD generator")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -116,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_library_flags(gen)
     _add_model_flags(gen)
     _add_param_flags(gen, GENERATION_PARAMS, "generation parameters", skip=("prompt",))
+    gen.add_argument("--upscale", action="store_true", help="then upscale the frame with ldm3d-sr (the --upscale-* "
+                     "flags); the output folder gets the upscaled frame, the library both")
+    _add_upscaler_flags(gen)
 
     export = sub.add_parser("export", help="write a frame folder (from generate) as a displaced sphere mesh")
     export.add_argument("frame", type=Path, help="folder holding rgb.png, depth.png and metadata.json")
@@ -162,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_library_flags(render)
     _add_param_flags(render, DISPLAY_PARAMS, "display parameters")
     _add_param_flags(render, VIEW_PARAMS, "view parameters (as the TouchDesigner component's)")
+
+    upscale = sub.add_parser("upscale", help="upscale a frame folder or library frame id with ldm3d-sr into a new "
+                             "frame linked to its source; write rgb.png, depth.png, metadata.json")
+    upscale.add_argument("frame", help="folder holding rgb.png and depth.png, or a frame id from the library")
+    upscale.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if missing)")
+    upscale.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_library_flags(upscale)
+    _add_upscaler_flags(upscale, device_flags=True)
 
     train_cli.add_dataset_parser(sub)
 
@@ -242,32 +267,81 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from td_bridge.depth import write_depth_png
-
     from .frames import make_frame
-    from .images import write_rgb_png
 
     params = resolve_seed(validate_generation({"prompt": args.prompt, **_given_params(args)}))
     out: Path = args.output
-    targets = [out / "rgb.png", out / "depth.png", out / "metadata.json"]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already there; pass --overwrite or choose another folder")
+    _check_frame_folder(out, args.overwrite)
+    upscale = upscale_params(_given_params(args, UPSCALE_PARAMS)) if args.upscale else None
     library = _library(args)
     backend = _backend(args)
+    upscaler = _upscaler(args, revision=None) if upscale else None  # loaded before a minute-long generation
     with tqdm(desc=f"{backend.name}", unit="step", leave=False) as bar:
-        def progress(step: int, total: int) -> None:
-            bar.total = total
-            bar.update(step - bar.n)
-
-        header, result = make_frame(backend, params, progress, lambda: False)
-    out.mkdir(parents=True, exist_ok=True)
-    write_rgb_png(targets[0], result.rgb)
-    write_depth_png(targets[1], result.depth)
-    targets[2].write_text(json.dumps(header, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        header, result = make_frame(backend, params, _bar_progress(bar), lambda: False)
+    if upscaler is not None:
+        if library is not None:  # the source is kept too: the upscaled frame links to it
+            library.save(header, result.rgb, result.depth)
+        with tqdm(desc=upscaler.name, unit="step", leave=False) as bar:
+            header, result = upscale_frame(upscaler, header, result.rgb, result.depth, upscale, _bar_progress(bar),
+                                           lambda: False)
+    _write_frame_folder(out, header, result)
     if library is not None:
         library.save(header, result.rgb, result.depth)
     print(f"wrote {out} (frame {header['frame_id']}, seed {params['seed']}, {header['timings']['generate_s']:.2f} s)")
+    return 0
+
+
+def _bar_progress(bar: Any):
+    def progress(step: int, total: int) -> None:
+        bar.total = total
+        bar.update(step - bar.n)
+
+    return progress
+
+
+def _check_frame_folder(out: Path, overwrite: bool) -> None:
+    from .library import FILES
+
+    existing = [str(out / name) for name in FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already there; pass --overwrite or choose another folder")
+
+
+def _write_frame_folder(out: Path, header: dict[str, Any], result: Any) -> None:
+    from td_bridge.depth import write_depth_png
+
+    from .images import write_rgb_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_rgb_png(out / "rgb.png", result.rgb)
+    write_depth_png(out / "depth.png", result.depth)
+    (out / "metadata.json").write_text(json.dumps(header, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _upscaler(args: argparse.Namespace, **options: Any):
+    from .upscaling import load_upscaler
+
+    return load_upscaler(args.upscaler, **{"device": args.device, "dtype": args.dtype, "revision": args.revision,
+                                           "local_files_only": args.offline, **options})
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .render.cli import load_frame
+
+    upscale = upscale_params(_given_params(args, UPSCALE_PARAMS))
+    _check_frame_folder(args.output, args.overwrite)
+    library = _library(args)
+    meta, rgb, depth = load_frame(args.frame, library)
+    upscaler = _upscaler(args)
+    with tqdm(desc=upscaler.name, unit="step", leave=False) as bar:
+        header, result = upscale_frame(upscaler, meta, rgb, depth, upscale, _bar_progress(bar), lambda: False)
+    _write_frame_folder(args.output, header, result)
+    if library is not None:
+        library.save(header, result.rgb, result.depth)
+    print(f"wrote {args.output} (frame {header['frame_id']}, {rgb.shape[1]}x{rgb.shape[0]} → {result.rgb.shape[1]}x"
+          f"{result.rgb.shape[0]}, upscale seed {upscale['upscale_seed']}, {header['timings']['generate_s']:.2f} s)")
     return 0
 
 
@@ -376,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = {"serve": cmd_serve, "generate": cmd_generate, "export": cmd_export, "osc-doc": cmd_osc_doc,
                     "pregenerate": cmd_pregenerate, "library": cmd_library, "render": cmd_render, "depth": cmd_depth,
                     "evaluate": evaluate_cli.run_evaluate,
-                    "download": cmd_download, "dataset": train_cli.cmd_dataset}
+                    "download": cmd_download, "upscale": cmd_upscale, "dataset": train_cli.cmd_dataset}
         return commands[args.command](args)
     except (ParamError, AddressError, BackendUnavailable, LibraryError, ValueError, OSError) as exc:
         log.error("%s", exc)

@@ -276,3 +276,39 @@ def test_missing_files_and_hub_ids_are_explained(model, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(BackendUnavailable, match="not in the local Hugging Face cache"):
         UpscaleBackend.load("Intel/ldm3d-sr", local_files_only=True)
+
+
+# ------------------------------------------------------------------ the verbs
+
+
+def test_generate_then_upscale_and_upscale_a_library_frame(model, tmp_path):
+    """`generate --upscale` keeps the source and the upscaled frame in the library, linked; `upscale FRAME_ID`
+    makes another from the library, `upscale FOLDER` one from a frame folder."""
+    import json
+
+    from generator.__main__ import main
+    from generator.library import FrameLibrary
+
+    library = tmp_path / "library"
+    common = ["--upscaler", str(model), "--upscale-steps", "1", "--upscale-factor", "1.5", "--library", str(library)]
+    assert main(["generate", "a courtyard", "--model", "demo", "--width", "128", "--height", "64", "--steps", "1",
+                 "--seed", "5", "--cue", "yard", "-o", str(tmp_path / "big"), "--upscale", *common]) == 0
+    meta = json.loads((tmp_path / "big" / "metadata.json").read_text(encoding="utf-8"))
+    frames = FrameLibrary(library)
+    source = frames.get(meta["source_frame_id"])
+    assert source is not None and source.model == "demo" and meta["model"] == str(model)
+    assert meta["backend"] == "ldm3d-sr" and (meta["width"], meta["height"]) == (192, 96)
+    assert meta["prompt"] == "a courtyard" and meta["params"]["cue"] == "yard" and meta["seed"] == 5
+    assert meta["params"]["upscale_steps"] == 1 and 0 <= meta["params"]["upscale_seed"] <= 2**31 - 1
+    assert meta["backend_info"]["seamless"] is True  # generated seamless: auto wraps
+    assert frames.latest_for_cue("yard").frame_id == meta["frame_id"]
+
+    assert main(["upscale", source.frame_id, "-o", str(tmp_path / "again"), *common, "--upscale-seed", "8"]) == 0
+    again = json.loads((tmp_path / "again" / "metadata.json").read_text(encoding="utf-8"))
+    assert again["source_frame_id"] == source.frame_id and again["frame_id"] != meta["frame_id"]
+    assert main(["upscale", str(tmp_path / "big"), "-o", str(tmp_path / "twice"), *common, "--no-library",
+                 "--upscale-width", "256"]) == 0
+    twice = json.loads((tmp_path / "twice" / "metadata.json").read_text(encoding="utf-8"))
+    assert twice["source_frame_id"] == meta["frame_id"] and (twice["width"], twice["height"]) == (256, 128)
+    assert main(["upscale", str(tmp_path / "twice"), "-o", str(tmp_path / "twice"), *common]) == 2  # no overwrite
+    assert main(["upscale", "no-such-frame", "-o", str(tmp_path / "x"), *common]) == 2

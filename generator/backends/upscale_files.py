@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from .base import BackendUnavailable
-from .ldm3d import HUB_ID
 
 PIPELINE = "StableDiffusionUpscaleLDM3DPipeline"
 DEFAULT_UPSCALER = "Intel/ldm3d-sr"
@@ -131,6 +130,8 @@ def _weights(folder: Path, where: str) -> dict[str, bool]:
 def resolve(model: str, *, revision: str | None = None, local_files_only: bool = False) -> UpscalerSpec:
     """A checked upscaler from a folder or a hub id; from the hub the configs come first, the weights only after
     they passed."""
+    from .ldm3d import HUB_ID
+
     folder = Path(model).expanduser()
     if folder.is_dir():
         return check_configs(folder)
