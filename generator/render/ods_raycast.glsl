@@ -33,17 +33,20 @@ void main()
     float step = (t1 - t0) / float(uSteps);
     float inside = t0;
     float outside = t1;
-    for (int k = 1; k <= uSteps; ++k) {
+    float gapIn = dfOutside(origin, direction, t0);
+    float gapOut = dfOutside(origin, direction, t1);
+    for (int k = 1; k < uSteps; ++k) {
         float t = t0 + step * float(k);
-        if (dfOutside(origin, direction, t) >= 0.0) {
+        float gap = dfOutside(origin, direction, t);
+        if (gap >= 0.0) {
             outside = t;
-            inside = t - step;
+            gapOut = gap;
             break;
         }
+        inside = t;
+        gapIn = gap;
     }
-    float gapIn = dfOutside(origin, direction, inside);
-    float gapOut = dfOutside(origin, direction, outside);
-    for (int k = 0; k < 6; ++k) {  // bisection, then one secant step inside the last bracket
+    for (int k = 0; k < 4; ++k) {  // bisection, then one secant step inside the last bracket
         float t = 0.5 * (inside + outside);
         float gap = dfOutside(origin, direction, t);
         if (gap >= 0.0) {
