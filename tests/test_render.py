@@ -318,6 +318,33 @@ def test_an_ods_video_carries_spherical_stereo_metadata(ctx, frame_dir, tmp_path
     assert int.from_bytes(side["SPHERICAL"][:4], "little") == 0  # AV_SPHERICAL_EQUIRECTANGULAR
 
 
+def test_stereo_metadata_for_side_by_side_and_a_refusal_for_faststart_files(tmp_path):
+    import av
+
+    from generator.render.spherical import MetadataError, add_spherical_metadata
+    from generator.render.video import write_video
+
+    clip = tmp_path / "sbs.mp4"
+    assert write_video(clip, (np.full((16, 32, 3), k * 40, np.uint8) for k in range(3)), fps=10) == 3
+    add_spherical_metadata(clip, "left-right", equirectangular=False)
+    with av.open(str(clip)) as container:
+        frame = next(container.decode(container.streams.video[0]))
+    side = {sd.type.name: bytes(sd) for sd in frame.side_data}
+    assert "SPHERICAL" not in side and int.from_bytes(side["STEREO3D"][:4], "little") == 1  # AV_STEREO3D_SIDEBYSIDE
+    faststart = tmp_path / "faststart.mp4"
+    with av.open(str(faststart), mode="w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 16, "yuv420p"
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((16, 32, 3), np.uint8), format="rgb24")))
+        container.mux(stream.encode(None))
+    before = faststart.read_bytes()
+    with pytest.raises(MetadataError, match="faststart"):
+        add_spherical_metadata(faststart, "top-bottom", equirectangular=True)
+    assert faststart.read_bytes() == before
+    with pytest.raises(ValueError, match="even width"):
+        write_video(tmp_path / "odd.mp4", [np.zeros((15, 32, 3), np.uint8)], fps=10)
+
+
 @pytest.mark.parametrize("path", ["orbit", "dolly", "sway"])
 def test_camera_paths_loop_and_keep_their_amplitude(path):
     from generator.render.video import head_positions

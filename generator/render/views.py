@@ -22,7 +22,6 @@ from .ods import OdsRenderer
 from .scene import Scene
 
 VIEWS = ("left", "right", "mono", "sbs", "tb", "anaglyph", "ods", "dome", "cubemap")
-STEREO_360 = ("ods",)  # views that are a 360° top-bottom stereo panorama
 
 
 def anaglyph(left: np.ndarray, right: np.ndarray) -> np.ndarray:
