@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upscaler_flags(upscale, device_flags=True)
 
     train_cli.add_dataset_parser(sub)
+    train_cli.add_train_parser(sub)
 
     sub.add_parser("osc-doc", help="print the OSC address space (docs/osc.md) from the parameter schema")
     evaluate_cli.add_parser(sub)
@@ -450,7 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = {"serve": cmd_serve, "generate": cmd_generate, "export": cmd_export, "osc-doc": cmd_osc_doc,
                     "pregenerate": cmd_pregenerate, "library": cmd_library, "render": cmd_render, "depth": cmd_depth,
                     "evaluate": evaluate_cli.run_evaluate,
-                    "download": cmd_download, "upscale": cmd_upscale, "dataset": train_cli.cmd_dataset}
+                    "download": cmd_download, "upscale": cmd_upscale, "dataset": train_cli.cmd_dataset,
+                    "train": train_cli.cmd_train}
         return commands[args.command](args)
     except (ParamError, AddressError, BackendUnavailable, LibraryError, ValueError, OSError) as exc:
         log.error("%s", exc)

@@ -60,3 +60,32 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     print(f"wrote {summary.written} items, skipped {summary.skipped} (see skipped.jsonl in the shards), "
           f"{summary.already} already done" + (f", {summary.other_parts} left to other parts" if part[1] > 1 else ""))
     return 0
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from .options import AUTOENCODER, AUTOENCODER_DEFAULTS, UNET, UNET_DEFAULTS, add_options
+
+    train = sub.add_parser("train", help="fine-tune LDM3D: the RGBD autoencoder, then the U-Net (accelerate)")
+    stages = train.add_subparsers(dest="stage", required=True)
+    ae = stages.add_parser("autoencoder", help="widen SD's KL autoencoder to RGB + depth and fine-tune it")
+    add_options(ae, AUTOENCODER, AUTOENCODER_DEFAULTS)
+    unet = stages.add_parser("unet", help="fine-tune the U-Net on the frozen RGBD autoencoder's latents")
+    add_options(unet, UNET, UNET_DEFAULTS)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .options import AUTOENCODER, AUTOENCODER_DEFAULTS, UNET, UNET_DEFAULTS, resolve
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "stage", "log_level")}
+    if args.stage == "autoencoder":
+        from .autoencoder import AutoencoderTrainer
+
+        trainer = AutoencoderTrainer(resolve(given, AUTOENCODER, AUTOENCODER_DEFAULTS))
+    else:
+        from .unet import UNetTrainer
+
+        trainer = UNetTrainer(resolve(given, UNET, UNET_DEFAULTS))
+    folder = trainer.run()
+    if trainer.accelerator.is_main_process:
+        print(f"trained {args.stage}: {folder}")
+    return 0

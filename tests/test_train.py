@@ -1,0 +1,232 @@
+"""`train autoencoder` and `train unet` on tiny SD-shaped models and demo-frame datasets (CPU, offline)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import tiny_train
+import train_ddp_worker
+from conftest import RunningServer, wait_for
+from generator.__main__ import main
+from generator.backends import load_backend
+from generator.train.autoencoder import AutoencoderTrainer, load_vae, reconstruction_errors, widen
+from generator.train.dataset import DatasetError, RGBDDataset
+from generator.train.losses import Perceptual
+from generator.train.options import AUTOENCODER, AUTOENCODER_DEFAULTS, UNET, UNET_DEFAULTS, ConfigError, resolve
+from generator.train.unet import UNetTrainer
+from td_bridge.receiver import CommandClient, FrameReceiver
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads (their ops are too small to split); one thread also keeps
+    these tests from fighting the other tests for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    sd = tiny_train.build_sd(root / "sd")
+    rgbd = root / "rgbd-ae"
+    widen(load_vae(str(sd)), 6).save_pretrained(rgbd / "vae")  # an untrained widened autoencoder for the U-Net
+    return {"root": root, "sd": sd, "rgbd": rgbd,
+            "train": tiny_train.demo_dataset(root / "lib", root / "train", range(8)),
+            "val": tiny_train.demo_dataset(root / "libval", root / "val", range(100, 104))}
+
+
+def ae_config(world, out, **overrides):
+    values = {"dataset": str(world["train"]), "output": str(out), "vae": str(world["sd"]), "batch_size": 2,
+              "lr": 2e-3, "steps": 4, "disc_start": 2, "disc_layers": 2, "checkpoint_every": 1000, "log_every": 1, **overrides}
+    return resolve(values, AUTOENCODER, AUTOENCODER_DEFAULTS)
+
+
+def unet_config(world, out, **overrides):
+    values = {"dataset": str(world["train"]), "output": str(out), "base": str(world["sd"]), "vae": str(world["rgbd"]),
+              "batch_size": 2, "lr": 1e-3, "steps": 4, "checkpoint_every": 1000, "log_every": 1,
+              "validation_steps": 2, **overrides}
+    return resolve(values, UNET, UNET_DEFAULTS)
+
+
+def ae_trainer(config):
+    torch.manual_seed(1)
+    return AutoencoderTrainer(config, perceptual=Perceptual(tiny_train.TinyFeatures()))
+
+
+def val_batch(world, count=4):
+    data = RGBDDataset(world["val"])
+    return torch.stack([data[i]["pixel_values"] for i in range(count)])
+
+
+@pytest.mark.parametrize("channels", [6, 4])
+def test_widened_autoencoder_reproduces_the_rgb_autoencoder_at_initialisation(world, channels):
+    rgb_vae = load_vae(str(world["sd"]))
+    wide = widen(rgb_vae, channels)
+    assert (wide.config.in_channels, wide.config.out_channels) == (channels, channels)
+    x = val_batch(world)[:, :3]
+    depth = torch.rand(x.shape[0], channels - 3, *x.shape[2:]) * 2 - 1  # any depth: it must not change the RGB
+    with torch.no_grad():
+        z_rgb = rgb_vae.encode(x).latent_dist.mode()
+        z_wide = wide.encode(torch.cat([x, depth], 1)).latent_dist.mode()
+        torch.testing.assert_close(z_wide, z_rgb, rtol=0, atol=1e-6)
+        out_rgb, out_wide = rgb_vae.decode(z_rgb).sample, wide.decode(z_rgb).sample
+    torch.testing.assert_close(out_wide[:, :3], out_rgb, rtol=0, atol=1e-6)
+    grey = out_rgb.mean(1, keepdim=True).expand(-1, channels - 3, -1, -1)  # new rows: the RGB rows' mean
+    torch.testing.assert_close(out_wide[:, 3:], grey, rtol=0, atol=1e-5)
+    assert widen(wide, channels) is wide  # an RGBD autoencoder is fine-tuned as it is
+    with pytest.raises(ConfigError, match="widening needs an RGB"):
+        widen(wide, 10 - channels)
+
+
+def test_autoencoder_steps_lower_held_out_depth_error(world):
+    out = world["root"] / "ae"
+    config = ae_config(world, out, steps=30, disc_start=15, val_dataset=str(world["val"]), validate_every=30,
+                       log_every=5)
+    before = reconstruction_errors(widen(load_vae(str(world["sd"])), 6), val_batch(world))
+    trainer = ae_trainer(config)
+    folder = trainer.run()
+    after = reconstruction_errors(load_vae(str(folder)), val_batch(world))
+    assert after["depth_error"] < 0.7 * before["depth_error"], (before, after)
+    rows = (out / "logs" / "autoencoder.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"loss", "rec", "perceptual", "kl", "g_loss", "d_weight", "d_loss", "val_depth_error"} <= set(header)
+    last = dict(zip(header, rows[-1].split(",")))
+    assert float(last["step"]) == 30 and float(last["val_depth_error"]) == pytest.approx(after["depth_error"])
+    assert load_vae(str(folder)).config.out_channels == 6
+
+
+def test_unet_steps_lower_the_loss(world):
+    config = unet_config(world, world["root"] / "unet-loss", steps=25, ema=False)
+    trainer = UNetTrainer(config)
+    trainer.setup()
+    batch = {"pixel_values": val_batch(world), "caption": ["a misty forest at dawn"] * 4}
+
+    def fixed_loss():
+        generator = torch.Generator().manual_seed(0)
+        latents, text = trainer._condition(batch)
+        noise = torch.randn(latents.shape, generator=generator)
+        t = torch.randint(0, 1000, (latents.shape[0],), generator=generator)
+        with torch.no_grad():
+            predicted = trainer.unet(trainer.noise.add_noise(latents, noise, t), t, text).sample
+        return torch.nn.functional.mse_loss(predicted, noise).item()
+
+    before = fixed_loss()
+    batches = trainer._batches()
+    for _ in range(config.steps):
+        trainer.train_batch(next(batches))
+    assert fixed_loss() < 0.8 * before
+
+
+def _state(trainer, model):
+    tensors = {f"model.{k}": v for k, v in trainer.accelerator.unwrap_model(model).state_dict().items()}
+    for n, opt in enumerate(trainer.accelerator._optimizers):
+        for i, per_param in opt.state_dict()["state"].items():
+            tensors |= {f"opt{n}.{i}.{k}": v for k, v in per_param.items() if torch.is_tensor(v)}
+    if getattr(trainer, "ema", None) is not None:
+        tensors |= {f"ema.{i}": p for i, p in enumerate(trainer.ema.shadow_params)}
+    return tensors
+
+
+@pytest.mark.parametrize("stage", ["autoencoder", "unet"])
+def test_resume_continues_bit_identically(world, stage):
+    make = (lambda out, **kw: ae_trainer(ae_config(world, out, disc_start=1, **kw))) if stage == "autoencoder" \
+        else (lambda out, **kw: UNetTrainer(unet_config(world, out, grad_accum=2, ema_decay=0.9, **kw)))
+    root = world["root"] / f"resume-{stage}"
+    whole = make(root / "whole", steps=4, checkpoint_every=2)
+    whole.run()
+    model = "model" if stage == "autoencoder" else "unet"
+    expected = _state(whole, getattr(whole, model))
+    checkpoint = root / "whole" / "checkpoints" / "step-00000002"
+    assert json.loads((checkpoint / "trainer.json").read_text())["step"] == 2
+    resumed = make(root / "resumed", steps=4, resume=str(checkpoint))
+    resumed.run()
+    got = _state(resumed, getattr(resumed, model))
+    assert got.keys() == expected.keys() and len(got) > 10
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not different, different[:5]
+    rows = (root / "resumed" / "logs" / f"{stage}.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["3", "4"]
+    whole_rows = (root / "whole" / "logs" / f"{stage}.csv").read_text().splitlines()
+    assert [r.split(",")[2] for r in rows[1:]] == [r.split(",")[2] for r in whole_rows[3:]]  # same losses
+
+
+def test_two_processes_keep_replicas_identical(world, tmp_path):
+    from safetensors.torch import load_file
+
+    config = {"dataset": str(world["train"]), "output": str(tmp_path / "run"), "base": str(world["sd"]),
+              "vae": str(world["rgbd"]), "batch_size": 2, "lr": 1e-3, "steps": 2, "ema": False,
+              "checkpoint_every": 2, "validation_prompts": ""}
+    assert train_ddp_worker.run_two(config, tmp_path) == [0, 0]
+    seen = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert [s["processes"] for s in seen] == [2, 2] and [s["rank"] for s in seen] == [0, 1]
+    read = [set(sum(s["read"], [])) for s in seen]
+    assert read[0] and not read[0] & read[1]  # each process read its own images
+    replicas = [load_file(str(tmp_path / f"rank-{r}.safetensors")) for r in range(2)]
+    assert all(torch.equal(replicas[0][k], replicas[1][k]) for k in replicas[0])
+    initial = load_file(str(world["sd"] / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(initial[k], replicas[0][k]) for k in initial)  # and they did train
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "step-00000002").glob("random_states_*")) == \
+        ["random_states_0.pkl", "random_states_1.pkl"]
+
+
+@pytest.fixture(scope="module")
+def trained(world):
+    out = world["root"] / "trained"
+    UNetTrainer(unet_config(world, out, steps=3, validate_every=3)).run()
+    return out
+
+
+def test_trained_folder_generates_and_serves(world, trained, tmp_path, capsys):
+    previews = sorted(p.name for p in (trained / "validation" / "step-00000003").iterdir())
+    assert previews == ["00.depth.png", "00.png"]
+    code = main(["generate", "a misty forest at dawn", "--model", str(trained), "-o", str(tmp_path / "shot"),
+                 "--width", "64", "--height", "64", "--steps", "2", "--seed", "3", "--no-library"])
+    assert code == 0
+    meta = json.loads((tmp_path / "shot" / "metadata.json").read_text())
+    assert meta["backend"] == "ldm3d" and meta["backend_info"]["vae_channels"] == 6
+    srv = RunningServer(load_backend(str(trained)))
+    try:
+        with FrameReceiver(srv.frames) as rx, CommandClient(srv.commands, timeout=10) as client:
+            wait_for(lambda: rx.connected)
+            job = client.generate(prompt="a desert at night", seed=2, width=64, height=64, steps=2)
+            frame = wait_for(lambda: (f := rx.latest()) and f.meta["job_id"] == job["job_id"] and f, timeout=60)
+            assert frame.rgb.shape == (64, 64, 3) and frame.depth.dtype == np.uint16
+    finally:
+        srv.close()
+
+
+def test_bad_configs_get_clear_errors(world, tmp_path, monkeypatch):
+    toml = tmp_path / "train.toml"
+    toml.write_text('dataset = "x"\nlearning_rate = 1e-5\n')
+    with pytest.raises(ConfigError, match="unknown options learning_rate"):
+        resolve({"config": toml}, UNET, UNET_DEFAULTS)
+    toml.write_text(f'dataset = "{world["train"]}"\noutput = "{tmp_path / "o"}"\nbatch_size = 0\n')
+    with pytest.raises(ConfigError, match=r"batch_size \(.*train.toml\) must be in \[1, 4096\], got 0"):
+        resolve({"config": toml}, UNET, UNET_DEFAULTS)
+    assert resolve({"config": toml, "batch_size": 3}, UNET, UNET_DEFAULTS).batch_size == 3  # flags win
+    with pytest.raises(ConfigError, match="--dataset is required"):
+        resolve({}, AUTOENCODER, AUTOENCODER_DEFAULTS)
+    with pytest.raises(ConfigError, match="fewer than one batch"):
+        UNetTrainer(unet_config(world, tmp_path / "b", batch_size=9)).run()
+    with pytest.raises(ConfigError, match="run `train autoencoder` first"):
+        UNetTrainer(unet_config(world, tmp_path / "c", vae=str(world["sd"]))).setup()
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(ConfigError, match="needs bitsandbytes"):
+        UNetTrainer(unet_config(world, tmp_path / "d", use_8bit_adam=True)).setup()
+    with pytest.raises(ConfigError, match="no checkpoint under"):
+        UNetTrainer(unet_config(world, tmp_path / "e", resume="latest")).run()
+    with pytest.raises(DatasetError, match="not a dataset made by"):
+        UNetTrainer(unet_config(world, tmp_path / "f", dataset=str(tmp_path))).run()
+    args = ["train", "unet", "--dataset", str(world["train"]), "--output", str(tmp_path / "g"),
+            "--base", str(tmp_path / "nowhere"), "--steps", "1"]
+    assert main(args) == 2
+    assert main(["train", "autoencoder", "--dataset", str(world["train"]), "--output", str(tmp_path / "h"),
+                 "--vae", str(world["sd"]), "--perceptual", str(tmp_path / "missing.safetensors"), "--offline"]) == 2
