@@ -316,6 +316,9 @@ def test_an_ods_video_carries_spherical_stereo_metadata(ctx, frame_dir, tmp_path
     assert "SPHERICAL" in side and "STEREO3D" in side  # FFmpeg read our sv3d and st3d boxes back
     assert int.from_bytes(side["STEREO3D"][:4], "little") == 2  # AV_STEREO3D_TOPBOTTOM
     assert int.from_bytes(side["SPHERICAL"][:4], "little") == 0  # AV_SPHERICAL_EQUIRECTANGULAR
+    far = run_cli("render", str(frame_dir), "--video", str(tmp_path / "far.mp4"), "--view", "ods", "--amplitude", "50")
+    assert far.returncode == 2 and "beyond the nearest surface" in far.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]  # nothing half-written left behind
 
 
 def test_stereo_metadata_for_side_by_side_and_a_refusal_for_faststart_files(tmp_path):

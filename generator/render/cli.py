@@ -86,15 +86,24 @@ def render_video(renderer: Renderer, args: Any, view: dict[str, Any]) -> int:
     frames = video.check_timing(args.seconds, args.fps)
     amplitude = default_amplitude(renderer, view) if args.amplitude is None else args.amplitude
     positions = video.head_positions(args.path, frames, amplitude, view)
+    reach = float(np.linalg.norm(positions, axis=1).max()) + view["ipd"] / 2
+    if args.view == "ods" and reach >= renderer.scene.radii[0]:
+        raise ValueError(f"--amplitude {amplitude:g} takes the ODS eyes {reach:g} m from the centre, beyond the "
+                         f"nearest surface ({renderer.scene.radii[0]:g} m); choose a smaller one")
 
     def images():
         for x, y, z in positions:
             yield renderer.render(args.view, {**view, "head_x": x, "head_y": y, "head_z": z})
 
-    with tqdm(total=frames, unit="frame", desc=f"{args.view} {args.path}", leave=False) as bar:
-        video.write_video(args.video, images(), args.fps, on_frame=lambda: bar.update(1))
-    if args.view in VIDEO_METADATA:
-        add_spherical_metadata(args.video, *VIDEO_METADATA[args.view])
+    partial = args.video.with_name(args.video.name + ".partial.mp4")  # the file appears whole or not at all
+    try:
+        with tqdm(total=frames, unit="frame", desc=f"{args.view} {args.path}", leave=False) as bar:
+            video.write_video(partial, images(), args.fps, on_frame=lambda: bar.update(1))
+        if args.view in VIDEO_METADATA:
+            add_spherical_metadata(partial, *VIDEO_METADATA[args.view])
+        partial.replace(args.video)
+    finally:
+        partial.unlink(missing_ok=True)
     return frames
 
 
