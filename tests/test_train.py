@@ -230,3 +230,54 @@ def test_bad_configs_get_clear_errors(world, tmp_path, monkeypatch):
     assert main(args) == 2
     assert main(["train", "autoencoder", "--dataset", str(world["train"]), "--output", str(tmp_path / "h"),
                  "--vae", str(world["sd"]), "--perceptual", str(tmp_path / "missing.safetensors"), "--offline"]) == 2
+
+
+def test_options_bf16_checkpointing_min_snr_run_a_step(world):
+    config = unet_config(world, world["root"] / "options", steps=1, mixed_precision="bf16",
+                         gradient_checkpointing=True, snr_gamma=5.0, validation_prompts="")
+    trainer = UNetTrainer(config)
+    trainer.setup()
+    start = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.unet).state_dict().items()}
+    metrics = trainer.train_batch(next(trainer._batches()))
+    assert np.isfinite(metrics["loss"])
+    unet = trainer.accelerator.unwrap_model(trainer.unet)
+    assert unet.is_gradient_checkpointing
+    assert any(not torch.equal(start[k], v) for k, v in unet.state_dict().items())
+
+
+def test_min_snr_weights_follow_the_formula(world):
+    from diffusers import DDPMScheduler
+
+    from generator.train.unet import min_snr_weights
+
+    noise = DDPMScheduler.from_pretrained(str(world["sd"]), subfolder="scheduler")
+    t = torch.tensor([0, 100, 500, 999])
+    alphas = noise.alphas_cumprod[t]
+    snr = alphas / (1 - alphas)
+    torch.testing.assert_close(min_snr_weights(noise, t, 5.0), torch.clamp(snr, max=5.0) / snr)
+    assert min_snr_weights(noise, t, 5.0)[0] < 1 and min_snr_weights(noise, t, 5.0)[-1] == 1
+
+
+def test_perceptual_loads_vgg16_weights_and_passes_gradient_to_depth(tmp_path):
+    from safetensors.torch import save_file
+
+    from generator.train.autoencoder import _grey3
+    from generator.train.losses import VGG16Features, load_perceptual
+
+    torch.manual_seed(0)
+    vgg = VGG16Features()
+    save_file({f"features.{k}": v for k, v in vgg.features.state_dict().items()}, str(tmp_path / "vgg16.safetensors"))
+    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(vgg.channels)},
+               tmp_path / "lin.pth")
+    perceptual = load_perceptual(str(tmp_path / "vgg16.safetensors"), str(tmp_path / "lin.pth"))
+    assert torch.equal(perceptual.features.features[0].weight, vgg.features[0].weight)
+    x = torch.rand(1, 6, 32, 32) * 2 - 1
+    recon = (x + 0.1 * torch.randn_like(x)).requires_grad_(True)
+    distance = perceptual(_grey3(x), _grey3(recon))
+    distance.sum().backward()
+    assert distance.item() > 0 and recon.grad[:, 4:].abs().sum() > 0  # the depth bytes get a gradient
+    assert perceptual(x[:, :3], x[:, :3]).item() == 0
+    save_file({"head.weight": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ConfigError, match="no `features.N` keys"):
+        load_perceptual(str(tmp_path / "other.safetensors"))
+    assert load_perceptual("none") is None
