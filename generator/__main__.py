@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     osc.add_argument("--osc-target", action="append", default=[], metavar="HOST:PORT",
                      help="send progress, frame and state events here (repeatable)")
     _add_param_flags(serve, GENERATION_PARAMS, "generation parameters")
+    serve.add_argument("--upscaler", default=None, metavar="MODEL", help=f"answer upscale commands with this ldm3d-sr "
+                       f"hub id or folder (e.g. {DEFAULT_UPSCALER}), loaded at the first one (default: none)")
 
     gen = sub.add_parser("generate", help="generate one frame and write rgb.png, depth.png, metadata.json")
     gen.add_argument("prompt", type=_param_type(GENERATION_PARAMS[0]), help="what to generate")
@@ -245,7 +247,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     backend = _backend(args)
     server = GeneratorServer(backend, frames_address=args.frames, commands_address=args.commands,
                              allow_lan=args.allow_lan, history=args.history, max_waiting=args.queue_size, osc=osc,
-                             library=library)
+                             library=library, upscaler=_lazy_upscaler(args))
     server.bind()
     log.info("backend %s (model %s)", backend.name, backend.model)
     log.info("frames on %s, commands on %s", server.frames_endpoint, server.commands_endpoint)
@@ -324,6 +326,13 @@ def _upscaler(args: argparse.Namespace, **options: Any):
 
     return load_upscaler(args.upscaler, **{"device": args.device, "dtype": args.dtype, "revision": args.revision,
                                            "local_files_only": args.offline, **options})
+
+
+def _lazy_upscaler(args: argparse.Namespace):
+    """serve: what loads the --upscaler (on the worker, at the first upscale command), or None."""
+    if args.upscaler is None:
+        return None
+    return lambda: _upscaler(args, revision=None)
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from .library import FrameLibrary, LibraryError
 from .osc import OscBridge, OscConfig
 from .publisher import FramePublisher
 from .ratelimit import RateLimitedLogger
+from .upscaling import FRAME_KEYS, SOURCE_KEY, UpscaleJobs
 
 log = logging.getLogger("depthfusion.server")
 
@@ -59,6 +60,7 @@ class GeneratorServer:
         shutdown_grace: float = 60.0,
         osc: OscConfig | None = None,
         library: FrameLibrary | None = None,
+        upscaler: Callable[[], Any] | None = None,
     ) -> None:
         self.backend = backend
         self.frames_address = check_endpoint(frames_address, bind=True, allow_lan=allow_lan)
@@ -72,6 +74,7 @@ class GeneratorServer:
         self.shutdown_grace = shutdown_grace
         self.osc_config = osc
         self.library = library
+        self.upscales = UpscaleJobs(upscaler) if upscaler is not None else None  # upscaler: loads it, on first use
         self.osc: OscBridge | None = None
         self._history: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         self._history_size = history
@@ -206,7 +209,11 @@ class GeneratorServer:
 
         push.send_multipart([b"changed"])  # clients see "generating" now, not at the next heartbeat
         try:
-            header, result = make_frame(self.backend, job.params, progress, job.cancel_event.is_set, job_id=job.id)
+            if SOURCE_KEY in job.params:
+                header, result = self.upscales.run(job.params, progress, job.cancel_event.is_set, job.id)
+            else:
+                header, result = make_frame(self.backend, job.params, progress, job.cancel_event.is_set,
+                                            job_id=job.id)
             outcome: dict[str, Any] = {"saved": None, "error": None}  # the job shows it once the frame is out
             if self.library is not None:  # durable before anyone is told the frame exists
                 try:
@@ -357,6 +364,7 @@ class GeneratorServer:
             "library": self._cmd_library,
             "delete": self._cmd_delete,
             "render": self._cmd_render,
+            "upscale": self._cmd_upscale,
         }
 
     @staticmethod
@@ -500,6 +508,19 @@ class GeneratorServer:
             self._last_published = None
         return [wire.encode_reply(request_id, {"deleted": args["frame_id"]})]
 
+
+    def _cmd_upscale(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        """Queue an upscale of a kept frame (frame_id, cue or name) with the upscale parameters; the upscaled frame
+        is published and kept as a new frame naming its source (source_frame_id)."""
+        if self.upscales is None:
+            raise NotFound("this generator runs without an upscaler (serve --upscaler Intel/ldm3d-sr)")
+        frame_id, parts = self._find_frame({k: v for k, v in args.items() if k in FRAME_KEYS}, "upscale")
+        frame = wire.decode_frame_parts([bytes(p) for p in parts])
+        job = self.jobs.submit(self.upscales.job_params({k: v for k, v in args.items() if k not in FRAME_KEYS},
+                                                        frame))
+        log.info("job %s queued: upscale %s", job.id, frame_id)
+        self._publish_status()
+        return [wire.encode_reply(request_id, {"job_id": job.id, "params": job.params})]
 
     def _cmd_render(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
         """Draw a kept frame with the TouchDesigner component's shaders (generator.render) on the render thread;

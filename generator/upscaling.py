@@ -7,7 +7,10 @@ names its source in the metadata field ``source_frame_id``.
 
 from __future__ import annotations
 
-from typing import Any
+import collections
+import secrets
+import threading
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,8 +25,6 @@ DEFAULT_OPTIONS = {"device": "auto", "dtype": "auto", "revision": None, "local_f
 
 def upscale_params(values: dict[str, Any]) -> dict[str, Any]:
     """Upscale parameters validated, a random ``upscale_seed`` drawn when it is -1."""
-    import secrets
-
     params = validate(values, UPSCALE_PARAMS)
     if params["upscale_seed"] == RANDOM_SEED:
         params["upscale_seed"] = secrets.randbelow(SEED_MAX + 1)
@@ -81,3 +82,40 @@ def load_upscaler(model: str, **options: Any) -> Any:
         raise BackendUnavailable(f"the upscaler cannot be imported (missing module {exc.name or exc}); install it "
                                  "with: pip install 'depthfusion[generator]'") from exc
     return UpscaleBackend.load(model or DEFAULT_UPSCALER, **{**DEFAULT_OPTIONS, **options})
+
+
+FRAME_KEYS = ("frame_id", "cue", "name")  # how an upscale request names its source frame
+SOURCE_KEY = "upscale_source"  # the job param naming its stashed source frame
+
+
+class UpscaleJobs:
+    """The server's upscaling: the source frame of each queued upscale job kept until the worker takes it (the
+    newest ``keep`` of them: a cancelled job's source goes with time), the upscaler loaded on the first job."""
+
+    def __init__(self, load: Callable[[], Any], keep: int = 32) -> None:
+        self._load, self._upscaler, self._keep = load, None, keep
+        self._sources: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def job_params(self, args: dict[str, Any], frame: Any) -> dict[str, Any]:
+        """Validated params of an upscale job for ``frame`` (a decoded frame), its source stashed under a token."""
+        params = upscale_params(args)
+        token = secrets.token_hex(8)
+        with self._lock:
+            self._sources[token] = frame
+            while len(self._sources) > self._keep:
+                self._sources.popitem(last=False)
+        return {**params, "source_frame_id": frame.meta.get("frame_id"), SOURCE_KEY: token}
+
+    def run(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
+            job_id: str) -> tuple[dict[str, Any], RGBD]:
+        """On the worker thread: load the upscaler if needed, upscale the job's source."""
+        with self._lock:
+            frame = self._sources.pop(params[SOURCE_KEY], None)
+        if frame is None:
+            raise RuntimeError("the source frame of this upscale job was dropped (too many jobs queued)")
+        if self._upscaler is None:
+            self._upscaler = self._load()
+        upscale = {k: v for k, v in params.items() if k in {p.name for p in UPSCALE_PARAMS}}
+        return upscale_frame(self._upscaler, frame.meta, frame.rgb, frame.depth, upscale, progress, cancelled,
+                             job_id=job_id)

@@ -312,3 +312,41 @@ def test_generate_then_upscale_and_upscale_a_library_frame(model, tmp_path):
     assert twice["source_frame_id"] == meta["frame_id"] and (twice["width"], twice["height"]) == (256, 128)
     assert main(["upscale", str(tmp_path / "twice"), "-o", str(tmp_path / "twice"), *common]) == 2  # no overwrite
     assert main(["upscale", "no-such-frame", "-o", str(tmp_path / "x"), *common]) == 2
+
+
+def test_served_upscale_command_of_a_library_frame(model, tmp_path):
+    """serve: `upscale` by cue queues a job on the worker; the upscaled frame is published and kept in the library
+    as a new frame naming its source; what cannot be done is an error reply."""
+    from conftest import RunningServer, wait_for
+    from generator.library import FrameLibrary
+    from td_bridge.receiver import CommandClient, CommandError, FrameReceiver
+
+    library = FrameLibrary(tmp_path / "library")
+    loads = []
+    srv = RunningServer(library=library, upscaler=lambda: loads.append(1) or UpscaleBackend.load(str(model)))
+    bare = RunningServer()
+    try:
+        with FrameReceiver(srv.frames) as rx, CommandClient(srv.commands, timeout=10) as client:
+            wait_for(lambda: rx.connected)
+            source_job = client.generate(prompt="a desert", width=128, height=64, steps=1, cue="dunes")
+            source = wait_for(lambda: (f := rx.latest()) and f.meta["job_id"] == source_job["job_id"] and f)
+            reply, _ = client.request("upscale", {"cue": "dunes", "upscale_factor": 1.5, "upscale_steps": 2})
+            assert reply["params"]["source_frame_id"] == source.frame_id and reply["params"]["upscale_seed"] >= 0
+            frame = wait_for(lambda: (f := rx.latest()) and f.meta["job_id"] == reply["job_id"] and f, timeout=60)
+            assert frame.rgb.shape == (96, 192, 3) and frame.depth.dtype == np.uint16
+            assert frame.meta["source_frame_id"] == source.frame_id and frame.meta["backend"] == "ldm3d-sr"
+            entry = wait_for(lambda: library.get(frame.frame_id))
+            assert entry.cue == "dunes" and library.latest_for_cue("dunes").frame_id == frame.frame_id
+            assert loads == [1]
+            for args, code in [({"cue": "nothing"}, "not_found"), ({"frame_id": source.frame_id,
+                                                                  "upscale_steps": 0}, "bad_params"),
+                               ({"frame_id": source.frame_id, "upscale_bogus": 1}, "bad_params")]:
+                with pytest.raises(CommandError) as error:
+                    client.request("upscale", args)
+                assert error.value.code == code
+        with CommandClient(bare.commands, timeout=10) as client:
+            with pytest.raises(CommandError, match="without an upscaler"):
+                client.request("upscale", {"frame_id": "latest"})
+    finally:
+        srv.close()
+        bare.close()
