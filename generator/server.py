@@ -513,7 +513,8 @@ class GeneratorServer:
         """Queue an upscale of a kept frame (frame_id, cue or name) with the upscale parameters; the upscaled frame
         is published and kept as a new frame naming its source (source_frame_id)."""
         if self.upscales is None:
-            raise NotFound("this generator runs without an upscaler (serve --upscaler Intel/ldm3d-sr)")
+            return [wire.encode_error(request_id, "unavailable",
+                                      "this generator runs without an upscaler (serve --upscaler Intel/ldm3d-sr)")]
         frame_id, parts = self._find_frame({k: v for k, v in args.items() if k in FRAME_KEYS}, "upscale")
         frame = wire.decode_frame_parts([bytes(p) for p in parts])
         job = self.jobs.submit(self.upscales.job_params({k: v for k, v in args.items() if k not in FRAME_KEYS},

@@ -25,9 +25,10 @@ def models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("eval-models")
     ldm3d = tiny_ldm3d.build(root / "ldm3d", vae_channels=4)
-    zoe = DepthModel.load(str(tiny_depth.build("zoedepth", root / "zoe")), device="cpu")
-    clip = ClipScorer.load(str(tiny_clip.build(root / "clip")), device="cpu")
-    return {"ldm3d": ldm3d, "backend": LDM3DBackend.load(str(ldm3d), device="cpu"), "zoe": zoe, "clip": clip}
+    zoe_folder, clip_folder = tiny_depth.build("zoedepth", root / "zoe"), tiny_clip.build(root / "clip")
+    return {"ldm3d": ldm3d, "backend": LDM3DBackend.load(str(ldm3d), device="cpu"), "zoe_folder": zoe_folder,
+            "zoe": DepthModel.load(str(zoe_folder), device="cpu"), "clip_folder": clip_folder,
+            "clip": ClipScorer.load(str(clip_folder), device="cpu")}
 
 
 def tools(models, calls: list | None = None, views: str = "dense") -> text2rgbd.Tools:
@@ -162,3 +163,34 @@ def test_autoencoder_reconstruction_metrics_and_mismatched_frames(models, tmp_pa
         autoencoder.read_items([frames / "f0"], None)
     with pytest.raises(ValueError, match="needs a depth estimator"):
         autoencoder.read_items([write_images(tmp_path / "plain", 1) / "0.png"], None)
+
+
+def test_both_commands_through_the_cli_load_every_network_from_folders(models, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from generator.evaluate import inception
+
+    weights = tmp_path / inception.WEIGHTS_FILE
+    torch.manual_seed(0)
+    torch.save(inception.FIDInceptionV3().state_dict(), weights)  # random weights in the public file's layout
+    monkeypatch.setattr(inception, "INPUT_SIZE", 75)  # real runs: 299; this keeps the CPU test short
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a room\na misty forest\nthe desert\n")
+    common = ["--inception-weights", str(weights), "--cache", str(tmp_path / "cache"), "--device", "cpu"]
+    code = main(["evaluate", "text2rgbd", "--model", str(models["ldm3d"]), "--captions", str(captions), "--n", "2",
+                 "--reference", str(write_images(tmp_path / "reference", 3)), "--guidance", "3", "--steps", "2",
+                 "--size", "64", "--splits", "2", "--clip-model", str(models["clip_folder"]), "--depth-model",
+                 str(models["zoe_folder"]), "-o", str(tmp_path / "t2"), *common])
+    assert code == 0
+    result = json.loads((tmp_path / "t2" / "results.json").read_text())
+    assert result["features"].startswith("fid-inception-v3:") and result["results"][0]["images"] == 2
+    assert result["clip_model"] == str(models["clip_folder"]) and result["align"] == "disparity"
+    frames = sorted(p.parent for p in (tmp_path / "t2" / "images").rglob("meta.json"))
+    for frame in frames:  # the cached generations, as frame folders for the autoencoder command
+        (frame / "metadata.json").write_text((frame / "meta.json").read_text())
+    code = main(["evaluate", "autoencoder", "--model", str(models["ldm3d"]), "--images", *map(str, frames),
+                 "-o", str(tmp_path / "ae"), *common])
+    assert code == 0
+    row = json.loads((tmp_path / "ae" / "results.json").read_text())["results"][0]
+    assert row["images"] == 2 and row["rfid"] >= 0 and row["psnr"] > 0
+    assert "wrote" in capsys.readouterr().out

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from generator.evaluate.depth import depth_errors, mare
-from generator.evaluate.fid import Statistics, fid, frechet_distance, statistics
+from generator.evaluate.fid import Statistics, fid, frechet_distance, frechet_distance_to, statistics
 from generator.evaluate.inception_score import inception_score
 from generator.evaluate.ssim import psnr, ssim
 
@@ -52,6 +52,18 @@ def test_fid_matches_a_plain_numpy_reference_on_random_features():
         ours, reference = fid(a, b), numpy_reference_fid(a, b)
         assert abs(ours - reference) <= fid_tolerance(a, b), (trial, ours, reference)
         assert ours > 1.0  # genuinely different sets: the comparison is not between two zeros
+
+
+def test_the_small_set_shortcut_agrees_with_the_full_decomposition():
+    rng = np.random.default_rng(8)
+    d = 96
+    samples = rng.normal(size=(500, d)) @ rng.normal(size=(d, d)) * 0.3
+    reference = statistics(samples)
+    for n in (2, 10, 60):  # fewer images than dimensions: the N × N path
+        x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 0.3 + 0.5
+        full = frechet_distance(statistics(x), reference)
+        # the full path takes √ of D − N + 1 eigenvalues that are 0 up to rounding: the bound derived above
+        assert abs(frechet_distance_to(x, reference) - full) <= fid_tolerance(x, samples)
 
 
 def test_frechet_distance_of_diagonal_gaussians_has_its_closed_form():

@@ -4,6 +4,11 @@ FID = ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁^½ Σ₂ 
 symmetric positive semi-definite matrix Σ₁^½ Σ₂ Σ₁^½ (Σ₁^½ from the eigen-decomposition of Σ₁), clipped at 0
 against rounding, so it stays real and stable where the covariances are singular (fewer images than feature
 dimensions) and needs no scipy. tr √(Σ₁Σ₂) equals it because Σ₁Σ₂ is similar to that matrix.
+
+A set of N ≤ D feature vectors (a few generated images against a cached 2048-d reference) takes a shortcut with
+the same eigenvalues: with X the centred features, Σ₁ = XᵀX / (N − 1), the non-zero eigenvalues of Σ₁Σ₂ are
+those of the N × N matrix X Σ₂ Xᵀ / (N − 1), so no D × D decomposition is needed (seconds instead of minutes on a
+CPU for D = 2048).
 """
 
 from __future__ import annotations
@@ -61,6 +66,22 @@ def frechet_distance(a: Statistics, b: Statistics) -> float:
     return max(distance, 0.0)  # a set against itself can round to -1e-12
 
 
+def frechet_distance_to(features: np.ndarray, reference: Statistics) -> float:
+    """The Fréchet distance between the Gaussian fit of (N, D) ``features`` and ``reference``."""
+    own = statistics(features)
+    count, dim = features.shape
+    if count - 1 >= dim:
+        return frechet_distance(own, reference)
+    if reference.mean.shape != own.mean.shape:
+        raise ValueError(f"feature sizes differ: {dim} and {reference.mean.shape[0]}")
+    centred = np.asarray(features, dtype=np.float64) - own.mean
+    small = centred @ reference.cov @ centred.T / (count - 1)
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((small + small.T) / 2), 0.0, None)).sum()
+    diff = own.mean - reference.mean
+    distance = float(diff @ diff + np.trace(own.cov) + np.trace(reference.cov) - 2.0 * trace_sqrt)
+    return max(distance, 0.0)
+
+
 def fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """FID between two (N, D) feature sets."""
-    return frechet_distance(statistics(features_a), statistics(features_b))
+    return frechet_distance_to(features_a, statistics(features_b))

@@ -23,7 +23,7 @@ from ..estimators.pano import is_equirectangular
 from . import paper, plots, report
 from .cache import ImageCache, key_of, model_identity
 from .depth import NYU_RANGE, depth_errors, mare
-from .fid import Statistics, frechet_distance, statistics
+from .fid import Statistics, frechet_distance_to, statistics
 from .images import fingerprint, read_batches
 from .inception_score import DEFAULT_SPLITS, inception_score
 
@@ -147,7 +147,7 @@ def score_setting(options: Options, jobs: list, cache: ImageCache, tools: Tools,
     pool, logits = tools.features(images)
     splits = min(options.splits, len(images))
     is_mean, is_std = inception_score(logits, splits)
-    fid = frechet_distance(statistics(pool), reference) if len(images) >= 2 else None
+    fid = frechet_distance_to(pool, reference) if len(images) >= 2 else None
     result = {"images": len(images), "fid": fid, "is": is_mean, "is_std": is_std, "is_splits": splits,
               "clip": float(np.mean(tools.clip.scores(images, captions)))}
     for name in rows[0]:
