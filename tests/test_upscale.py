@@ -345,8 +345,9 @@ def test_served_upscale_command_of_a_library_frame(model, tmp_path):
                     client.request("upscale", args)
                 assert error.value.code == code
         with CommandClient(bare.commands, timeout=10) as client:
-            with pytest.raises(CommandError, match="without an upscaler"):
+            with pytest.raises(CommandError, match="without an upscaler") as error:
                 client.request("upscale", {"frame_id": "latest"})
+            assert error.value.code == "unavailable"
     finally:
         srv.close()
         bare.close()
