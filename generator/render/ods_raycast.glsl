@@ -60,11 +60,9 @@ void main()
     float hitT = inside + (outside - inside) * clamp(-gapIn / max(gapOut - gapIn, 1e-20), 0.0, 1.0);
     vec3 hit = normalize(origin + hitT * direction);
     float keep = dfDisplace(hit).w;  // 0 next to a depth edge, as the vertex stage flags it
-    float alpha = 1.0;
-    if (uMapping.w > 0.5 && uMapping.w < 1.5 && keep < 0.999)
+    float alpha = dfEdgeAlpha(keep);
+    if (alpha < 0.0)
         discard;
-    if (uMapping.w > 1.5)
-        alpha = keep;
     vec2 hitUV = dfImageUV(hit);
     vec3 color = textureLod(sColor, vec2(hitUV.x, 1.0 - hitUV.y), 0.0).rgb;
     fragColor = vec4(color * alpha, alpha);

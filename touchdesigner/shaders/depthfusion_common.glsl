@@ -100,3 +100,13 @@ vec4 dfDisplace(vec3 dir)
     }
     return vec4(dir * r, keep);
 }
+
+// Opacity of a fragment whose interpolated edge flag is keep (see dfDisplace) under the edge mode
+// uMapping.w: 0 keeps rubber sheets (1), 1 culls them (a negative value: discard the fragment), 2 fades
+// them out (keep). Shared by the GLSL MAT's pixel stage and the renderer's ODS ray caster.
+float dfEdgeAlpha(float keep)
+{
+    if (uMapping.w > 0.5 && uMapping.w < 1.5)
+        return keep < 0.999 ? -1.0 : 1.0;
+    return uMapping.w > 1.5 ? keep : 1.0;
+}
