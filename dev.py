@@ -135,10 +135,32 @@ def ensure_system_packages() -> None:
             return
 
 
+# What the tests need from the npm registry (installed into the test environment's node_modules): the Khronos
+# glTF validator, which checks the mesh exports.
+GLTF_VALIDATOR = "gltf-validator@2.0.0-dev.3.10"
+
+
+def ensure_node_tools(env: Path) -> None:
+    """npm-install the pinned GLTF_VALIDATOR into ``env`` once; without npm the tests that need it skip
+    (or fail under CI=true)."""
+    if (env / "node_modules" / GLTF_VALIDATOR.rsplit("@", 1)[0]).is_dir():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        print(f"[dev] npm not found: not installing {GLTF_VALIDATOR}; the glTF validator test skips")
+        return
+    cmd = [npm, "install", "--prefix", str(env), "--no-save", "--no-audit", "--no-fund", "--loglevel=error",
+           GLTF_VALIDATOR]
+    print("[dev] " + " ".join(cmd), flush=True)
+    if subprocess.run(cmd).returncode:
+        print(f"[dev] could not install {GLTF_VALIDATOR}; the glTF validator test skips", file=sys.stderr)
+
+
 def test(args: list[str]) -> int:
     """The whole suite; then, when no pytest flags are given, td_bridge's tests under TD's numpy."""
     ensure_system_packages()
     python = ensure_env(ROOT / ".venv-test", TEST_INSTALLS, CONSTRAINTS)
+    ensure_node_tools(ROOT / ".venv-test")
     code = subprocess.call([str(python), "-m", "pytest", *args], cwd=ROOT)
     if args:
         return code
