@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from generator.__main__ import main
+from generator.estimators.inputs import ImageError
 from generator.evaluate import autoencoder, text2rgbd
 from generator.evaluate.captions import read_captions
 from generator.evaluate.cli import _reference_depth
@@ -133,7 +134,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys, caplog):
         code, _ = run_cli(capsys, *argv)
         assert code == 2 and message in caplog.text, (argv, caplog.text)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(Exception, match="broken.png"):
+    with pytest.raises(ImageError, match="broken.png: not an image Pillow can read"):
         text2rgbd.reference_statistics([tmp_path / "broken.png"], TinyFeatures(), tmp_path / "cache")
 
 

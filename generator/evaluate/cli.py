@@ -73,12 +73,9 @@ def add_parser(sub: Any) -> None:
 
 
 def _features(args: argparse.Namespace, device: Any):
-    from .inception import InceptionFeatures, fetch_weights
+    from .inception import InceptionFeatures, cache_path, fetch_weights
 
-    weights = args.inception_weights
-    if weights is None and args.cache is not None:
-        weights = fetch_weights(args.cache / "inception" / "pt_inception-2015-12-05-6726825d.pth")
-    return InceptionFeatures.load(weights, device)
+    return InceptionFeatures.load(args.inception_weights or fetch_weights(cache_path(args.cache)), device)
 
 
 def _reference_depth(depth_model: Any, views: str = "dense"):

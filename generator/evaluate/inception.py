@@ -189,14 +189,11 @@ def load_state(network: nn.Module, state: dict[str, torch.Tensor], where: str) -
     network.load_state_dict(state, strict=True)
 
 
-def cache_path() -> Path:
-    """Where the weights are kept: DEPTHFUSION_CACHE or the user cache folder, then inception/<file>."""
-    root = os.environ.get("DEPTHFUSION_CACHE")
-    if not root:
-        from platformdirs import user_cache_dir
+def cache_path(root: Path | None = None) -> Path:
+    """Where the weights are kept: inception/<file> under ``root`` (default: evaluate's cache folder)."""
+    from .cache import default_cache
 
-        root = user_cache_dir("DepthFusion", appauthor=False)
-    return Path(root) / "inception" / WEIGHTS_FILE
+    return Path(root or default_cache()) / "inception" / WEIGHTS_FILE
 
 
 def fetch_weights(target: Path | None = None, url: str = WEIGHTS_URL) -> Path:
