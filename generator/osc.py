@@ -25,10 +25,10 @@ from pythonosc.osc_packet import OscPacket
 
 from td_bridge import protocol as wire
 from td_bridge.addresses import is_loopback
-from td_bridge.params import GENERATION_PARAMS, Param, ParamError, defaults, generation_param
+from td_bridge.params import GENERATION_PARAMS, UPSCALE_PARAMS, Param, ParamError, defaults, generation_param
 
 from .osc_packet import MAX_DATAGRAM, OscPacketError, check_datagram, leading_address
-from .osc_space import COMMANDS, INT32_MAX, PREFIX, param_echo, reply
+from .osc_space import COMMANDS, INT32_MAX, OSC_PARAMS, PREFIX, param_echo, reply
 from .ratelimit import PerSenderLimit, RateLimitedLogger
 
 log = logging.getLogger("depthfusion.osc")
@@ -81,6 +81,7 @@ class OscBridge:
         self._networks, self._targets = config.check()
         self._ctx, self._commands_address, self._frames_address = ctx, commands, frames
         self.params: dict[str, Any] = defaults(GENERATION_PARAMS)  # what /generate uses
+        self.upscale_params: dict[str, Any] = defaults(UPSCALE_PARAMS)  # what /upscale uses
         self._pending: dict[str, tuple[tuple[str, int], str]] = {}
         self._ids = (f"osc-{n}" for n in itertools.count(1))
         self._last_state: tuple | None = None
@@ -182,9 +183,9 @@ class OscBridge:
             except ParamError as exc:
                 return self._error(sender, address, str(exc))
             return self._request(dealer, sender, address, cmd, request_args)
-        param = next((p for p in GENERATION_PARAMS if p.name == name), None)
+        param = next((p for p in OSC_PARAMS if p.name == name), None)
         if param is None:
-            known = ", ".join([*COMMANDS, *(p.name for p in GENERATION_PARAMS)])
+            known = ", ".join([*COMMANDS, *(p.name for p in OSC_PARAMS)])
             return self._error(sender, address, f"unknown address; known: {known}")
         self._set_param(param, args, sender, address)
 
@@ -200,15 +201,18 @@ class OscBridge:
             _expect_args(args, 0, 1, name)
             return "cancel", {"job_id": str(args[0])} if args else {}
         _expect_args(args, 1, 1, name)
+        if name == "upscale":
+            return "upscale", {"name": str(args[0]), **self.upscale_params}
         return "recall", {"name": str(args[0])}
 
     def _set_param(self, param: Param, args: list[Any], sender: tuple[str, int], address: str) -> None:
         try:
             _expect_args(args, 1, 1, param.name)
-            self.params[param.name] = param.coerce(args[0])
+            values = self.upscale_params if param in UPSCALE_PARAMS else self.params
+            values[param.name] = param.coerce(args[0])
         except ParamError as exc:
             return self._error(sender, address, str(exc))
-        self._send(self._reply_to(sender), param_echo(param, self.params[param.name]))
+        self._send(self._reply_to(sender), param_echo(param, values[param.name]))
 
     def _request(self, dealer: zmq.Socket, sender: tuple[str, int], address: str, cmd: str,
                  args: dict[str, Any]) -> None:
@@ -245,6 +249,8 @@ class OscBridge:
             return reply("status", result["state"], result["backend"], result["queued"], result["last_frame_id"] or "")
         if name == "generate":
             return reply("queued", result["job_id"], result["params"]["seed"])
+        if name == "upscale":
+            return reply("queued", result["job_id"], result["params"]["upscale_seed"])
         if name == "cancel":
             return reply("cancelled", len(result["cancelled"]), *result["cancelled"])
         return reply("recalled", result["frame_id"])

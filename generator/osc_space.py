@@ -12,14 +12,17 @@ from typing import Any
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from td_bridge.params import GENERATION_PARAMS, Param
+from td_bridge.params import GENERATION_PARAMS, UPSCALE_PARAMS, Param
 
 PREFIX = "/depthfusion/"
+OSC_PARAMS = GENERATION_PARAMS + UPSCALE_PARAMS  # every parameter with an address
 INT32_MAX = 2**31 - 1
 COMMANDS = {
     "generate": "[prompt] — queue a generation with the current parameters (and, for this one only, this prompt)",
     "cancel": "[job_id] — cancel one job, or everything waiting and running",
     "recall": "frame_id or cue — publish a kept frame (the newest with that cue) again, without the model",
+    "upscale": "frame_id or cue — upscale a kept frame with the current `upscale_*` parameters (the generator needs "
+               "`--upscaler`); reply `/depthfusion/queued` with the upscale seed",
     "status": "— reply `/depthfusion/status`",
     "ping": "— reply `/depthfusion/pong`",
 }
@@ -111,7 +114,7 @@ def reference() -> str:
         *(f"| `{PREFIX}{name}` | event, to every `--osc-target` | {_types(tags)} | {text} |"
           for name, (tags, text) in EVENTS.items()),
         *(f"| `{PREFIX}{p.name}` | echo of a parameter | {_types(PARAM_TAGS[p.kind])} | the value as coerced"
-          f"{' (1 = true, 0 = false)' if p.kind is bool else ''} |" for p in GENERATION_PARAMS),
+          f"{' (1 = true, 0 = false)' if p.kind is bool else ''} |" for p in OSC_PARAMS),
         "",
         "Anything wrong gets `/depthfusion/error` (the message names the allowed range or the known",
         "addresses): a bad value, an unknown address, the wrong number of arguments, a command the",
@@ -133,14 +136,15 @@ def reference() -> str:
         "",
         "## Parameters",
         "",
-        "Each sets the value the next `/depthfusion/generate` uses and is echoed back as coerced.",
+        "Each sets the value the next `/depthfusion/generate` (the `upscale_*` ones: `/depthfusion/upscale`) uses",
+        "and is echoed back as coerced.",
         "Ints accept integral floats, int64 and numeric strings; floats accept ints and doubles; bools accept",
         "T/F, 0/1 (int or float) and true/false/on/off.",
         "",
         "| address | type | default | allowed | meaning |",
         "|---|---|---|---|---|",
     ]
-    for param in GENERATION_PARAMS:
+    for param in OSC_PARAMS:
         default = json.dumps(param.default, ensure_ascii=False)
         lines.append(f"| `{PREFIX}{param.name}` | {param.kind.__name__} | `{default}` | {param.describe_range()} "
                      f"| {param.help} |")

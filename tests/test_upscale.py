@@ -351,3 +351,35 @@ def test_served_upscale_command_of_a_library_frame(model, tmp_path):
     finally:
         srv.close()
         bare.close()
+
+
+def test_upscale_over_osc(model, tmp_path):
+    """OSC: the upscale_* parameters are sticky like the generation ones, /depthfusion/upscale CUE queues an
+    upscale of the newest frame with that cue (reply /queued with the upscale seed)."""
+    from conftest import RunningServer, free_udp_port, wait_for
+    from generator.library import FrameLibrary
+    from generator.osc import OscConfig
+    from test_osc import SMALL, OscClient
+
+    library = FrameLibrary(tmp_path / "library")
+    srv = RunningServer(osc=OscConfig(port=free_udp_port()), library=library,
+                        upscaler=lambda: UpscaleBackend.load(str(model)))
+    client = OscClient(srv.server.osc.port)
+    try:
+        for address, value in [*SMALL, ("/depthfusion/cue", "act 1"), ("/depthfusion/upscale_steps", 1),
+                               ("/depthfusion/upscale_factor", 1.5), ("/depthfusion/upscale_seed", 11)]:
+            assert client.ask(address, value)[0] == address
+        _, (job_id, _) = client.ask("/depthfusion/generate")
+        source = wait_for(lambda: (j := srv.server.jobs.get(job_id)).state == "done" and j.frame_id)
+        address, (upscale_job, seed) = client.ask("/depthfusion/upscale", "act 1")
+        assert address == "/depthfusion/queued" and seed == 11
+        frame_id = wait_for(lambda: (j := srv.server.jobs.get(upscale_job)).state == "done" and j.frame_id,
+                            timeout=60)
+        header, rgb, _ = library.load(frame_id)
+        assert header["source_frame_id"] == source and rgb.shape == (96, 192, 3)
+        assert client.ask("/depthfusion/upscale_noise_level", 1000)[0] == "/depthfusion/error"
+        address, args = client.ask("/depthfusion/upscale")
+        assert address == "/depthfusion/error" and "takes 1 argument" in args[1]
+    finally:
+        client.close()
+        srv.close()
