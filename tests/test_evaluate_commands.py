@@ -189,9 +189,12 @@ def test_both_commands_through_the_cli_load_every_network_from_folders(models, t
     frames = sorted(p.parent for p in (tmp_path / "t2" / "images").rglob("meta.json"))
     for frame in frames:  # the cached generations, as frame folders for the autoencoder command
         (frame / "metadata.json").write_text((frame / "meta.json").read_text())
+    plain = write_images(tmp_path / "plain", 1, size=(64, 64)) / "0.png"  # its depth from the estimator
+    dpt = tiny_depth.build("dpt", tmp_path / "dpt")
     code = main(["evaluate", "autoencoder", "--model", str(models["ldm3d"]), "--images", *map(str, frames),
-                 "-o", str(tmp_path / "ae"), *common])
+                 str(plain), "--depth-model", str(dpt), "-o", str(tmp_path / "ae"), *common])
     assert code == 0
-    row = json.loads((tmp_path / "ae" / "results.json").read_text())["results"][0]
-    assert row["images"] == 2 and row["rfid"] >= 0 and row["psnr"] > 0
+    result = json.loads((tmp_path / "ae" / "results.json").read_text())
+    row = result["results"][0]
+    assert row["images"] == 3 and row["rfid"] >= 0 and row["psnr"] > 0 and result["images"][-1] == str(plain)
     assert "wrote" in capsys.readouterr().out

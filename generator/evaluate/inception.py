@@ -271,5 +271,5 @@ class InceptionFeatures:
 
 def _to_input(image) -> torch.Tensor:
     """(1, 3, 299, 299) float in [0, 1] from an (H, W, 3) uint8 image."""
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+    x = torch.tensor(image).permute(2, 0, 1)[None].float() / 255.0  # a copy: decoded images may be read-only
     return F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)

@@ -159,10 +159,11 @@ def score_setting(options: Options, jobs: list, cache: ImageCache, tools: Tools,
 def _panels(rows: list[dict], published: dict) -> dict[str, list[plots.Panel]]:
     """The paper's figures: FID and IS against guidance (one line per step count), against steps (one line per
     guidance), and CLIP against guidance."""
-    def series(metric: str, x: str, per: str, unit: str) -> dict[str, list]:
+    def series(metric: str, x: str, per: str) -> dict[str, list]:
         out: dict[str, list] = {}
         for row in rows:
-            out.setdefault(f"{row[per]:g} {unit}", []).append((row[x], row[metric]))
+            name = f"{row[per]} steps" if per == "steps" else f"guidance {row[per]:g}"
+            out.setdefault(name, []).append((row[x], row[metric]))
         return out
 
     def ref(metric: str):
@@ -170,16 +171,16 @@ def _panels(rows: list[dict], published: dict) -> dict[str, list[plots.Panel]]:
 
     return {
         "fid_is_vs_guidance.png": [
-            plots.Panel("FID vs guidance", "guidance scale", "FID", series("fid", "guidance", "steps", "steps"),
+            plots.Panel("FID vs guidance", "guidance scale", "FID", series("fid", "guidance", "steps"),
                         ref("fid")),
-            plots.Panel("IS vs guidance", "guidance scale", "IS", series("is", "guidance", "steps", "steps"),
+            plots.Panel("IS vs guidance", "guidance scale", "IS", series("is", "guidance", "steps"),
                         ref("is"))],
         "fid_is_vs_steps.png": [
-            plots.Panel("FID vs steps", "steps", "FID", series("fid", "steps", "guidance", "guidance"), ref("fid")),
-            plots.Panel("IS vs steps", "steps", "IS", series("is", "steps", "guidance", "guidance"), ref("is"))],
+            plots.Panel("FID vs steps", "steps", "FID", series("fid", "steps", "guidance"), ref("fid")),
+            plots.Panel("IS vs steps", "steps", "IS", series("is", "steps", "guidance"), ref("is"))],
         "clip_vs_guidance.png": [
             plots.Panel("CLIP vs guidance", "guidance scale", "CLIP similarity",
-                        series("clip", "guidance", "steps", "steps"), ref("clip"))],
+                        series("clip", "guidance", "steps"), ref("clip"))],
     }
 
 
