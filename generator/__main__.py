@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("cues", type=Path, help="cue list: .toml ([[cue]] tables) or .csv (a header row)")
     _add_library_flags(pre)
     _add_model_flags(pre)
+    pre.add_argument("--upscaler", default=DEFAULT_UPSCALER, help="ldm3d-sr hub id or folder for the cues with "
+                     f"upscale = true ({DEFAULT_UPSCALER}; loaded only if one needs it)")
 
     lib = sub.add_parser("library", help="list, delete or export kept frames")
     _add_library_flags(lib)
@@ -419,12 +421,19 @@ def cmd_pregenerate(args: argparse.Namespace) -> int:
         raise ValueError("pregenerate fills the frame library; drop --no-library")
     cues = read_cues(args.cues)
     backend = _backend(args)
-    todo = pending_cues(cues, library, backend.model)
+    todo = pending_cues(cues, library, backend.model, args.upscaler)
     print(f"{len(cues)} cues, {len(cues) - len(todo)} already in {library.root}")
+    upscaler = _upscaler(args, revision=None) if any("upscale" in params for _, params in todo) else None
     with tqdm(todo, unit="cue") as bar:
         for name, params in bar:
             bar.set_postfix_str(name[:30])
+            upscale = params.pop("upscale", None)
             entry = generate_into_library(backend, resolve_seed(params), library)
+            if upscale is not None:
+                header, rgb, depth = library.load(entry.frame_id)
+                header, result = upscale_frame(upscaler, header, rgb, depth, upscale_params(upscale),
+                                               lambda step, total: None, lambda: False)
+                entry = library.save(header, result.rgb, result.depth)
             bar.write(f"{name}: {entry.frame_id}")
     return 0
 

@@ -3,6 +3,8 @@
 TOML: an optional ``[defaults]`` table and ``[[cue]]`` tables, each with ``name`` and any
 generation parameters. CSV: a header row naming ``name`` and parameter columns; empty cells
 take the defaults. Every cue is validated by the parameter schema before anything runs.
+A cue with ``upscale = true`` is upscaled after generating (its ``upscale_*`` keys set the
+upscaler's parameters); its params then carry them under ``upscale``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from td_bridge.params import RANDOM_SEED, ParamError, validate_generation
+from td_bridge.params import RANDOM_SEED, UPSCALE_PARAMS, Param, ParamError, validate, validate_generation
 
 MAX_CUES = 10000
+UPSCALE = Param("upscale", bool, False, "Upscale the cue's frame after generating.")
 
 
 def read_cues(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -37,12 +40,21 @@ def read_cues(path: Path) -> list[tuple[str, dict[str, Any]]]:
             continue
         seen.add(name)
         try:
-            cues.append((name, validate_generation({**row, "cue": name})))
+            cues.append((name, _cue_params(row, name)))
         except ParamError as exc:
             problems.append(f"{where} ({name}): {exc}")
     if problems:
         raise ParamError(f"{path}: " + "; ".join(problems))
     return cues
+
+
+def _cue_params(row: dict[str, Any], name: str) -> dict[str, Any]:
+    upscale = UPSCALE.coerce(row.pop("upscale", False))
+    upscale_keys = {k: row.pop(k) for k in list(row) if str(k).startswith("upscale_")}
+    if upscale_keys and not upscale:
+        raise ParamError(f"{', '.join(upscale_keys)} given without upscale = true")
+    params = validate_generation({**row, "cue": name})
+    return {**params, "upscale": validate(upscale_keys, UPSCALE_PARAMS)} if upscale else params
 
 
 def _read_toml(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -71,13 +83,18 @@ def _read_csv(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 for row in reader]
 
 
-def pending_cues(cues: list[tuple[str, dict[str, Any]]], library: Any, model: str) -> list[tuple[str, dict[str, Any]]]:
+def pending_cues(cues: list[tuple[str, dict[str, Any]]], library: Any, model: str,
+                 upscaler: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """The cues with no frame in the library made by ``model`` from identical parameters (a
-    random seed matches any seed)."""
+    random seed matches any seed); an upscaled cue's newest frame must be ``upscaler``'s, from
+    identical generation and upscale parameters."""
     todo = []
     for name, params in cues:
         entry = library.latest_for_cue(name)
-        wanted = {k: v for k, v in params.items() if not (k == "seed" and v == RANDOM_SEED)}
-        if entry is None or entry.model != model or any(entry.params.get(k) != v for k, v in wanted.items()):
+        made_by = upscaler if "upscale" in params else model
+        flat = {**params, **params.get("upscale", {})}
+        wanted = {k: v for k, v in flat.items() if k != "upscale" and not (k in ("seed", "upscale_seed")
+                                                                            and v == RANDOM_SEED)}
+        if entry is None or entry.model != made_by or any(entry.params.get(k) != v for k, v in wanted.items()):
             todo.append((name, params))
     return todo

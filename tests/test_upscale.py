@@ -383,3 +383,24 @@ def test_upscale_over_osc(model, tmp_path):
     finally:
         client.close()
         srv.close()
+
+
+def test_pregenerate_upscales_the_cues_that_ask_and_skips_what_is_done(model, tmp_path, capsys):
+    from generator.__main__ import main
+    from generator.library import FrameLibrary
+
+    cues = tmp_path / "cues.toml"
+    cues.write_text('[defaults]\nwidth = 128\nheight = 64\nsteps = 1\n\n[[cue]]\nname = "plain"\nprompt = "a room"\n\n'
+                    '[[cue]]\nname = "big"\nprompt = "a forest"\nupscale = true\nupscale_steps = 1\n'
+                    'upscale_factor = 1.5\n', encoding="utf-8")
+    run = ["pregenerate", str(cues), "--model", "demo", "--library", str(tmp_path / "lib"), "--upscaler", str(model)]
+    assert main(run) == 0
+    library = FrameLibrary(tmp_path / "lib")
+    big, plain = library.latest_for_cue("big"), library.latest_for_cue("plain")
+    assert len(library) == 3 and plain.model == "demo" and big.model == str(model)
+    header, rgb, _ = library.load(big.frame_id)
+    assert rgb.shape == (96, 192, 3) and library.get(header["source_frame_id"]).model == "demo"
+    capsys.readouterr()
+    assert main(run) == 0 and "2 cues, 2 already" in capsys.readouterr().out and len(library) == 3
+    cues.write_text('[[cue]]\nname = "odd"\nupscale_steps = 1\n', encoding="utf-8")
+    assert main(run) == 2
