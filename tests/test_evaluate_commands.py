@@ -120,7 +120,9 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys, caplog):
     captions = tmp_path / "c.txt"
     captions.write_text("a room\n")
     (tmp_path / "empty").mkdir()
-    base = ["text2rgbd", "--captions", str(captions), "-o", str(tmp_path / "out"), "--offline"]
+    (tmp_path / "weights.pth").write_bytes(b"")  # only its existence is checked before the model fails to load
+    base = ["text2rgbd", "--captions", str(captions), "-o", str(tmp_path / "out"), "--offline",
+            "--inception-weights", str(tmp_path / "weights.pth")]
     cases = [
         (base + ["--model", "x", "--reference", str(tmp_path / "empty")], "folder holds no images"),
         (base + ["--model", "x", "--reference", str(tmp_path / "absent")], "no such file or folder"),
@@ -129,6 +131,9 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys, caplog):
         (base + ["--model", str(tmp_path / "no-model"), "--reference", str(write_images(tmp_path / "r", 2))],
          "no-model"),
     ]
+    cases.append((base + ["--model", "x", "--reference", str(tmp_path / "r"), "--splits", "0"], "--splits must be"))
+    cases.append((base[:-1] + [str(tmp_path / "none.pth"), "--model", "x", "--reference", str(tmp_path / "r")],
+                  "none.pth: no such Inception weights file"))
     for argv, message in cases:
         caplog.clear()
         code, _ = run_cli(capsys, *argv)

@@ -72,10 +72,21 @@ def add_parser(sub: Any) -> None:
     _common(ae)
 
 
-def _features(args: argparse.Namespace, device: Any):
-    from .inception import InceptionFeatures, cache_path, fetch_weights
+def _inception_weights(args: argparse.Namespace) -> Path:
+    """The weights file: --inception-weights, else the cached public one (downloaded now if missing)."""
+    from .inception import cache_path, fetch_weights
 
-    return InceptionFeatures.load(args.inception_weights or fetch_weights(cache_path(args.cache)), device)
+    if args.inception_weights is not None:
+        if not args.inception_weights.is_file():
+            raise OSError(f"{args.inception_weights}: no such Inception weights file")
+        return args.inception_weights
+    return fetch_weights(cache_path(args.cache))
+
+
+def _features(weights: Path, device: Any):
+    from .inception import InceptionFeatures
+
+    return InceptionFeatures.load(weights, device)
 
 
 def _reference_depth(depth_model: Any, views: str = "dense"):
@@ -113,6 +124,7 @@ def run_text2rgbd(args: argparse.Namespace) -> int:
                       cache=args.cache or default_cache(), guidance=args.guidance, steps=args.steps,
                       scheduler=args.scheduler, width=width, height=height, seed=args.seed, splits=args.splits,
                       align=args.align, depth_range=(NYU_RANGE[0], args.max_depth))
+    weights = _inception_weights(args)  # first: a missing weights file costs no model load
     backend = load_backend(args.model, device=args.device, dtype=args.dtype, revision=None,
                            local_files_only=args.offline, compile=False)
     depth_model = DepthModel.load(args.depth_model, device=args.device, local_files_only=args.offline)
@@ -120,7 +132,7 @@ def run_text2rgbd(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.depth_model} predicts relative depth; AbsRel and RMSE in metres need a metric "
                          f"reference such as {DEFAULT_REFERENCE_DEPTH}")
     clip = ClipScorer.load(args.clip_model, device=args.device, local_files_only=args.offline)
-    features = _features(args, pick_device(args.device))
+    features = _features(weights, pick_device(args.device))
     tools = Tools(generate=lambda params: backend.generate(params, lambda step, total: None, lambda: False),
                   features=features, clip=clip, reference_depth=_reference_depth(depth_model),
                   depth_model=args.depth_model, clip_model=args.clip_model)
@@ -138,4 +150,4 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..backends.ldm3d import pick_device
     from .autoencoder import run_cli
 
-    return run_cli(args, _features(args, pick_device(args.device)))
+    return run_cli(args, _features(_inception_weights(args), pick_device(args.device)))

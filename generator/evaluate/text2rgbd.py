@@ -22,7 +22,7 @@ from ..backends.base import RGBD
 from ..estimators.pano import is_equirectangular
 from . import paper, plots, report
 from .cache import ImageCache, key_of, model_identity
-from .depth import NYU_RANGE, depth_errors, mare
+from .depth import NYU_RANGE, SPACES, depth_errors, mare
 from .fid import Statistics, frechet_distance_to, statistics
 from .images import fingerprint, read_batches
 from .inception_score import DEFAULT_SPLITS, inception_score
@@ -67,6 +67,12 @@ class Options:
     def __post_init__(self) -> None:
         if not self.guidance or not self.steps:
             raise ValueError("give at least one guidance scale and one step count")
+        if self.splits < 1:
+            raise ValueError(f"--splits must be at least 1, got {self.splits}")
+        if self.align not in SPACES:
+            raise ValueError(f"alignment must be one of {', '.join(SPACES)}, got {self.align!r}")
+        if not 0 < self.depth_range[0] < self.depth_range[1]:
+            raise ValueError(f"the depth range must satisfy 0 < min < max, got {self.depth_range}")
         self.settings = [(float(g), int(s)) for g in self.guidance for s in self.steps]
 
     @property
