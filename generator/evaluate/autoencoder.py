@@ -154,7 +154,5 @@ def run_cli(args: argparse.Namespace, features: Any) -> int:
 
     items = read_items(args.images, estimate)
     result = run(args.model, items, features, args.output, lambda m: load_autoencoder(m, device, args.offline))
-    for row in result["results"]:
-        print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-    print(f"wrote {args.output / 'report.md'} and {args.output / 'results.json'}")
+    report.summarise(result, args.output)
     return 0

@@ -116,6 +116,7 @@ def run_text2rgbd(args: argparse.Namespace) -> int:
     from .captions import read_captions
     from .clip import ClipScorer
     from .images import list_images
+    from .report import summarise
     from .text2rgbd import Options, Tools, run
 
     width, height = args.size
@@ -137,9 +138,7 @@ def run_text2rgbd(args: argparse.Namespace) -> int:
                   features=features, clip=clip, reference_depth=_reference_depth(depth_model),
                   depth_model=args.depth_model, clip_model=args.clip_model)
     result = run(options, tools)
-    for row in result["results"]:
-        print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-    print(f"wrote {args.output / 'report.md'} and {args.output / 'results.json'}")
+    summarise(result, args.output)
     return 0
 
 

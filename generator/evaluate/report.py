@@ -39,3 +39,10 @@ def write(output: Path, result: dict[str, Any], markdown: str) -> tuple[Path, Pa
     json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     md_path.write_text(markdown, encoding="utf-8")
     return json_path, md_path
+
+
+def summarise(result: dict[str, Any], output: Path) -> None:
+    """One line per result row on stdout, and where the report went."""
+    for row in result["results"]:
+        print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    print(f"wrote {output / 'report.md'} and {output / 'results.json'}")
