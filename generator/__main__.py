@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     osc.add_argument("--osc-target", action="append", default=[], metavar="HOST:PORT",
                      help="send progress, frame and state events here (repeatable)")
     _add_param_flags(serve, GENERATION_PARAMS, "generation parameters")
+    serve.add_argument("--estimator", default=DEFAULT_ESTIMATOR, metavar="MODEL|none", help="depth model for estimate "
+                       f"commands and --depth-check, loaded at the first use (default {DEFAULT_ESTIMATOR}; none: off)")
+    serve.add_argument("--depth-check", action="store_true", help="after each generated frame, estimate depth from "
+                       "its RGB and report how well the frame's depth agrees (AbsRel, delta1) in its header, status "
+                       "events, OSC and the TouchDesigner component")
     serve.add_argument("--upscaler", default=None, metavar="MODEL", help=f"answer upscale commands with this ldm3d-sr "
                        f"hub id or folder (e.g. {DEFAULT_UPSCALER}), loaded at the first one (default: none)")
 
@@ -249,7 +254,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     backend = _backend(args)
     server = GeneratorServer(backend, frames_address=args.frames, commands_address=args.commands,
                              allow_lan=args.allow_lan, history=args.history, max_waiting=args.queue_size, osc=osc,
-                             library=library, upscaler=_lazy_upscaler(args))
+                             library=library, upscaler=_lazy_upscaler(args), estimator=_lazy_estimator(args),
+                             depth_check=args.depth_check)
     server.bind()
     log.info("backend %s (model %s)", backend.name, backend.model)
     log.info("frames on %s, commands on %s", server.frames_endpoint, server.commands_endpoint)
@@ -328,6 +334,21 @@ def _upscaler(args: argparse.Namespace, **options: Any):
 
     return load_upscaler(args.upscaler, **{"device": args.device, "dtype": args.dtype, "revision": args.revision,
                                            "local_files_only": args.offline, **options})
+
+
+def _lazy_estimator(args: argparse.Namespace):
+    """serve: what loads the --estimator (on the worker, at its first use), or None for --estimator none."""
+    if args.estimator.lower() == "none":
+        if args.depth_check:
+            raise SystemExit("serve: --depth-check needs an --estimator")
+        return None
+
+    def load():
+        from .estimators.model import DepthModel  # torch and transformers only when an estimate comes
+
+        return DepthModel.load(args.estimator, device=args.device, local_files_only=args.offline)
+
+    return load
 
 
 def _lazy_upscaler(args: argparse.Namespace):

@@ -99,6 +99,11 @@ class JobQueue:
         with self._cond:
             return self._active.get(job_id) or self._finished.get(job_id)
 
+    def unfinished(self) -> list[Job]:
+        """The waiting jobs and the running one."""
+        with self._cond:
+            return list(self._waiting) + ([self._running] if self._running else [])
+
     def snapshot(self) -> dict[str, Any]:
         with self._cond:
             return {

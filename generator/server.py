@@ -29,11 +29,15 @@ from .library import FrameLibrary, LibraryError
 from .osc import OscBridge, OscConfig
 from .publisher import FramePublisher
 from .ratelimit import RateLimitedLogger
+from .estimating import UPLOAD_KEY, EstimateJobs
 from .upscaling import FRAME_KEYS, SOURCE_KEY, UpscaleJobs
 
 log = logging.getLogger("depthfusion.server")
 
-MAX_COMMAND_BYTES = 1024 * 1024  # ZeroMQ drops peers that send bigger messages
+# ZeroMQ drops a peer that sends a bigger message part: the largest image an estimate request uploads, plus room.
+# A request's JSON part has its own, smaller limit (td_bridge.protocol.MAX_REQUEST_BYTES: an error reply).
+MAX_MESSAGE_BYTES = wire.MAX_UPLOAD_PIXELS * 3 + 1024 * 1024
+UPLOAD_COMMANDS = ("estimate",)  # the commands whose request carries a second, data part
 MAX_ERROR_CHARS = 2000  # a job's error text, so that job summaries stay small
 STATUS_JOBS = 16  # waiting jobs listed in a status event (``queued`` counts them all)
 STATUS_PROMPT_CHARS = 100  # prompts in a status event are cut to this; ``job`` gives them whole
@@ -61,6 +65,8 @@ class GeneratorServer:
         osc: OscConfig | None = None,
         library: FrameLibrary | None = None,
         upscaler: Callable[[], Any] | None = None,
+        estimator: Callable[[], Any] | None = None,
+        depth_check: bool = False,
     ) -> None:
         self.backend = backend
         self.frames_address = check_endpoint(frames_address, bind=True, allow_lan=allow_lan)
@@ -75,6 +81,12 @@ class GeneratorServer:
         self.osc_config = osc
         self.library = library
         self.upscales = UpscaleJobs(upscaler) if upscaler is not None else None  # upscaler: loads it, on first use
+        self.estimates = EstimateJobs(estimator) if estimator is not None else None  # likewise the estimator
+        if depth_check and self.estimates is None:
+            raise ValueError("the depth check needs an estimator")
+        self.depth_check = depth_check
+        self._last_depth_check: dict[str, Any] | None = None
+        self._upload: Any = None  # the data part of the request being handled
         self.osc: OscBridge | None = None
         self._history: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         self._history_size = history
@@ -102,7 +114,7 @@ class GeneratorServer:
         """Create and bind the sockets; endpoints with port * resolve to the real port."""
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
-        router.setsockopt(zmq.MAXMSGSIZE, MAX_COMMAND_BYTES)
+        router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         router.setsockopt(zmq.SNDHWM, 64)
         pull = self._ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.LINGER, 0)
@@ -211,9 +223,13 @@ class GeneratorServer:
         try:
             if SOURCE_KEY in job.params:
                 header, result = self.upscales.run(job.params, progress, job.cancel_event.is_set, job.id)
+            elif UPLOAD_KEY in job.params:
+                header, result = self.estimates.run(job.params, progress, job.cancel_event.is_set, job.id)
             else:
                 header, result = make_frame(self.backend, job.params, progress, job.cancel_event.is_set,
                                             job_id=job.id)
+                if self.depth_check:
+                    header["depth_check"] = self._check_depth(job, result)
             outcome: dict[str, Any] = {"saved": None, "error": None}  # the job shows it once the frame is out
             if self.library is not None:  # durable before anyone is told the frame exists
                 try:
@@ -233,6 +249,17 @@ class GeneratorServer:
             log.exception("job %s failed", job.id)
             self.jobs.finish(job, FAILED, error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
             push.send_multipart([b"changed"])
+
+    def _check_depth(self, job: Job, result: Any) -> dict[str, Any]:
+        """The live depth check of a generated frame; a failure is reported in it, never fails the frame."""
+        try:
+            check = self.estimates.depth_check(result)
+        except Exception as exc:  # the frame is fine without its check
+            log.warning("job %s: depth check failed: %s", job.id, exc)
+            check = {"error": f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]}
+        self._last_depth_check = {"job_id": job.id, **check}
+        log.info("job %s depth check: %s", job.id, check)
+        return check
 
     # ------------------------------------------------------------ command loop
 
@@ -301,6 +328,7 @@ class GeneratorServer:
             "frames_address": self.frames_endpoint,
             "commands_address": self.commands_endpoint,
             "library": None if self.library is None else {"root": str(self.library.root), "frames": len(self.library)},
+            "depth_check": self._last_depth_check,
         }
 
     def _drain_commands(self) -> None:
@@ -309,15 +337,21 @@ class GeneratorServer:
                 parts = self._router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            # DEALER peers send [body]; REQ peers add an empty delimiter: [b"", body].
+            # DEALER peers send [body] or [body, data]; REQ peers put an empty delimiter first (a body is never
+            # empty). The data part is an uploaded image (UPLOAD_COMMANDS).
             identity, rest = parts[0], parts[1:]
-            envelope = [b""] if len(rest) == 2 and rest[0] == b"" else []
-            if len(rest) != len(envelope) + 1:
-                self._bad_input_log.warning("dropped a request of %d parts (expected 1 JSON part)", len(rest))
-                self._send(identity, [], wire.encode_error(None, "bad_request", "a request is one JSON part"))
+            envelope = [b""] if rest and rest[0] == b"" else []
+            body = rest[len(envelope):]
+            if len(body) not in (1, 2):
+                self._bad_input_log.warning("dropped a request of %d parts (expected a JSON part and at most one data "
+                                            "part)", len(rest))
+                self._send(identity, envelope, wire.encode_error(None, "bad_request", "a request is one JSON part, "
+                                                                 "and for an upload one data part after it"))
                 continue
             self._caller = identity, envelope
-            reply = self._handle(rest[-1])
+            self._upload = body[1] if len(body) == 2 else None
+            reply = self._handle(body[0])
+            self._upload = None
             if reply:  # empty: the reply follows later (render)
                 self._send(identity, envelope, *reply)
 
@@ -338,6 +372,8 @@ class GeneratorServer:
                 known = ", ".join(self._commands())
                 message = f"unknown command {request['cmd']!r}; known: {known}"
                 return [wire.encode_error(request_id, "unknown_command", message)]
+            if self._upload is not None and request["cmd"] not in UPLOAD_COMMANDS:
+                raise wire.ProtocolError(f"{request['cmd']} takes no data part (only {', '.join(UPLOAD_COMMANDS)})")
             return handler(request_id, request["args"])
         except wire.ProtocolError as exc:
             self._bad_input_log.warning("bad request: %s", exc)
@@ -365,6 +401,7 @@ class GeneratorServer:
             "delete": self._cmd_delete,
             "render": self._cmd_render,
             "upscale": self._cmd_upscale,
+            "estimate": self._cmd_estimate,
         }
 
     @staticmethod
@@ -520,6 +557,26 @@ class GeneratorServer:
         job = self.jobs.submit(self.upscales.job_params({k: v for k, v in args.items() if k not in FRAME_KEYS},
                                                         frame))
         log.info("job %s queued: upscale %s", job.id, frame_id)
+        self._publish_status()
+        return [wire.encode_reply(request_id, {"job_id": job.id, "params": job.params})]
+
+    def _cmd_estimate(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        """Queue depth estimation of the uploaded image (args 'image' + the estimation parameters, data part: the
+        RGB bytes); the estimated frame is published and kept like a generated one."""
+        if self.estimates is None:
+            return [wire.encode_error(request_id, "unavailable", "this generator runs without a depth estimator "
+                                      "(serve --estimator MODEL)")]
+        rgb = wire.decode_upload(args.get("image"), self._upload)  # sizes checked before the buffer is read
+        from .estimators.inputs import check_size
+
+        try:
+            check_size(rgb.shape[1], rgb.shape[0], "the uploaded image")
+        except ValueError as exc:
+            raise wire.ProtocolError(str(exc)) from None
+        waiting = {job.params[UPLOAD_KEY] for job in self.jobs.unfinished() if UPLOAD_KEY in job.params}
+        params = self.estimates.job_params({k: v for k, v in args.items() if k != "image"}, rgb, waiting)
+        job = self.jobs.submit(params)
+        log.info("job %s queued: depth of a %dx%d upload", job.id, rgb.shape[1], rgb.shape[0])
         self._publish_status()
         return [wire.encode_reply(request_id, {"job_id": job.id, "params": job.params})]
 

@@ -36,6 +36,8 @@ MAX_REPLY_BYTES = 1024 * 1024  # a reply's JSON part (a get_frame reply's frame 
 MAX_SIDE = 16384
 MAX_PIXELS = 8192 * 8192
 MAX_ID_LENGTH = 64
+MAX_UPLOAD_PIXELS = 8192 * 4096  # an image sent with a request (estimate): up to an 8K panorama
+UPLOAD_FORMAT = "rgb8"  # (H, W, 3) uint8, rows top first, no padding
 
 DEPTH_ENCODING = "inverse_relative"
 DEPTH_MAX = 65535
@@ -315,6 +317,40 @@ def decode_request(data: bytes) -> dict[str, Any]:
         exc.request_id = request.get("id")
         raise
     return request
+
+
+def encode_upload(rgb: np.ndarray) -> tuple[dict[str, Any], memoryview]:
+    """The ``image`` argument and the data part of a request that carries an (H, W, 3) uint8 image."""
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ProtocolError(f"an uploaded image must be (H, W, 3) uint8, got {_describe(rgb)}")
+    height, width = rgb.shape[:2]
+    _check_upload_size(width, height)
+    return {"width": width, "height": height, "format": UPLOAD_FORMAT}, memoryview(np.ascontiguousarray(rgb)).cast("B")
+
+
+def _check_upload_size(width: Any, height: Any) -> None:
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in (width, height)):
+        raise ProtocolError(f"an uploaded image's width and height must be integers in [1, {MAX_SIDE}]")
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise ProtocolError(f"an uploaded image may have at most {MAX_UPLOAD_PIXELS:,} pixels, got {width}x{height}")
+
+
+def decode_upload(image: Any, data: Any) -> np.ndarray:
+    """The (H, W, 3) uint8 image of a request's ``image`` argument and data part; sizes are checked before the
+    buffer is touched."""
+    if not isinstance(image, dict) or set(image) != {"width", "height", "format"}:
+        raise ProtocolError("'image' must be {\"width\", \"height\", \"format\"}")
+    if image["format"] != UPLOAD_FORMAT:
+        raise ProtocolError(f"'image' format must be {UPLOAD_FORMAT!r}, got {image['format']!r}")
+    width, height = image["width"], image["height"]
+    _check_upload_size(width, height)
+    if data is None:
+        raise ProtocolError("the image's data part is missing: send [request, RGB bytes]")
+    view = memoryview(data)
+    expected = width * height * 3
+    if view.nbytes != expected:
+        raise ProtocolError(f"the image data has {view.nbytes} bytes; {width}x{height} RGB needs {expected}")
+    return np.frombuffer(view, dtype=np.uint8).reshape(height, width, 3)
 
 
 def encode_reply(request_id: str | None, result: dict[str, Any] | None = None) -> bytes:

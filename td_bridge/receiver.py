@@ -229,16 +229,18 @@ class CommandClient:
         self._sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_PIXELS * 3 + 2 * wire.MAX_HEADER_BYTES)
         self._sock.connect(self.address)
 
-    def request(self, cmd: str, args: dict[str, Any] | None = None, *,
-                timeout: float | None = None) -> tuple[dict[str, Any], list[Any]]:
-        """(result, extra parts) for one command; raises CommandError or CommandTimeout."""
+    def request(self, cmd: str, args: dict[str, Any] | None = None, *, timeout: float | None = None,
+                data: Any = None) -> tuple[dict[str, Any], list[Any]]:
+        """(result, extra parts) for one command (``data``: a second request part, e.g. an uploaded image);
+        raises CommandError or CommandTimeout."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         with self._lock:
             request_id = next(self._ids)
             self._sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
             try:
-                self._sock.send(wire.encode_request(request_id, cmd, args))
+                body = wire.encode_request(request_id, cmd, args)
+                self._sock.send_multipart([body] if data is None else [body, data], copy=data is None)
             except zmq.Again:
                 raise CommandTimeout(self._no_reply(timeout)) from None
             while True:
@@ -273,6 +275,12 @@ class CommandClient:
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self.request("job", {"job_id": job_id})[0]
+
+    def estimate(self, rgb: Any, **params: Any) -> dict[str, Any]:
+        """Queue depth estimation of an (H, W, 3) uint8 image (rows top first) with the estimation parameters
+        (pano, views, flip, cue); returns {"job_id", "params"}. The frame is published like a generated one."""
+        image, data = wire.encode_upload(rgb)
+        return self.request("estimate", {**params, "image": image}, data=data)[0]
 
     def recall(self, frame_id: str = "latest", *, cue: str | None = None) -> dict[str, Any]:
         """Publish a kept frame again (no model run), by id or by cue name; returns {"frame_id", "seq"}."""
