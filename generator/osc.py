@@ -266,6 +266,9 @@ class OscBridge:
                 if topic == wire.TOPIC_FRAME:
                     header = json.loads(parts[1].bytes)
                     self._broadcast(reply("frame", header["frame_id"], header["seq"] % (INT32_MAX + 1)))
+                    check = header.get("depth_check") or {}
+                    if "abs_rel" in check and "recalled_at" not in header:
+                        self._broadcast(reply("depth_check", header["frame_id"], check["abs_rel"], check["delta1"]))
                     continue
                 event = wire.decode_event([p.bytes for p in parts])
             except (wire.ProtocolError, ValueError, KeyError):

@@ -39,6 +39,8 @@ EVENTS = {
     "progress": ("sii", "job id, step, total steps"),
     "frame": ("si", "frame id, seq (counts from 1 in each generator run; wraps to 0 after 2147483647)"),
     "state": ("si", "state (`idle` or `generating`), queued jobs"),
+    "depth_check": ("sff", "frame id, AbsRel (0 = agrees), delta1 (1 = agrees): the frame's depth against the "
+                    "generator's depth model, after each generated frame with `serve --depth-check`"),
 }
 PARAM_TAGS = {int: "i", float: "f", bool: "i", str: "s"}  # bool echoes as 0 or 1
 _TAG_NAMES = {"i": "int32", "f": "float32", "s": "string"}

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES, check_endpoint
-from .params import ParamError, validate_generation
+from .params import ESTIMATION_PARAMS, ParamError, validate, validate_generation
+from .protocol import ProtocolError, encode_upload
 from .receiver import CommandClient, CommandError, CommandTimeout, FrameReceiver
 from .top_frames import TopFrame, to_top
 
@@ -36,6 +37,7 @@ class ComponentState:
     frame_id: str = ""  # the frame on screen
     job_id: str = ""  # the last job this component queued
     last_error: str = ""
+    depth_check: str = ""  # the frame on screen: how well its depth agrees with an estimate (serve --depth-check)
 
 
 class ComponentController:
@@ -46,7 +48,7 @@ class ComponentController:
         self.frame: TopFrame | None = None  # the last good frame: stays when the generator goes away
         self.state = ComponentState()
         self._receiver: FrameReceiver | None = None
-        self._commands: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(MAX_PENDING)
+        self._commands: queue.Queue[tuple[str, dict[str, Any], Any]] = queue.Queue(MAX_PENDING)
         self._replies: collections.deque[tuple[str, bool, Any]] = collections.deque(maxlen=MAX_PENDING)
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -96,11 +98,21 @@ class ComponentController:
             raise ParamError("recall needs a frame id or cue name of 1-100 characters")
         self._send("recall", {"name": name})
 
-    def _send(self, cmd: str, args: dict[str, Any]) -> None:
+    def estimate(self, rgb: Any, values: Mapping[str, Any]) -> None:
+        """Queue depth estimation of an (H, W, 3) uint8 image, rows top first, with estimation parameters
+        (pano, views, flip, cue); ParamError at once for a bad value or image."""
+        params = validate(values, ESTIMATION_PARAMS)
+        try:
+            image, data = encode_upload(rgb)
+        except ProtocolError as exc:
+            raise ParamError(str(exc)) from None
+        self._send("estimate", {**params, "image": image}, bytes(data))
+
+    def _send(self, cmd: str, args: dict[str, Any], data: bytes | None = None) -> None:
         if self._worker is None:
             raise ConnectionError("not connected; pulse Connect first")
         try:
-            self._commands.put_nowait((cmd, args))
+            self._commands.put_nowait((cmd, args, data))
         except queue.Full:
             raise ConnectionError(f"{MAX_PENDING} commands are still waiting; is the generator answering?") from None
 
@@ -109,11 +121,11 @@ class ComponentController:
         try:
             while not stop.is_set():
                 try:
-                    cmd, args = commands.get(timeout=0.1)
+                    cmd, args, data = commands.get(timeout=0.1)
                 except queue.Empty:
                     continue
                 try:
-                    self._replies.append((cmd, True, client.request(cmd, args)[0]))
+                    self._replies.append((cmd, True, client.request(cmd, args, data=data)[0]))
                 except (CommandError, CommandTimeout) as exc:
                     self._replies.append((cmd, False, str(exc)))
                 except Exception as exc:  # keep the worker alive whatever the reply was
@@ -134,12 +146,13 @@ class ComponentController:
                 changes["last_error"] = f"{cmd}: {result}"
             else:
                 changes["last_error"] = ""
-                if cmd == "generate":
+                if cmd in ("generate", "estimate"):
                     changes["job_id"] = result.get("job_id", "")
         fresh = self._receiver.take()
         if fresh is not None:
             self.frame = fresh
             changes["frame_id"] = fresh.frame_id
+            changes["depth_check"] = describe_depth_check(fresh.meta.get("depth_check"))
         self.state = self._describe(self.state, changes)
         return fresh
 
@@ -167,7 +180,20 @@ class ComponentController:
             model=str(status_event.get("model", "")), progress=progress,
             frame_id=changes.get("frame_id", state.frame_id), job_id=changes.get("job_id", state.job_id),
             last_error=changes.get("last_error", state.last_error),
+            depth_check=changes.get("depth_check", state.depth_check),
         )
 
     def close(self) -> None:
         self.disconnect()
+
+
+def describe_depth_check(check: Any) -> str:
+    """One line for a frame header's ``depth_check``: empty without one."""
+    if not isinstance(check, dict):
+        return ""
+    if "error" in check:
+        return f"depth check failed: {check['error']}"
+    try:
+        return f"AbsRel {float(check['abs_rel']):.3f} · δ1 {float(check['delta1']):.3f} ({check.get('model', '?')})"
+    except (KeyError, TypeError, ValueError):
+        return "depth check unreadable"

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import SMALL, RunningServer, free_port, wait_for
 from generator.backends.demo import DemoBackend
-from td_bridge.component import MAX_PENDING, ComponentController
+from td_bridge.component import MAX_PENDING, ComponentController, describe_depth_check
 from td_bridge.params import ParamError
 from td_bridge.top_frames import TopFrame
 
@@ -123,3 +123,20 @@ def test_disconnect_keeps_the_frame_and_refuses_commands(server, controller):
     assert controller.state.status == "disconnected" and controller.state.frame_id == frame.frame_id
     with pytest.raises(ConnectionError, match="pulse Connect"):
         controller.generate({"prompt": "p"})
+
+
+def test_estimate_checks_the_image_and_the_parameters_before_sending():
+    controller = ComponentController()
+    with pytest.raises(ParamError, match="pano"):
+        controller.estimate(np.zeros((32, 64, 3), np.uint8), {"pano": "maybe"})
+    with pytest.raises(ParamError, match="must be \\(H, W, 3\\) uint8"):
+        controller.estimate(np.zeros((32, 64, 4), np.uint8), {})
+    with pytest.raises(ConnectionError, match="not connected"):
+        controller.estimate(np.zeros((32, 64, 3), np.uint8), {})
+
+
+def test_the_depth_check_line():
+    assert describe_depth_check(None) == ""
+    assert describe_depth_check({"abs_rel": 0.08123, "delta1": 0.9, "model": "m"}) == "AbsRel 0.081 · δ1 0.900 (m)"
+    assert describe_depth_check({"error": "boom"}) == "depth check failed: boom"
+    assert describe_depth_check({"abs_rel": "x"}) == "depth check unreadable"

@@ -15,7 +15,7 @@ from conftest import ROOT, RunningServer, free_udp_port, require_tool, wait_for
 from generator.backends import DemoBackend
 from generator.osc import OscConfig
 from generator.osc_space import osc_message, reference
-from td_bridge.receiver import FrameReceiver
+from td_bridge.receiver import CommandClient, FrameReceiver
 
 SMALL = [("/depthfusion/width", 128), ("/depthfusion/height", 64), ("/depthfusion/steps", 2)]
 
@@ -528,3 +528,35 @@ def test_error_replies_are_rate_limited_per_sender(osc, osc_server):
         assert osc.ask("/depthfusion/ping")[0] == "/depthfusion/pong"  # the flood never stopped commands
     finally:
         other.close()
+
+
+def test_the_depth_check_of_a_generated_frame_is_an_osc_event(make_server):
+    class LuminanceDepth:  # a stand-in depth model: brighter is nearer
+        model, family, kind, metric = "luminance", "depth_anything", "relative", False
+
+        def predict(self, rgb, flip=False):
+            return rgb.astype("float32").mean(axis=2) / 255.0
+
+    events = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    events.bind(("127.0.0.1", 0))
+    events.settimeout(5)
+    srv = make_server(DemoBackend(), estimator=LuminanceDepth, depth_check=True,
+                      osc=OscConfig(port=free_udp_port(), targets=[f"127.0.0.1:{events.getsockname()[1]}"]))
+    client = OscClient(srv.server.osc.port)
+    try:
+        for address, value in (("/depthfusion/width", 96), ("/depthfusion/height", 64), ("/depthfusion/steps", 2)):
+            client.ask(address, value)
+        client.ask("/depthfusion/generate", "a room")
+        deadline, message = time.monotonic() + 10, None
+        while time.monotonic() < deadline:
+            message = OscMessage(events.recvfrom(65536)[0])
+            if message.address == "/depthfusion/depth_check":
+                break
+        assert message is not None and message.address == "/depthfusion/depth_check"
+        frame_id, abs_rel, delta1 = message.params
+        with CommandClient(srv.commands) as zmq_client:
+            check = zmq_client.get_frame(frame_id).meta["depth_check"]
+        assert abs(abs_rel - check["abs_rel"]) < 1e-6 and abs(delta1 - check["delta1"]) < 1e-6  # float32 on OSC
+    finally:
+        client.close()
+        events.close()

@@ -438,3 +438,49 @@ def test_the_embedded_td_bridge_imports_from_its_text_dats(comp):
         sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "package", None) != "td_bridge_embedded_check"]
     with pytest.raises(ImportError, match="has no __init__"):
         load_package("td_bridge_broken", {"protocol": ""})
+
+
+class LuminanceDepth:
+    """A stand-in depth model (no torch): brighter is nearer."""
+
+    model, family, kind, metric = "luminance", "depth_anything", "relative", False
+
+    def predict(self, rgb, flip=False):
+        return rgb.astype(np.float32).mean(axis=2) / 255.0
+
+
+def test_depth_from_top_sends_the_tops_image_and_the_estimated_frame_comes_back(make_server, comp):
+    server = make_server(estimator=LuminanceDepth)
+    photo = comp.parent().create(td.scriptTOP, "photo")  # e.g. a Movie File In of a photo, beside the component
+    rows = np.linspace(0, 255, 48).astype(np.uint8)
+    image = np.repeat(np.repeat(rows[:, None, None], 80, axis=1), 3, axis=2)  # TouchDesigner rows: bottom first
+    photo.stub_image = np.concatenate([image, np.full((48, 80, 1), 255, np.uint8)], axis=2)  # RGBA
+    comp.par.Framesaddress, comp.par.Commandsaddress = server.frames, server.commands
+    comp.par.Depthtop, comp.par.Cue, comp.par.Pano = "../photo", "my photo", "no"
+    comp.par.Connect.pulse()
+    Frames().until(lambda: comp.par.Connected.eval(), "connected")
+    comp.par.Depthfromtop.pulse()
+    Frames().until(lambda: comp.op("depth").stub_image is not None, "the estimated frame")
+    frame = comp.ext.DepthFusionExt.controller.frame
+    assert frame.meta["backend"] == "depth-estimation" and frame.meta["params"]["cue"] == "my photo"
+    np.testing.assert_array_equal(comp.op("rgb").stub_image, image)  # the photo round-trips, rows and all
+    depth = comp.op("depth").stub_image[:, 0, 0].astype(int)
+    assert depth[0] == 0 and depth[-1] == 65535 and np.all(np.diff(depth) >= 0)  # the bright top is nearest
+    assert comp.par.Jobid.eval().startswith("job-") and comp.par.Lasterror.eval() == ""
+
+
+def test_depth_from_top_without_a_top_says_so(comp):
+    comp.par.Depthfromtop.pulse()
+    assert "set Depth Source TOP to a TOP" in comp.par.Lasterror.eval()
+
+
+def test_the_depth_check_of_the_frame_on_screen_shows_on_the_status_page(make_server, comp):
+    server = make_server(estimator=LuminanceDepth, depth_check=True)
+    comp.par.Framesaddress, comp.par.Commandsaddress = server.frames, server.commands
+    comp.par.Width, comp.par.Height, comp.par.Steps = 96, 64, 2
+    comp.par.Connect.pulse()
+    Frames().until(lambda: comp.par.Connected.eval(), "connected")
+    comp.par.Generate.pulse()
+    Frames().until(lambda: comp.par.Depthcheck.eval(), "the depth check")
+    check = comp.ext.DepthFusionExt.controller.frame.meta["depth_check"]
+    assert comp.par.Depthcheck.eval() == f"AbsRel {check['abs_rel']:.3f} · δ1 {check['delta1']:.3f} (luminance)"

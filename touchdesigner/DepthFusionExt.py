@@ -29,7 +29,7 @@ PYZMQ_HELP = ("pyzmq is missing from TouchDesigner's Python. TouchDesigner 2025:
 
 # Custom parameters that show the controller's state (read-only, set by this extension).
 STATE_PARS = {"Status": "status", "Backend": "backend", "Progress": "progress", "Frameid": "frame_id",
-              "Jobid": "job_id", "Lasterror": "last_error", "Connected": "connected"}
+              "Jobid": "job_id", "Lasterror": "last_error", "Connected": "connected", "Depthcheck": "depth_check"}
 PAR_OF = {attribute: par for par, attribute in STATE_PARS.items()}
 SCRIPT_TOP_FORMATS = {"rgb": "rgba8fixed", "depth": "mono16fixed"}  # as build_depthfusion.py sets them
 TEXTURE_LIMIT = 1280  # TouchDesigner Non-Commercial's largest texture side
@@ -90,7 +90,7 @@ def _guarded(method):
 
 
 class DepthFusionExt:
-    """Promoted methods: Connect, Disconnect, Generate, Cancel, Recall, ApplySettings, Diagnose."""
+    """Promoted methods: Connect, Disconnect, Generate, Cancel, Recall, DepthFromTop, ApplySettings, Diagnose."""
 
     def __init__(self, ownerComp: Any) -> None:
         self.ownerComp = ownerComp
@@ -195,6 +195,27 @@ class DepthFusionExt:
         self._run(lambda c: c.recall(self._value("Recallname") if name is None else name))
 
     @_guarded
+    def DepthFromTop(self, top: Any = None) -> None:
+        """Send a TOP's image (default: the Depth Source TOP parameter) to the generator's depth model."""
+        import numpy as np
+        from td_bridge.params import ESTIMATION_PARAMS, td_name
+
+        source = self._value("Depthtop") if top is None else top
+        if isinstance(source, str):
+            source = self.ownerComp.op(source) if source.strip() else None
+        if source is None or not hasattr(source, "numpyArray"):
+            self._error("Depth from TOP: set Depth Source TOP to a TOP")
+            return
+        pixels = source.numpyArray()  # float32 in [0, 1], rows bottom first as TouchDesigner stores them
+        if pixels is None or pixels.ndim != 3:
+            self._error(f"Depth from TOP: {source.name} has no image yet")
+            return
+        pixels = np.repeat(pixels[..., :1], 3, axis=2) if pixels.shape[2] < 3 else pixels[..., :3]
+        rgb = np.ascontiguousarray(np.round(np.clip(pixels[::-1], 0.0, 1.0) * 255.0).astype(np.uint8))
+        values = {p.name: self._value(td_name(p.name)) for p in ESTIMATION_PARAMS}
+        self._run(lambda c: c.estimate(rgb, values))
+
+    @_guarded
     def ApplySettings(self) -> None:
         """Write what the Depth, Sphere, Stereo, Outputs, OSC and Diagnose pages imply into the operators.
         Each parameter is written on its own: one that fails is listed in Last Error, the rest still apply;
@@ -245,7 +266,8 @@ class DepthFusionExt:
     @_guarded
     def OnPulse(self, par: Any) -> None:
         actions = {"Connect": self.Connect, "Disconnect": self.Disconnect, "Generate": self.Generate,
-                   "Cancel": self.Cancel, "Recall": self.Recall, "Diagnose": self.Diagnose}
+                   "Cancel": self.Cancel, "Recall": self.Recall, "Depthfromtop": self.DepthFromTop,
+                   "Diagnose": self.Diagnose}
         if par.name in actions:
             actions[par.name]()
 

@@ -2,7 +2,7 @@
 
 ``create_parameters(comp)`` runs inside TouchDesigner (from build_depthfusion.py) and in the
 tests against the td stand-in. Pages: Connection, Generate (every generation parameter plus
-Generate / Cancel / Recall), Depth and Sphere (what the shaders use), Stereo and Outputs (cameras
+Generate / Cancel / Recall, and Depth from TOP with its estimation parameters), Depth and Sphere (what the shaders use), Stereo and Outputs (cameras
 and output sizes), OSC (the component's own OSC In DAT), Diagnose (the self-check and the shader's
 position input) and Status (read-only, written by DepthFusionExt).
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES
-from td_bridge.params import DISPLAY_PARAMS, GENERATION_PARAMS, VIEW_PARAMS, find_param, td_name, td_parameter_specs
+from td_bridge.params import (DISPLAY_PARAMS, ESTIMATION_PARAMS, GENERATION_PARAMS, VIEW_PARAMS, find_param, td_name,
+                              td_parameter_specs)
 from td_bridge.td_builds import POSITION_MENU
 
 # name, style, label, default, help
@@ -31,6 +32,14 @@ ACTIONS = [
     ("Recallname", "Str", "Recall Name", "", "A frame id or cue name to publish again without the model."),
     ("Recall", "Pulse", "Recall", None, "Publish the frame named above again."),
 ]
+# Depth from TOP: send a TOP's image (a photo, a 360° photo, a render) to the generator's depth model.
+DEPTH_FROM_TOP = [
+    ("Depthtop", "TOP", "Depth Source TOP", "", "The TOP whose image Depth from TOP sends (e.g. a Movie File In of "
+     "a 360° photo); 2:1 images are treated as panoramas unless Pano says otherwise."),
+    ("Depthfromtop", "Pulse", "Depth from TOP", None, "Estimate depth for the Depth Source TOP's image on the "
+     "generator; the frame arrives like a generated one (cue: the Cue above)."),
+]
+ESTIMATE_PARAMS = [p for p in ESTIMATION_PARAMS if p.name != "cue"]  # the cue is the Generate page's Cue
 # page → schema parameters (td_bridge.params DISPLAY_PARAMS and VIEW_PARAMS), in order
 VIEW_PAGES = {
     "Depth": ("mapping", "radius", "strength", "near", "far", "cull_jump", "edges"),
@@ -62,13 +71,15 @@ STATUS = [
     ("Frameid", "Str", "Frame ID", "", "The frame on screen."),
     ("Jobid", "Str", "Job ID", "", "The last job this component queued."),
     ("Lasterror", "Str", "Last Error", "", "The last problem, in words."),
+    ("Depthcheck", "Str", "Depth Check", "", "How well the frame's depth agrees with the generator's depth model "
+     "(serve --depth-check): AbsRel (0 = perfect) and delta1 (1 = perfect) after scale/shift alignment."),
 ]
 
 
 def _append(page: Any, name: str, style: str, label: str) -> Any:
     method = {"Str": page.appendStr, "Toggle": page.appendToggle, "Pulse": page.appendPulse,
               "Float": page.appendFloat, "Int": page.appendInt, "Menu": page.appendMenu,
-              "Folder": page.appendFolder}[style]
+              "Folder": page.appendFolder, "TOP": page.appendTOP}[style]
     return method(name, label=label)
 
 
@@ -106,6 +117,9 @@ def create_parameters(comp: Any) -> None:
     generate = comp.appendCustomPage("Generate")
     _add_specs(generate, td_parameter_specs(GENERATION_PARAMS, "Generate"))
     for row in ACTIONS:
+        _add(generate, *row)
+    _add_specs(generate, td_parameter_specs(ESTIMATE_PARAMS, "Generate"))
+    for row in DEPTH_FROM_TOP:
         _add(generate, *row)
     view_params = DISPLAY_PARAMS + VIEW_PARAMS
     for page, names in VIEW_PAGES.items():

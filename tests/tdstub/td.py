@@ -374,6 +374,9 @@ class Page:
     def appendFolder(self, name, label=None, order=None, replace=True) -> ParGroup:
         return self._append(name, "Folder", label, replace, "")
 
+    def appendTOP(self, name, label=None, order=None, replace=True) -> ParGroup:
+        return self._append(name, "TOP", label, replace, "")
+
 
 class Sequence:
     """A parameter sequence (``op.seq.vec``): ``numBlocks`` blocks of ``name{i}{suffix}`` parameters."""
