@@ -37,7 +37,9 @@ from td_bridge.params import validate_generation  # noqa: E402
 UNET_TFLOP_64 = 0.8  # one U-Net forward, one 64×64 latent (SD-1.x)
 
 
-def build_modules(vae_channels: int):
+def build_modules(vae_channels: int, **unet_options):
+    """Tokenizer, CLIP ViT-L text encoder, SD-1.x U-Net (``unet_options`` override its config), KL autoencoder with
+    ``vae_channels`` channels and the SD-1.x DDIM scheduler, all randomly initialised."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -50,10 +52,12 @@ def build_modules(vae_channels: int):
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
                                                 num_hidden_layers=12, num_attention_heads=12,
                                                 max_position_embeddings=77))
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8)
+    unet = UNet2DConditionModel(**{
+        "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, "cross_attention_dim": 768,
+        "attention_head_dim": 8, **unet_options})
     vae = AutoencoderKL(in_channels=vae_channels, out_channels=vae_channels, block_out_channels=(128, 256, 512, 512),
                         layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, sample_size=512)
