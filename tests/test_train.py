@@ -32,6 +32,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one state per process (precision, device); each test's trainers start from none, as a
+    `python -m generator train …` process does."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
@@ -127,7 +136,7 @@ def test_unet_steps_lower_the_loss(world):
 
 def _state(trainer, model):
     tensors = {f"model.{k}": v for k, v in trainer.accelerator.unwrap_model(model).state_dict().items()}
-    for n, opt in enumerate(trainer.accelerator._optimizers):
+    for n, opt in enumerate(o for o in (trainer.opt, getattr(trainer, "d_opt", None)) if o is not None):
         for i, per_param in opt.state_dict()["state"].items():
             tensors |= {f"opt{n}.{i}.{k}": v for k, v in per_param.items() if torch.is_tensor(v)}
     if getattr(trainer, "ema", None) is not None:
@@ -156,6 +165,8 @@ def test_resume_continues_bit_identically(world, stage):
     assert [r.split(",")[0] for r in rows[1:]] == ["3", "4"]
     whole_rows = (root / "whole" / "logs" / f"{stage}.csv").read_text().splitlines()
     assert [r.split(",")[2] for r in rows[1:]] == [r.split(",")[2] for r in whole_rows[3:]]  # same losses
+    with pytest.raises(ConfigError, match="other settings .*batch_size 2 → 1"):
+        make(root / "changed", steps=4, resume=str(checkpoint), batch_size=1).run()
 
 
 def test_two_processes_keep_replicas_identical(world, tmp_path):
@@ -218,6 +229,9 @@ def test_bad_configs_get_clear_errors(world, tmp_path, monkeypatch):
         UNetTrainer(unet_config(world, tmp_path / "b", batch_size=9)).run()
     with pytest.raises(ConfigError, match="run `train autoencoder` first"):
         UNetTrainer(unet_config(world, tmp_path / "c", vae=str(world["sd"]))).setup()
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(ConfigError, match="needs the tensorboard package"):
+        UNetTrainer(unet_config(world, tmp_path / "t", log_with="tensorboard"))
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     with pytest.raises(ConfigError, match="needs bitsandbytes"):
         UNetTrainer(unet_config(world, tmp_path / "d", use_8bit_adam=True)).setup()

@@ -95,9 +95,13 @@ def load_estimator(model: str = DEFAULT_ESTIMATOR, *, device: str = "auto", revi
     """The estimator module's depth (generator.estimators) as a callable: 360° images take its panorama path."""
     from td_bridge.params import ESTIMATION_PARAMS, validate
 
+    from ..estimators.checkpoints import licence_notice
     from ..estimators.frame import estimate_rgbd
     from ..estimators.model import DepthModel
 
+    notice = licence_notice(model)
+    if notice:
+        log.warning("%s", notice)  # a dataset inherits its depth model's terms
     depth_model = DepthModel.load(model, device=device, revision=revision, local_files_only=offline)
     params = validate({}, ESTIMATION_PARAMS)
     return lambda rgb: estimate_rgbd(depth_model, rgb, params).depth
