@@ -54,7 +54,8 @@ def world(tmp_path_factory):
 
 def ae_config(world, out, **overrides):
     values = {"dataset": str(world["train"]), "output": str(out), "vae": str(world["sd"]), "batch_size": 2,
-              "lr": 2e-3, "steps": 4, "disc_start": 2, "disc_layers": 2, "checkpoint_every": 1000, "log_every": 1, **overrides}
+              "lr": 2e-3, "steps": 4, "disc_start": 2, "disc_layers": 2, "checkpoint_every": 1000, "log_every": 1,
+              **overrides}
     return resolve(values, AUTOENCODER, AUTOENCODER_DEFAULTS)
 
 

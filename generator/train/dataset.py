@@ -32,7 +32,7 @@ from td_bridge.depth import read_depth_png, to_uint16, write_depth_png
 from ..estimators.inputs import ImageError
 from ..images import read_rgb_png, write_rgb_png
 from .packing import check_channels, pack
-from .sources import Item, Source, SourceError
+from .sources import Item, Source
 
 log = logging.getLogger("depthfusion.train.dataset")
 

@@ -127,8 +127,9 @@ def find_checkpoint(output: Path, resume: str) -> Path:
 
 
 class Trainer:
-    """The loop; a stage provides ``setup`` (models, optimisers, prepared), ``loss`` for one micro-batch,
-    ``optimise`` after it, and ``save_output``. ``models`` are what gradient accumulation syncs."""
+    """The loop; a stage provides ``setup`` (dataset, models, optimisers, all prepared), ``train_batch`` (one
+    micro-batch: forward, backward, optimiser steps; returns its metrics) and ``save_output``. ``models`` are
+    what gradient accumulation keeps from syncing until the last micro-batch of a step."""
 
     stage = "train"
 

@@ -174,7 +174,8 @@ class UNetTrainer(Trainer):
         return DDIMScheduler.from_config(self.noise.config).config
 
     def validate(self) -> dict[str, float]:
-        """RGB and depth previews of the validation prompts with the LDM3D backend (main process)."""
+        """RGB and depth previews of the validation prompts with the LDM3D backend (main process), at the
+        dataset's size (at least 64 px a side, generation's smallest)."""
         if not self.accelerator.is_main_process or not self.prompts:
             return {}
         from td_bridge.depth import write_depth_png
