@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(pre)
     pre.add_argument("--upscaler", default=DEFAULT_UPSCALER, help="ldm3d-sr hub id or folder for the cues with "
                      f"upscale = true ({DEFAULT_UPSCALER}; loaded only if one needs it)")
+    pre.add_argument("--estimator", default=DEFAULT_ESTIMATOR, help="depth model for the cues that name an image "
+                     f"({DEFAULT_ESTIMATOR}; loaded only if one needs it)")
 
     lib = sub.add_parser("library", help="list, delete or export kept frames")
     _add_library_flags(lib)
@@ -337,9 +339,9 @@ def _upscaler(args: argparse.Namespace, **options: Any):
 
 
 def _lazy_estimator(args: argparse.Namespace):
-    """serve: what loads the --estimator (on the worker, at its first use), or None for --estimator none."""
+    """What loads the --estimator (serve: on the worker, at its first use), or None for --estimator none."""
     if args.estimator.lower() == "none":
-        if args.depth_check:
+        if getattr(args, "depth_check", False):
             raise SystemExit("serve: --depth-check needs an --estimator")
         return None
 
@@ -434,22 +436,32 @@ def cmd_library(args: argparse.Namespace) -> int:
 def cmd_pregenerate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .cues import pending_cues, read_cues
+    from .cues import is_image_cue, pending_cues, read_cues
+    from .estimating import estimate_into_library
     from .frames import generate_into_library
 
     library = _library(args, verify=True)  # a broken frame does not count as done
     if library is None:
         raise ValueError("pregenerate fills the frame library; drop --no-library")
     cues = read_cues(args.cues)
-    backend = _backend(args)
-    todo = pending_cues(cues, library, backend.model, args.upscaler)
+    backend = _backend(args) if any(not is_image_cue(params) for _, params in cues) else None
+    todo = pending_cues(cues, library, backend.model if backend else "", args.upscaler, args.estimator)
     print(f"{len(cues)} cues, {len(cues) - len(todo)} already in {library.root}")
     upscaler = _upscaler(args, revision=None) if any("upscale" in params for _, params in todo) else None
+    estimator = None
+    if any(is_image_cue(params) for _, params in todo):
+        load = _lazy_estimator(args)
+        if load is None:
+            raise ValueError("cues that name an image need a depth model: drop --estimator none")
+        estimator = load()
     with tqdm(todo, unit="cue") as bar:
         for name, params in bar:
             bar.set_postfix_str(name[:30])
             upscale = params.pop("upscale", None)
-            entry = generate_into_library(backend, resolve_seed(params), library)
+            if is_image_cue(params):
+                entry = estimate_into_library(estimator, params, library)
+            else:
+                entry = generate_into_library(backend, resolve_seed(params), library)
             if upscale is not None:
                 header, rgb, depth = library.load(entry.frame_id)
                 header, result = upscale_frame(upscaler, header, rgb, depth, upscale_params(upscale),

@@ -5,15 +5,22 @@ generation parameters. CSV: a header row naming ``name`` and parameter columns; 
 take the defaults. Every cue is validated by the parameter schema before anything runs.
 A cue with ``upscale = true`` is upscaled after generating (its ``upscale_*`` keys set the
 upscaler's parameters); its params then carry them under ``upscale``.
+
+A cue may name an ``image`` (a path, relative to the cue list's folder) instead of a prompt: its frame is
+the image with depth estimated by ``pregenerate --estimator`` (the estimation parameters ``pano``, ``views``,
+``flip`` apply, generation parameters do not). The image is checked (readable, within the size limits) with
+the list, and its SHA-256 is part of the cue's params, so a changed file is estimated again.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 from typing import Any
 
-from td_bridge.params import RANDOM_SEED, UPSCALE_PARAMS, Param, ParamError, validate, validate_generation
+from td_bridge.params import (ESTIMATION_PARAMS, RANDOM_SEED, UPSCALE_PARAMS, Param, ParamError, validate,
+                              validate_generation)
 
 MAX_CUES = 10000
 UPSCALE = Param("upscale", bool, False, "Upscale the cue's frame after generating.")
@@ -40,7 +47,7 @@ def read_cues(path: Path) -> list[tuple[str, dict[str, Any]]]:
             continue
         seen.add(name)
         try:
-            cues.append((name, _cue_params(row, name)))
+            cues.append((name, _cue_params(row, name, path.parent)))
         except ParamError as exc:
             problems.append(f"{where} ({name}): {exc}")
     if problems:
@@ -48,13 +55,37 @@ def read_cues(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return cues
 
 
-def _cue_params(row: dict[str, Any], name: str) -> dict[str, Any]:
+def _cue_params(row: dict[str, Any], name: str, folder: Path) -> dict[str, Any]:
     upscale = UPSCALE.coerce(row.pop("upscale", False))
     upscale_keys = {k: row.pop(k) for k in list(row) if str(k).startswith("upscale_")}
     if upscale_keys and not upscale:
         raise ParamError(f"{', '.join(upscale_keys)} given without upscale = true")
-    params = validate_generation({**row, "cue": name})
+    image = row.pop("image", None)
+    params = validate_generation({**row, "cue": name}) if image is None else _image_params(image, row, name, folder)
     return {**params, "upscale": validate(upscale_keys, UPSCALE_PARAMS)} if upscale else params
+
+
+def is_image_cue(params: dict[str, Any]) -> bool:
+    return "image" in params
+
+
+def _image_params(image: Any, row: dict[str, Any], name: str, folder: Path) -> dict[str, Any]:
+    """An image cue's params: the estimation parameters, the image's absolute path and its SHA-256."""
+    from .estimators.inputs import ImageError, probe_image
+
+    if not isinstance(image, str) or not image.strip():
+        raise ParamError("image must be a path to an image file")
+    estimation = {p.name for p in ESTIMATION_PARAMS}
+    others = sorted(k for k in row if k not in estimation)
+    if others:
+        raise ParamError(f"an image cue takes only {', '.join(sorted(estimation - {'cue'}))}; not {', '.join(others)}")
+    path = (folder / image).expanduser().resolve()
+    try:
+        probe_image(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except (ImageError, OSError) as exc:
+        raise ParamError(str(exc)) from None
+    return {**validate({**row, "cue": name}, ESTIMATION_PARAMS), "image": str(path), "image_sha256": digest}
 
 
 def _read_toml(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -84,14 +115,14 @@ def _read_csv(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def pending_cues(cues: list[tuple[str, dict[str, Any]]], library: Any, model: str,
-                 upscaler: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """The cues with no frame in the library made by ``model`` from identical parameters (a
-    random seed matches any seed); an upscaled cue's newest frame must be ``upscaler``'s, from
-    identical generation and upscale parameters."""
+                 upscaler: str | None = None, estimator: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The cues with no frame in the library made by ``model`` (``estimator`` for image cues) from
+    identical parameters (a random seed matches any seed); an upscaled cue's newest frame must be
+    ``upscaler``'s, from identical generation and upscale parameters."""
     todo = []
     for name, params in cues:
         entry = library.latest_for_cue(name)
-        made_by = upscaler if "upscale" in params else model
+        made_by = upscaler if "upscale" in params else estimator if is_image_cue(params) else model
         flat = {**params, **params.get("upscale", {})}
         wanted = {k: v for k, v in flat.items() if k != "upscale" and not (k in ("seed", "upscale_seed")
                                                                             and v == RANDOM_SEED)}

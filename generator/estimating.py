@@ -79,3 +79,19 @@ class EstimateJobs:
         check = consistency(estimate.depth.astype(np.float64) / 65535.0, result.depth.astype(np.float64) / 65535.0)
         return {"model": model.model, "abs_rel": round(check.abs_rel, 6), "delta1": round(check.delta1, 6),
                 "pixels": check.pixels, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def estimate_into_library(model: Any, params: dict[str, Any], library: Any) -> Any:
+    """An image cue (generator.cues) estimated straight into the library; returns its entry."""
+    import hashlib
+    from pathlib import Path
+
+    from .estimators.frame import estimated_frame
+    from .estimators.inputs import ImageError, read_image
+
+    path = Path(params["image"])
+    if hashlib.sha256(path.read_bytes()).hexdigest() != params["image_sha256"]:
+        raise ImageError(f"{path} changed while the cue list ran; run pregenerate again")
+    rgb, info = read_image(path)
+    header, result = estimated_frame(model, rgb, params, source=info)
+    return library.save(header, result.rgb, result.depth)

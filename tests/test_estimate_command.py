@@ -1,6 +1,8 @@
 """The server's estimate command (an uploaded image → an estimated frame through the normal frame path and
 library) and the live depth check of generated frames, on a tiny random-weight Depth Anything model."""
 
+import re
+
 import numpy as np
 import pytest
 import zmq
@@ -136,3 +138,48 @@ def test_depth_check_needs_an_estimator():
     with pytest.raises(ValueError, match="needs an estimator"):
         GeneratorServer(DemoBackend(), frames_address="tcp://127.0.0.1:*", commands_address="tcp://127.0.0.1:*",
                         depth_check=True)
+
+
+def test_pregenerate_estimates_the_cues_that_name_an_image(tmp_path):
+    from PIL import Image
+
+    from conftest import run_cli
+    from generator.library import FrameLibrary
+
+    model = build("depth_anything", tmp_path / "tiny")
+    Image.fromarray(photo(48, 96)).save(tmp_path / "photo.png")
+    cues = tmp_path / "show.toml"
+    cues.write_text('[[cue]]\nname = "photo"\nimage = "photo.png"\npano = "no"\n\n'
+                    '[[cue]]\nname = "room"\nprompt = "a room"\nwidth = 128\nheight = 64\nsteps = 1\n', encoding="utf-8")
+    lib = ("--model", "demo", "--estimator", str(model), "--library", str(tmp_path / "lib"))
+    first = run_cli("pregenerate", str(cues), *lib, timeout=120)
+    assert first.returncode == 0 and "2 cues, 0 already" in first.stdout, first.stderr
+    kept = FrameLibrary(tmp_path / "lib")
+    entry = kept.latest_for_cue("photo")
+    assert entry.model == str(model) and entry.params["image"] == str(tmp_path / "photo.png")
+    header, rgb, depth = kept.load(entry.frame_id)
+    np.testing.assert_array_equal(rgb, photo(48, 96))
+    assert header["backend"] == "depth-estimation" and header["params"]["image_sha256"] == entry.params["image_sha256"]
+    assert run_cli("pregenerate", str(cues), *lib, timeout=120).stdout.startswith("2 cues, 2 already")
+    Image.fromarray(photo(48, 96, seed=1)).save(tmp_path / "photo.png")  # a new photo under the same name
+    assert run_cli("pregenerate", str(cues), *lib, timeout=120).stdout.startswith("2 cues, 1 already")
+
+
+@pytest.mark.parametrize("cue, message", [
+    ('image = "missing.png"', "missing.png: no such file"),
+    ('image = "notes.txt"', "not an image Pillow can read"),
+    ('image = "photo.png"\nsteps = 3', "an image cue takes only flip, pano, views; not steps"),
+    ('image = "photo.png"\npano = "sometimes"', "pano"),
+    ('image = ""', "image must be a path"),
+])
+def test_image_cues_are_checked_with_the_list(tmp_path, cue, message):
+    from PIL import Image
+
+    from generator.cues import read_cues
+    from td_bridge.params import ParamError
+
+    Image.fromarray(photo()).save(tmp_path / "photo.png")
+    (tmp_path / "notes.txt").write_text("not a picture")
+    (tmp_path / "show.toml").write_text(f'[[cue]]\nname = "a"\n{cue}\n', encoding="utf-8")
+    with pytest.raises(ParamError, match=re.escape(message)):
+        read_cues(tmp_path / "show.toml")

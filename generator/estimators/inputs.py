@@ -35,6 +35,24 @@ def check_size(width: int, height: int, where: str) -> None:
         raise ImageError(f"{where}: {width}x{height} is too small (at least {MIN_SIDE} px a side)")
 
 
+def probe_image(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file, checked without decoding its pixels: it opens as an image and fits the
+    frame limits (read_image decodes it later)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:
+        with Image.open(path) as image:
+            check_size(*image.size, where=str(path))
+            return image.size
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read (PNG, JPEG, TIFF, WebP, BMP, ...)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: refused as a decompression bomb ({exc})") from None
+
+
 def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """(H, W, 3) uint8 RGB of an image file, and what it was (format, mode, size, conversion)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
