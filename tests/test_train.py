@@ -296,3 +296,17 @@ def test_perceptual_loads_vgg16_weights_and_passes_gradient_to_depth(tmp_path):
     with pytest.raises(ConfigError, match="no `features.N` keys"):
         load_perceptual(str(tmp_path / "other.safetensors"))
     assert load_perceptual("none") is None
+
+
+def test_cli_trains_both_stages_from_a_toml_config(world, tmp_path, capsys):
+    toml = tmp_path / "train.toml"
+    toml.write_text(f'dataset = "{world["train"]}"\nbatch_size = 2\nsteps = 2\nlr = 1e-4\nlog_every = 1\n')
+    ae = ["train", "autoencoder", "--config", str(toml), "--output", str(tmp_path / "ae"), "--vae", str(world["sd"]),
+          "--perceptual", "none", "--disc-layers", "2", "--disc-start", "1"]
+    assert main(ae) == 0 and f"trained autoencoder: {tmp_path / 'ae' / 'vae'}" in capsys.readouterr().out
+    unet = ["train", "unet", "--config", str(toml), "--output", str(tmp_path / "ldm3d"), "--base", str(world["sd"]),
+            "--vae", str(tmp_path / "ae"), "--no-ema", "--validation-prompts", ""]
+    assert main(unet) == 0 and "trained unet" in capsys.readouterr().out
+    assert load_backend(str(tmp_path / "ldm3d")).variant.channels == 6
+    rows = (tmp_path / "ldm3d" / "logs" / "unet.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,loss,lr") and len(rows) == 3

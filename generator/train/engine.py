@@ -187,6 +187,13 @@ class Trainer:
                 yield batch
             self.epoch, self.position = self.epoch + 1, 0
 
+    def _mean(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Metrics averaged over the processes (every process logs at the same steps, with the same keys)."""
+        if self.accelerator.num_processes == 1:
+            return metrics
+        values = torch.tensor(list(metrics.values()), dtype=torch.float64, device=self.device)
+        return dict(zip(metrics, self.accelerator.reduce(values, "mean").tolist()))
+
     def save_checkpoint(self) -> Path:
         folder = self.output / CHECKPOINTS / f"step-{self.step:08d}"
         self.accelerator.wait_for_everyone()
@@ -244,7 +251,7 @@ class Trainer:
             every = self.config.validate_every
             extra = self.validate() if every and (self.step % every == 0 or self.step == self.config.steps) else {}
             if extra or self.step % self.config.log_every == 0 or self.step == self.config.steps:
-                row = {"step": self.step, "epoch": self.epoch, **metrics, **extra,
+                row = {"step": self.step, "epoch": self.epoch, **self._mean(metrics), **extra,
                        "seconds": round(time.perf_counter() - started, 3)}
                 bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k == "loss"}, refresh=False)
                 self.accelerator.log(row, step=self.step)
