@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -204,3 +205,54 @@ def test_cli_estimates_depth_with_the_estimator_module(tmp_path, capsys):
     assert read_manifest(tmp_path / "ds")["depth"] == str(model)
     depth = RGBDDataset(tmp_path / "ds").read(0)[1]
     assert depth.min() == 0 and depth.max() == 65535  # relative depth spread over the 16-bit range
+
+
+class FakeDatasets:
+    """The few parts of the `datasets` API the source uses (not installed here): load_dataset / load_from_disk
+    returning a Dataset (column_names, len, rows with PIL images, a column by name) or a DatasetDict."""
+
+    class DatasetDict(dict):
+        pass
+
+    class Dataset:
+        def __init__(self, rows):
+            self.rows, self.column_names = rows, list(rows[0])
+
+        def __len__(self):
+            return len(self.rows)
+
+        def __getitem__(self, key):
+            return [r[key] for r in self.rows] if isinstance(key, str) else self.rows[key]
+
+    def __init__(self, rows):
+        self.rows, self.asked = rows, []
+
+    def load_dataset(self, name, split):
+        self.asked.append((name, split))
+        return self.Dataset(self.rows)
+
+    def load_from_disk(self, path):
+        return self.DatasetDict(validation=self.Dataset(self.rows))
+
+
+def test_hugging_face_datasets_source(tmp_path, monkeypatch):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    rows = [{"image": Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)), "caption": f"c{i}"}
+            for i in range(3)] + [{"image": Image.new("F", (48, 48)), "caption": "float image"}]
+    fake = FakeDatasets(rows)
+    monkeypatch.setitem(__import__("sys").modules, "datasets", fake)
+    source = open_source("hf:someone/rooms", split="train")
+    assert fake.asked == [("someone/rooms", "train")]
+    summary = build(source, tmp_path / "ds", Spec(6, 32, 32), estimator=StandIn(), progress=False)
+    assert (summary.written, summary.skipped) == (3, 1)
+    assert [RGBDDataset(tmp_path / "ds").read(i)[2] for i in range(3)] == ["c0", "c1", "c2"]
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "dataset_dict.json").write_text("{}")
+    with pytest.raises(SourceError, match=f"^{re.escape(str(saved))} has splits validation, not 'train'"):
+        open_source(str(saved))
+    assert len(list(open_source(str(saved), split="validation").items())) == 4
+    with pytest.raises(SourceError, match="no image column 'picture'"):
+        open_source("hf:someone/rooms", image_column="picture")

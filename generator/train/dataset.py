@@ -244,7 +244,9 @@ def build(source: Source, output: Path, spec: Spec, *, estimator: Estimator | No
                                "or choose another -o")
     else:
         output.mkdir(parents=True, exist_ok=True)
-        (output / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        partial = output / f".{MANIFEST}.{os.getpid()}.tmp"  # parts starting together each write it whole
+        partial.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, output / MANIFEST)
     summary, done_by_shard = Summary(), {}
     with tqdm(desc="dataset", unit="image", disable=not progress) as bar:
         for index, item in enumerate(source.items()):

@@ -143,12 +143,12 @@ def _datasets_source(name: str, caption_column: str | None, image_column: str, s
                           "pip install datasets (or export it as an image folder with a metadata.jsonl)") from None
     try:
         data = datasets.load_from_disk(name) if from_disk else datasets.load_dataset(name, split=split)
-        if isinstance(data, datasets.DatasetDict):
-            if split not in data:
-                raise SourceError(f"{name} has splits {', '.join(data)}, not {split!r} (choose one with --split)")
-            data = data[split]
-    except (OSError, ValueError, FileNotFoundError, ConnectionError) as exc:
+    except (OSError, ValueError, ConnectionError) as exc:
         raise SourceError(f"cannot open the dataset {name}: {type(exc).__name__}: {exc}") from None
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise SourceError(f"{name} has splits {', '.join(data)}, not {split!r} (choose one with --split)")
+        data = data[split]
     columns = set(data.column_names)
     if image_column not in columns:
         raise SourceError(f"{name}: no image column {image_column!r} (choose one with --image-column); columns are "
@@ -156,10 +156,11 @@ def _datasets_source(name: str, caption_column: str | None, image_column: str, s
     column = _caption_column(columns, caption_column, name)
 
     def items() -> Iterator[Item]:
+        captions = data[column]  # the text column alone: a row would decode its image too
         for index in range(len(data)):
             def load(index: int = index) -> tuple[np.ndarray, None]:
                 return to_rgb(data[index][image_column], f"{name}[{index}]")[0], None
-            yield Item(f"{split}/{index}", str(data[index][column] or ""), load)
+            yield Item(f"{split}/{index}", str(captions[index] or ""), load)
 
     return Source(f"dataset {name} ({split}, {len(data)} rows)", items, exact_depth=False)
 
