@@ -42,6 +42,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "co
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny torch models on a shared CPU: their ops are too small to split, and a second intra-op thread spins
+    against other processes' load (a tiny forward took 0.5-1.1 s instead of 0.03 s under a load of 8 on 2
+    cores). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; what a test
+    compares runs on the same thread count either way."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from PIL import Image
 
 
@@ -21,15 +20,3 @@ class TinyFeatures:
                            for x in images])
         pool = thumbs @ self.pool
         return pool, pool @ self.classes
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Toy models gain nothing from threads, and two spinning threads per process on a shared 2-core machine cost
-    more than they give (a tiny generation: 0.9 s on one thread, 8-12 s on two under load)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

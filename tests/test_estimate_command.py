@@ -14,13 +14,13 @@ from test_server import peer, wait_job
 from tiny_depth import build
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def estimator(tmp_path_factory):
     from generator.estimators.model import DepthModel
 
-    torch.set_num_threads(1)
     folder = build("depth_anything", tmp_path_factory.mktemp("depth") / "tiny")
     model = DepthModel.load(str(folder), device="cpu")
     return lambda: model

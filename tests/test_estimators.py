@@ -32,15 +32,7 @@ KINDS = ("dpt", "depth_anything", "depth_anything_metric", "zoedepth")
 PARAMS = defaults(ESTIMATION_PARAMS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared CPU: two intra-op threads spin against other processes' load (measured 0.5-1.1 s
-    a forward instead of 0.03 s under a load of 8 on 2 cores). One thread keeps these tests fast; the
-    computations compared are run on the same thread count either way."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

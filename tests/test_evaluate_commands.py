@@ -16,7 +16,9 @@ from generator.evaluate.captions import read_captions
 from generator.evaluate.cli import _reference_depth
 from generator.evaluate.clip import ClipScorer
 from tests import tiny_clip, tiny_depth, tiny_ldm3d
-from tests.evaluate_fixtures import TinyFeatures, one_thread  # noqa: F401  (one_thread: autouse)
+from tests.evaluate_fixtures import TinyFeatures
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from generator.evaluate import inception
 from generator.evaluate.clip import ClipScorer
 from generator.evaluate.inception import FIDInceptionV3, InceptionFeatures, load_inception
 from tests import tiny_clip
-from tests.evaluate_fixtures import one_thread  # noqa: F401  (autouse: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # torchvision documents 27,161,264 parameters for its Inception-v3 (1000 classes, with the auxiliary classifier);
 # the FID variant drops the auxiliary classifier (3,326,696: conv 768→128 1×1 and 128→768 5×5 with their

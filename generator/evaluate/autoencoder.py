@@ -106,7 +106,7 @@ def evaluate(vae: Any, items: list, features: Any) -> dict[str, Any]:
         if min(rgb.shape[:2]) < 11:
             raise ImageError(f"{name}: {rgb.shape[1]}x{rgb.shape[0]} after cropping is too small for SSIM (11 px)")
         rgb_out, depth_out = reconstruct(vae, rgb, depth16)
-        a = torch.from_numpy(rgb).permute(2, 0, 1)[None].double() / 255
+        a = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].double() / 255  # a writable copy
         b = torch.from_numpy(rgb_out).permute(2, 0, 1)[None].double() / 255
         psnrs.append(float(psnr(a, b)[0]))
         ssims.append(float(ssim(a, b)[0]))
