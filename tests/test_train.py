@@ -19,6 +19,7 @@ from generator.train.dataset import DatasetError, RGBDDataset
 from generator.train.losses import Perceptual
 from generator.train.options import AUTOENCODER, AUTOENCODER_DEFAULTS, UNET, UNET_DEFAULTS, ConfigError, resolve
 from generator.train.unet import UNetTrainer
+from td_bridge.params import validate_generation
 from td_bridge.receiver import CommandClient, FrameReceiver
 
 
@@ -310,3 +311,15 @@ def test_cli_trains_both_stages_from_a_toml_config(world, tmp_path, capsys):
     assert load_backend(str(tmp_path / "ldm3d")).variant.channels == 6
     rows = (tmp_path / "ldm3d" / "logs" / "unet.csv").read_text().splitlines()
     assert rows[0].startswith("step,epoch,loss,lr") and len(rows) == 3
+
+
+def test_four_channel_model_trains_and_generates_a_panorama(world, tmp_path):
+    data = tiny_train.demo_dataset(tmp_path / "lib", tmp_path / "rgbd4", range(4), channels=4)
+    widen(load_vae(str(world["sd"])), 4).save_pretrained(tmp_path / "ae4" / "vae")
+    out = UNetTrainer(unet_config(world, tmp_path / "ldm3d-4c", dataset=str(data), vae=str(tmp_path / "ae4"),
+                                  steps=2, validation_prompts="")).run()
+    backend = load_backend(str(out))
+    assert backend.variant.channels == 4
+    frame = backend.generate(validate_generation({"prompt": "a 360 degree panorama", "seed": 1, "steps": 2,
+                                                  "width": 128, "height": 64}), lambda s, n: None, lambda: False)
+    assert frame.rgb.shape == (64, 128, 3) and frame.depth.shape == (64, 128) and frame.depth.dtype == np.uint16
