@@ -13,7 +13,8 @@ unchanged.) An autoencoder that already has 6 or 4 channels (an LDM3D VAE) is fi
 Loss per step, as CompVis' LPIPSWithDiscriminator: nll = Σ(|x − x̂| or (x − x̂)²) + w_p·(P(RGB) + P(depth)) per
 image (P: the perceptual distance, on the RGB and on the depth map repeated to three channels, with gradient),
 + kl_weight·KL, + adaptive weight × disc_weight × hinge generator loss from ``disc_start`` on; the discriminator
-has its own Adam and learns from the same step on.
+has its own Adam and learns from the same step on. (LPIPSWithDiscriminator's learnable output log-variance is
+left out, i.e. fixed at 0.)
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from .options import ConfigError
 from .packing import check_channels, depth_map
 
 log = logging.getLogger("depthfusion.train.autoencoder")
-
 
 
 def load_vae(spec: str, *, revision: str | None = None, offline: bool = False):
