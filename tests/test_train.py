@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sys
 
 import numpy as np
@@ -171,6 +172,7 @@ def test_resume_continues_bit_identically(world, stage):
         make(root / "changed", steps=4, resume=str(checkpoint), batch_size=1).run()
 
 
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="the ranks are forked")
 def test_two_processes_keep_replicas_identical(world, tmp_path):
     from safetensors.torch import load_file
 

@@ -21,8 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 def rank_main(rank: int, port: int, config: dict, out: Path) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ACCELERATE_USE_CPU": "true",
-                       "GLOO_SOCKET_IFNAME": "lo"})
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ACCELERATE_USE_CPU": "true"})
+    if sys.platform in ("linux", "darwin"):  # gloo on loopback, not the interface the host name resolves to
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo" if sys.platform == "linux" else "lo0"
     from accelerate.state import AcceleratorState
     from safetensors.torch import save_file
 
