@@ -4,7 +4,6 @@ replaced by fakes that lay files out in a temporary cache exactly as huggingface
 links, refs/)."""
 
 import hashlib
-import json
 import logging
 import os
 import shutil

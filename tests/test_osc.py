@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pythonosc.osc_message import OscMessage
 
-from conftest import ROOT, RunningServer, free_udp_port, require_tool, wait_for
+from conftest import ROOT, free_udp_port, require_tool, wait_for
 from generator.backends import DemoBackend
 from generator.osc import OscConfig
 from generator.osc_space import osc_message, reference
