@@ -24,14 +24,7 @@ from td_bridge.params import validate_generation
 from td_bridge.receiver import CommandClient, FrameReceiver
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads (their ops are too small to split); one thread also keeps
-    these tests from fighting the other tests for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
