@@ -273,6 +273,16 @@ def test_missing_files_and_hub_ids_are_explained(model, tmp_path, monkeypatch):
         UpscaleBackend.load(str(broken))
     with pytest.raises(BackendUnavailable, match="neither an existing folder nor a hub id"):
         UpscaleBackend.load(str(tmp_path / "nowhere"))
+    linked = shutil.copytree(model, tmp_path / "linked")
+    for weights in linked.glob("vae/*.safetensors"):
+        weights.unlink()
+        weights.symlink_to(tmp_path / "blobs-not-copied" / weights.name)
+    with pytest.raises(BackendUnavailable, match="links to a file that is not there"):
+        UpscaleBackend.load(str(linked))
+    cache_folder = tmp_path / "models--Intel--ldm3d-sr"
+    (cache_folder / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    with pytest.raises(BackendUnavailable, match="Hugging Face cache folder"):
+        UpscaleBackend.load(str(cache_folder))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(BackendUnavailable, match="not in the local Hugging Face cache"):
         UpscaleBackend.load("Intel/ldm3d-sr", local_files_only=True)

@@ -9,11 +9,13 @@ the reason, and the weights are never read.
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .base import BackendUnavailable
+from .ldm3d_files import HUB_ID, SKIPPED, WEIGHT_FORMATS, _cache_folder_message, hub_cache
 
 PIPELINE = "StableDiffusionUpscaleLDM3DPipeline"
 DEFAULT_UPSCALER = "Intel/ldm3d-sr"
@@ -119,8 +121,12 @@ def _check_class_embedding(unet: dict[str, Any], max_level: int, where: str) -> 
 def _weights(folder: Path, where: str) -> dict[str, bool]:
     found = {}
     for name in WEIGHTED:
-        files = [p.suffix for p in (folder / name).glob("*") if p.suffix in (".safetensors", ".bin")
-                 and ".fp16." not in p.name and "non_ema" not in p.name and p.exists()]
+        files = [p.suffix for p in (folder / name).glob("*") if p.suffix in WEIGHT_FORMATS
+                 and not any(fnmatch(p.name, pattern) for pattern in SKIPPED)]
+        dangling = [p.name for p in (folder / name).glob("*") if p.is_symlink() and not p.exists()]
+        if dangling:
+            raise BackendUnavailable(f"{where}: {name}/{dangling[0]} links to a file that is not there (a cache "
+                                     "snapshot copied without its blobs/? copy with links followed, cp -rL)")
         if not files:
             raise BackendUnavailable(f"{where}: no weights in {name}/ (*.safetensors or *.bin)")
         found[name] = ".safetensors" in files
@@ -130,10 +136,10 @@ def _weights(folder: Path, where: str) -> dict[str, bool]:
 def resolve(model: str, *, revision: str | None = None, local_files_only: bool = False) -> UpscalerSpec:
     """A checked upscaler from a folder or a hub id; from the hub the configs come first, the weights only after
     they passed."""
-    from .ldm3d import HUB_ID
-
     folder = Path(model).expanduser()
     if folder.is_dir():
+        if not (folder / "model_index.json").exists() and any((folder / d).is_dir() for d in ("snapshots", "blobs")):
+            raise BackendUnavailable(_cache_folder_message(folder))
         return check_configs(folder)
     if not HUB_ID.match(model):
         raise BackendUnavailable(f"upscaler {model!r} is neither an existing folder nor a hub id like "
@@ -153,9 +159,10 @@ def _snapshot(model: str, revision: str | None, local_files_only: bool, patterns
 
     try:
         return Path(snapshot_download(model, revision=revision, local_files_only=local_files_only,
-                                      allow_patterns=patterns, ignore_patterns=["*.fp16.*", "*non_ema*"]))
+                                      allow_patterns=patterns, ignore_patterns=list(SKIPPED)))
     except LocalEntryNotFoundError as exc:
-        where = "is not in the local Hugging Face cache" + ("" if local_files_only else " and the hub is unreachable")
+        where = f"is not in the local Hugging Face cache ({hub_cache()})"
+        where += "" if local_files_only else " and the hub is unreachable"
         raise BackendUnavailable(f"the upscaler {model} {where}: fetch it where there is internet "
                                  f"(`hf download {model}`), copy the cache over, or pass a local folder") from exc
     except (HfHubHTTPError, OSError) as exc:
