@@ -30,7 +30,7 @@ from .osc import OscBridge, OscConfig
 from .publisher import FramePublisher
 from .ratelimit import RateLimitedLogger
 from .estimating import UPLOAD_KEY, EstimateJobs
-from .upscaling import FRAME_KEYS, SOURCE_KEY, UpscaleJobs
+from .upscaling import FRAME_KEYS, SOURCE_KEY, UpscaleJobs, split_upscale
 
 log = logging.getLogger("depthfusion.server")
 
@@ -41,6 +41,7 @@ UPLOAD_COMMANDS = ("estimate",)  # the commands whose request carries a second, 
 MAX_ERROR_CHARS = 2000  # a job's error text, so that job summaries stay small
 STATUS_JOBS = 16  # waiting jobs listed in a status event (``queued`` counts them all)
 STATUS_PROMPT_CHARS = 100  # prompts in a status event are cut to this; ``job`` gives them whole
+NO_UPSCALER = "this generator runs without an upscaler (serve --upscaler Intel/ldm3d-sr)"
 
 
 class NotFound(Exception):
@@ -285,7 +286,20 @@ class GeneratorServer:
         if job is not None:  # frame id, saved and state change together, on this thread
             self.jobs.finish(job, DONE, frame_id=header["frame_id"], error=outcome["error"], saved=outcome["saved"])
         log.info("frame %s published (seq %d, %s)", header["frame_id"], self._seq, job_id)
+        upscale = self.upscales.chained(job_id) if self.upscales is not None else None
+        if upscale is not None:
+            self._queue_upscale(header["frame_id"], upscale)
         self._publish_status()
+
+    def _queue_upscale(self, frame_id: str, upscale: dict[str, Any]) -> None:
+        """The upscale a generate request asked for, of its frame just published."""
+        frame = wire.decode_frame_parts([bytes(p) for p in self._history[frame_id]])
+        try:
+            job = self.jobs.submit(self.upscales.job_params(upscale, frame))
+        except QueueFull as exc:
+            log.error("frame %s is not upscaled: %s", frame_id, exc)
+            return
+        log.info("job %s queued: upscale %s", job.id, frame_id)
 
     def _remember(self, frame_id: str, parts: list[Any]) -> None:
         """Keep a frame in memory for get_frame/recall; the least recently used goes first."""
@@ -418,11 +432,17 @@ class GeneratorServer:
         return [wire.encode_reply(request_id, self.status())]
 
     def _cmd_generate(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        upscale, args = split_upscale(args)  # upscale: true queues an upscale of the frame when it is out
+        if upscale is not None and self.upscales is None:
+            return [wire.encode_error(request_id, "unavailable", NO_UPSCALER)]
         params = resolve_seed(validate_generation(args))
         job = self.jobs.submit(params)
+        if upscale is not None:
+            self.upscales.chain(job.id, upscale)
         log.info("job %s queued: %r seed %d", job.id, params["prompt"][:80], params["seed"])
         self._publish_status()
-        return [wire.encode_reply(request_id, {"job_id": job.id, "params": params})]
+        extra = {"upscale": upscale} if upscale is not None else {}
+        return [wire.encode_reply(request_id, {"job_id": job.id, "params": params, **extra})]
 
     def _cmd_cancel(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
         job_id = _job_id_arg(args, required=False)
@@ -550,8 +570,7 @@ class GeneratorServer:
         """Queue an upscale of a kept frame (frame_id, cue or name) with the upscale parameters; the upscaled frame
         is published and kept as a new frame naming its source (source_frame_id)."""
         if self.upscales is None:
-            return [wire.encode_error(request_id, "unavailable",
-                                      "this generator runs without an upscaler (serve --upscaler Intel/ldm3d-sr)")]
+            return [wire.encode_error(request_id, "unavailable", NO_UPSCALER)]
         frame_id, parts = self._find_frame({k: v for k, v in args.items() if k in FRAME_KEYS}, "upscale")
         frame = wire.decode_frame_parts([bytes(p) for p in parts])
         job = self.jobs.submit(self.upscales.job_params({k: v for k, v in args.items() if k not in FRAME_KEYS},

@@ -84,6 +84,20 @@ def load_upscaler(model: str, **options: Any) -> Any:
     return UpscaleBackend.load(model or DEFAULT_UPSCALER, **{**DEFAULT_OPTIONS, **options})
 
 
+def split_upscale(args: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(upscale params or None, the other args) of a generate request: ``upscale`` true upscales the frame
+    afterwards with the ``upscale_*`` fields; those without it are refused."""
+    from .cues import UPSCALE
+
+    rest = {k: v for k, v in args.items() if k != "upscale" and not str(k).startswith("upscale_")}
+    given = {k: v for k, v in args.items() if str(k).startswith("upscale_")}
+    if not UPSCALE.coerce(args.get("upscale", False)):
+        if given:
+            raise ParamError(f"{', '.join(given)} given without upscale = true")
+        return None, rest
+    return upscale_params(given), rest
+
+
 FRAME_KEYS = ("frame_id", "cue", "name")  # how an upscale request names its source frame
 SOURCE_KEY = "upscale_source"  # the job param naming its stashed source frame
 
@@ -95,6 +109,7 @@ class UpscaleJobs:
     def __init__(self, load: Callable[[], Any], keep: int = 32) -> None:
         self._load, self._upscaler, self._keep = load, None, keep
         self._sources: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._chained: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def job_params(self, args: dict[str, Any], frame: Any) -> dict[str, Any]:
@@ -106,6 +121,17 @@ class UpscaleJobs:
             while len(self._sources) > self._keep:
                 self._sources.popitem(last=False)
         return {**params, "source_frame_id": frame.meta.get("frame_id"), SOURCE_KEY: token}
+
+    def chain(self, job_id: str, upscale: dict[str, Any]) -> None:
+        """Upscale the frame of generation job ``job_id`` with ``upscale`` once it is published."""
+        with self._lock:
+            self._chained[job_id] = upscale
+            while len(self._chained) > self._keep:  # a cancelled job's entry goes with time
+                self._chained.popitem(last=False)
+
+    def chained(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._chained.pop(job_id, None)
 
     def run(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
             job_id: str) -> tuple[dict[str, Any], RGBD]:

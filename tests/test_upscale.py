@@ -348,16 +348,27 @@ def test_served_upscale_command_of_a_library_frame(model, tmp_path):
             entry = wait_for(lambda: library.get(frame.frame_id))
             assert entry.cue == "dunes" and library.latest_for_cue("dunes").frame_id == frame.frame_id
             assert loads == [1]
+            chained = client.generate(prompt="a canyon", width=128, height=64, steps=1, upscale=True,
+                                      upscale_steps=1, upscale_factor=1.5, upscale_seed=4)
+            assert chained["upscale"]["upscale_seed"] == 4
+            first = wait_for(lambda: srv.server.jobs.get(chained["job_id"]).frame_id)
+            upscaled = wait_for(lambda: (f := rx.latest()) and f.meta.get("source_frame_id") == first and f,
+                                timeout=60)
+            assert upscaled.rgb.shape == (96, 192, 3) and upscaled.meta["params"]["upscale_seed"] == 4
             for args, code in [({"cue": "nothing"}, "not_found"), ({"frame_id": source.frame_id,
                                                                   "upscale_steps": 0}, "bad_params"),
                                ({"frame_id": source.frame_id, "upscale_bogus": 1}, "bad_params")]:
                 with pytest.raises(CommandError) as error:
                     client.request("upscale", args)
                 assert error.value.code == code
+            with pytest.raises(CommandError, match="without upscale = true") as error:
+                client.generate(prompt="a canyon", upscale_steps=1)
+            assert error.value.code == "bad_params"
         with CommandClient(bare.commands, timeout=10) as client:
-            with pytest.raises(CommandError, match="without an upscaler") as error:
-                client.request("upscale", {"frame_id": "latest"})
-            assert error.value.code == "unavailable"
+            for cmd, args in [("upscale", {"frame_id": "latest"}), ("generate", {"upscale": True})]:
+                with pytest.raises(CommandError, match="without an upscaler") as error:
+                    client.request(cmd, args)
+                assert error.value.code == "unavailable"
     finally:
         srv.close()
         bare.close()
