@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES, check_endpoint
-from .params import ESTIMATION_PARAMS, ParamError, validate, validate_generation
+from .params import ESTIMATION_PARAMS, UPSCALE_PARAMS, ParamError, validate, validate_generation
 from .protocol import ProtocolError, encode_upload
 from .receiver import CommandClient, CommandError, CommandTimeout, FrameReceiver
 from .top_frames import TopFrame, to_top
@@ -84,9 +84,19 @@ class ComponentController:
 
     # ------------------------------------------------------------ commands (validated here, sent by the worker)
 
-    def generate(self, values: Mapping[str, Any]) -> None:
-        """Queue a generation; raises ParamError at once for a bad value, naming the allowed range."""
-        self._send("generate", validate_generation(values))
+    def generate(self, values: Mapping[str, Any], upscale: Mapping[str, Any] | None = None) -> None:
+        """Queue a generation (and, with ``upscale`` values, its ldm3d-sr upscale once it is out); raises
+        ParamError at once for a bad value, naming the allowed range."""
+        args = validate_generation(values)
+        if upscale is not None:
+            args.update(validate(upscale, UPSCALE_PARAMS), upscale=True)
+        self._send("generate", args)
+
+    def upscale(self, frame_id: str, values: Mapping[str, Any]) -> None:
+        """Queue an ldm3d-sr upscale of a kept frame (e.g. the one on screen) with upscale parameters."""
+        if not frame_id:
+            raise ParamError("no frame to upscale yet")
+        self._send("upscale", {"frame_id": frame_id, **validate(values, UPSCALE_PARAMS)})
 
     def cancel(self, job_id: str | None = None) -> None:
         self._send("cancel", {"job_id": job_id} if job_id else {})
@@ -146,7 +156,7 @@ class ComponentController:
                 changes["last_error"] = f"{cmd}: {result}"
             else:
                 changes["last_error"] = ""
-                if cmd in ("generate", "estimate"):
+                if cmd in ("generate", "estimate", "upscale"):
                     changes["job_id"] = result.get("job_id", "")
         fresh = self._receiver.take()
         if fresh is not None:

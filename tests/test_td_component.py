@@ -72,7 +72,8 @@ NETWORK = {
 def test_the_builder_makes_the_documented_network(comp):
     assert comp.path == "/project1/DepthFusion"
     assert {child.name: child.OPType for child in comp.children} == NETWORK
-    assert [page.name for page in comp.customPages] == ["Connection", "Generate", "Depth", "Sphere", "Stereo",
+    assert [page.name for page in comp.customPages] == ["Connection", "Generate", "Upscale", "Depth", "Sphere",
+                                                        "Stereo",
                                                         "Outputs", "OSC", "Diagnose", "Status"]
     for name in ("rgb", "depth"):
         top = comp.op(name)
@@ -484,3 +485,45 @@ def test_the_depth_check_of_the_frame_on_screen_shows_on_the_status_page(make_se
     Frames().until(lambda: comp.par.Depthcheck.eval(), "the depth check")
     check = comp.ext.DepthFusionExt.controller.frame.meta["depth_check"]
     assert comp.par.Depthcheck.eval() == f"AbsRel {check['abs_rel']:.3f} · δ1 {check['delta1']:.3f} (luminance)"
+
+
+class NearestUpscaler:
+    """A stand-in for the ldm3d-sr upscaler (no torch): every pixel repeated ``upscale_factor`` times."""
+
+    name, model = "ldm3d-sr", "nearest"
+
+    def upscale(self, rgb, depth, params, progress, cancelled, source_meta=None):
+        from generator.backends.base import RGBD
+
+        k = int(params["upscale_factor"])
+        progress(1, 1)
+        return RGBD(rgb.repeat(k, 0).repeat(k, 1), depth.repeat(k, 0).repeat(k, 1))
+
+
+def test_upscale_the_frame_on_screen_and_upscale_after_generating(make_server, comp):
+    server = make_server(upscaler=NearestUpscaler)
+    comp.par.Framesaddress, comp.par.Commandsaddress = server.frames, server.commands
+    comp.par.Width, comp.par.Height, comp.par.Steps, comp.par.Upscalefactor = 128, 64, 2, 2.0
+    comp.par.Connect.pulse()
+    Frames().until(lambda: comp.par.Connected.eval(), "connected")
+    comp.par.Generate.pulse()
+    Frames().until(lambda: comp.op("depth").stub_image is not None, "the generated frame")
+    source = comp.par.Frameid.eval()
+    comp.par.Upscale.pulse()  # the frame on screen
+    Frames().until(lambda: comp.op("depth").stub_image.shape == (128, 256, 1), "the upscaled frame")
+    assert comp.ext.DepthFusionExt.controller.frame.meta["source_frame_id"] == source
+    comp.par.Upscaleafter, comp.par.Seed = True, 9
+    comp.par.Generate.pulse()  # generate, then upscale once the frame is out
+    Frames().until(lambda: comp.ext.DepthFusionExt.controller.frame.meta.get("seed") == 9
+                   and comp.op("depth").stub_image.shape == (128, 256, 1), "the generated-then-upscaled frame")
+    assert comp.par.Lasterror.eval() == ""
+
+
+def test_upscale_needs_a_frame_and_an_upscaler(server, comp):
+    comp.par.Framesaddress, comp.par.Commandsaddress = server.frames, server.commands
+    comp.par.Connect.pulse()
+    comp.par.Upscale.pulse()
+    assert comp.par.Lasterror.eval() == "no frame to upscale yet"
+    comp.par.Upscaleafter = True
+    comp.par.Generate.pulse()
+    Frames().until(lambda: "--upscaler" in comp.par.Lasterror.eval(), "the generator's answer")

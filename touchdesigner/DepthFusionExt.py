@@ -90,7 +90,8 @@ def _guarded(method):
 
 
 class DepthFusionExt:
-    """Promoted methods: Connect, Disconnect, Generate, Cancel, Recall, DepthFromTop, ApplySettings, Diagnose."""
+    """Promoted methods: Connect, Disconnect, Generate, Cancel, Recall, DepthFromTop, Upscale, ApplySettings,
+    Diagnose."""
 
     def __init__(self, ownerComp: Any) -> None:
         self.ownerComp = ownerComp
@@ -182,8 +183,19 @@ class DepthFusionExt:
     def Generate(self) -> None:
         from td_bridge.params import GENERATION_PARAMS
 
+        from td_bridge.params import UPSCALE_PARAMS
+
         values = self._schema_values(GENERATION_PARAMS)
-        self._run(lambda c: c.generate(values))
+        upscale = self._schema_values(UPSCALE_PARAMS) if self._value("Upscaleafter") else None
+        self._run(lambda c: c.generate(values, upscale))
+
+    @_guarded
+    def Upscale(self, frame_id: str | None = None) -> None:
+        """Upscale a kept frame (default: the one on screen) with the Upscale page's parameters."""
+        from td_bridge.params import UPSCALE_PARAMS
+
+        values = self._schema_values(UPSCALE_PARAMS)
+        self._run(lambda c: c.upscale(self._value("Frameid") if frame_id is None else frame_id, values))
 
     @_guarded
     def Cancel(self) -> None:
@@ -267,7 +279,7 @@ class DepthFusionExt:
     def OnPulse(self, par: Any) -> None:
         actions = {"Connect": self.Connect, "Disconnect": self.Disconnect, "Generate": self.Generate,
                    "Cancel": self.Cancel, "Recall": self.Recall, "Depthfromtop": self.DepthFromTop,
-                   "Diagnose": self.Diagnose}
+                   "Upscale": self.Upscale, "Diagnose": self.Diagnose}
         if par.name in actions:
             actions[par.name]()
 

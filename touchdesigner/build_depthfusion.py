@@ -29,7 +29,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 COMPONENT = "DepthFusion"
-PULSES = ["Connect", "Disconnect", "Generate", "Cancel", "Recall", "Depthfromtop", "Diagnose"]
+PULSES = ["Connect", "Disconnect", "Generate", "Cancel", "Recall", "Depthfromtop", "Upscale", "Diagnose"]
 OUTPUTS = ["left", "right", "side_by_side", "top_bottom", "ods", "dome", "rgb", "depth"]  # Out TOPs, in order
 EXTENSION = "op('./DepthFusionExt').module.DepthFusionExt(me)"
 PIXEL_FORMATS = {"rgb": "rgba8fixed", "depth": "mono16fixed"}  # Script TOPs: 16-bit depth stays 16-bit

@@ -2,7 +2,7 @@
 
 ``create_parameters(comp)`` runs inside TouchDesigner (from build_depthfusion.py) and in the
 tests against the td stand-in. Pages: Connection, Generate (every generation parameter plus
-Generate / Cancel / Recall, and Depth from TOP with its estimation parameters), Depth and Sphere (what the shaders use), Stereo and Outputs (cameras
+Generate / Cancel / Recall, and Depth from TOP with its estimation parameters), Upscale (ldm3d-sr), Depth and Sphere (what the shaders use), Stereo and Outputs (cameras
 and output sizes), OSC (the component's own OSC In DAT), Diagnose (the self-check and the shader's
 position input) and Status (read-only, written by DepthFusionExt).
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES
-from td_bridge.params import (DISPLAY_PARAMS, ESTIMATION_PARAMS, GENERATION_PARAMS, VIEW_PARAMS, find_param, td_name,
-                              td_parameter_specs)
+from td_bridge.params import (DISPLAY_PARAMS, ESTIMATION_PARAMS, GENERATION_PARAMS, UPSCALE_PARAMS, VIEW_PARAMS,
+                              find_param, td_name, td_parameter_specs)
 from td_bridge.td_builds import POSITION_MENU
 
 # name, style, label, default, help
@@ -40,6 +40,12 @@ DEPTH_FROM_TOP = [
      "generator; the frame arrives like a generated one (cue: the Cue above)."),
 ]
 ESTIMATE_PARAMS = [p for p in ESTIMATION_PARAMS if p.name != "cue"]  # the cue is the Generate page's Cue
+UPSCALE = [
+    ("Upscaleafter", "Toggle", "Upscale After Generating", False, "Upscale every frame Generate makes with ldm3d-sr "
+     "(the generator needs --upscaler); the upscaled frame follows the generated one."),
+    ("Upscale", "Pulse", "Upscale", None, "Upscale the frame on screen with the parameters above (the generator "
+     "needs --upscaler). Over 1280x1280 needs a Commercial licence to show."),
+]
 # page → schema parameters (td_bridge.params DISPLAY_PARAMS and VIEW_PARAMS), in order
 VIEW_PAGES = {
     "Depth": ("mapping", "radius", "strength", "near", "far", "cull_jump", "edges"),
@@ -121,6 +127,10 @@ def create_parameters(comp: Any) -> None:
     _add_specs(generate, td_parameter_specs(ESTIMATE_PARAMS, "Generate"))
     for row in DEPTH_FROM_TOP:
         _add(generate, *row)
+    upscale = comp.appendCustomPage("Upscale")
+    _add_specs(upscale, td_parameter_specs(UPSCALE_PARAMS, "Upscale"))
+    for row in UPSCALE:
+        _add(upscale, *row)
     view_params = DISPLAY_PARAMS + VIEW_PARAMS
     for page, names in VIEW_PAGES.items():
         params = [find_param(name, view_params) for name in names]
