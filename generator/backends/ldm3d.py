@@ -21,7 +21,7 @@ import torch
 from td_bridge.depth import depth16_from_vae4, depth16_from_vae6
 
 from .base import RGBD, BackendUnavailable, Cancelled, CancelledFn, ProgressFn
-from .ldm3d_files import HUB_ID, resolve  # noqa: F401  (HUB_ID: generator.estimators imports it from here)
+from .ldm3d_files import resolve
 from .seamless import set_seamless
 
 log = logging.getLogger("depthfusion.ldm3d")

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..backends.base import BackendUnavailable
-from ..backends.ldm3d import HUB_ID, pick_device
+from ..backends.ldm3d import pick_device
+from ..backends.ldm3d_files import HUB_ID
 
 log = logging.getLogger("depthfusion.estimators")
 
