@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from td_bridge.params import ESTIMATION_PARAMS, validate
+from td_bridge.params import ESTIMATION_PARAMS, defaults, validate
 
 from .backends.base import RGBD, CancelledFn, ProgressFn
 from .jobs import QueueFull
@@ -75,7 +75,7 @@ class EstimateJobs:
 
         started = time.perf_counter()
         model = self.model()
-        estimate = estimate_rgbd(model, result.rgb, {"pano": "auto", "views": "cube", "flip": "auto", "cue": ""})
+        estimate = estimate_rgbd(model, result.rgb, {**defaults(ESTIMATION_PARAMS), "views": "cube"})  # 6 views
         check = consistency(estimate.depth.astype(np.float64) / 65535.0, result.depth.astype(np.float64) / 65535.0)
         return {"model": model.model, "abs_rel": round(check.abs_rel, 6), "delta1": round(check.delta1, 6),
                 "pixels": check.pixels, "seconds": round(time.perf_counter() - started, 3)}

@@ -100,6 +100,7 @@ class DepthFusionExt:
         self.started = self.closed = False
         self.started_by = ""
         self.diagnosis = ""
+        self._plain_status = "disconnected"  # Status without the diagnosis, while there is no controller
         self._poles = (0.5, 0.5)
         self._controller_error = ""
         try:
@@ -127,7 +128,8 @@ class DepthFusionExt:
         try:
             self._import_bridge()
         except ImportError as exc:
-            self._show(status="td_bridge missing", last_error=f"cannot import td_bridge: {exc}")
+            self._plain_status = "td_bridge missing"
+            self._show(status=self._plain_status, last_error=f"cannot import td_bridge: {exc}")
             return
         self.bridge = True
         self.ApplySettings()
@@ -135,7 +137,8 @@ class DepthFusionExt:
             from td_bridge.component import ComponentController
         except ImportError as exc:
             missing = "zmq" in str(exc)
-            self._show(status="pyzmq missing" if missing else "td_bridge missing",
+            self._plain_status = "pyzmq missing" if missing else "td_bridge missing"
+            self._show(status=self._plain_status,
                        last_error=PYZMQ_HELP if missing else f"cannot import td_bridge: {exc}")
         else:
             self.controller = ComponentController()
@@ -519,8 +522,7 @@ class DepthFusionExt:
     # ------------------------------------------------------------ helpers
 
     def _status_line(self) -> str:
-        base = self.controller.state.status if self.controller is not None else self.ownerComp.par.Status.eval()
-        base = str(base).split(" · diagnose")[0]
+        base = self.controller.state.status if self.controller is not None else self._plain_status
         return f"{base} · {self.diagnosis}" if self.diagnosis else base
 
     def _value(self, name: str) -> Any:

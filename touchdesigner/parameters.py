@@ -115,22 +115,20 @@ def _add_specs(page: Any, specs: list[dict[str, Any]]) -> None:
              menu=spec.get("menu"), low=spec.get("min"), high=spec.get("max"))
 
 
+def _add_group(page: Any, params: Any, rows: list[tuple]) -> None:
+    """Schema parameters, then the component's own rows (name, style, label, default, help)."""
+    _add_specs(page, td_parameter_specs(params, page.name))
+    for row in rows:
+        _add(page, *row)
+
+
 def create_parameters(comp: Any) -> None:
     """Add the custom parameter pages to ``comp``."""
-    connection = comp.appendCustomPage("Connection")
-    for row in CONNECTION:
-        _add(connection, *row)
+    _add_group(comp.appendCustomPage("Connection"), (), CONNECTION)
     generate = comp.appendCustomPage("Generate")
-    _add_specs(generate, td_parameter_specs(GENERATION_PARAMS, "Generate"))
-    for row in ACTIONS:
-        _add(generate, *row)
-    _add_specs(generate, td_parameter_specs(ESTIMATE_PARAMS, "Generate"))
-    for row in DEPTH_FROM_TOP:
-        _add(generate, *row)
-    upscale = comp.appendCustomPage("Upscale")
-    _add_specs(upscale, td_parameter_specs(UPSCALE_PARAMS, "Upscale"))
-    for row in UPSCALE:
-        _add(upscale, *row)
+    _add_group(generate, GENERATION_PARAMS, ACTIONS)
+    _add_group(generate, ESTIMATE_PARAMS, DEPTH_FROM_TOP)
+    _add_group(comp.appendCustomPage("Upscale"), UPSCALE_PARAMS, UPSCALE)
     view_params = DISPLAY_PARAMS + VIEW_PARAMS
     for page, names in VIEW_PAGES.items():
         params = [find_param(name, view_params) for name in names]
