@@ -7,7 +7,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from td_bridge.params import DISPLAY_PARAMS, validate
+from td_bridge.params import DISPLAY_PARAMS, find_param, validate
 from td_bridge.protocol import PROTOCOL_VERSION, STAMP_BYTES, check_arrays, encode_header, frame_header
 
 from . import __version__
@@ -45,9 +45,9 @@ def frame_meta(
     return {
         "model": backend.model,
         "backend": backend.name,
-        "prompt": params["prompt"],
-        "negative_prompt": params["negative_prompt"],
-        "seed": params["seed"],
+        "prompt": params.get("prompt", ""),  # an upscaled frame records only what its source did
+        "negative_prompt": params.get("negative_prompt", ""),
+        "seed": params.get("seed"),
         "params": dict(params),
         "job_id": job_id,
         "created_at": created_at,
@@ -58,8 +58,9 @@ def frame_meta(
 
 
 def display_for_frame(given: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """Display parameters given, validated; metric mapping takes the frame's recorded near/far unless given."""
-    if given.get("mapping") == "metric":
+    """Display parameters given, validated; the metric mapping (given, or the default) takes the frame's recorded
+    near/far unless given."""
+    if given.get("mapping", find_param("mapping", DISPLAY_PARAMS).default) == "metric":
         recorded = meta.get("depth") or {}
         given = {**{k: recorded[k] for k in ("near", "far") if recorded.get(k) is not None}, **given}
     return validate(given, DISPLAY_PARAMS)

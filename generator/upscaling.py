@@ -1,8 +1,9 @@
 """Upscaled frames: a source frame through the ldm3d-sr upscaler into a new frame linked to its source.
 
 Shared by ``python -m generator upscale``, ``generate --upscale`` and the server's ``upscale`` command. The new
-frame keeps the source's prompt, negative prompt, seed and cue, records every upscale parameter beside them, and
-names its source in the metadata field ``source_frame_id``.
+frame keeps the source's prompt, negative prompt, seed and cue (as far as the source records them: nothing is
+invented for a folder without metadata.json), records every upscale parameter beside them, and names its source in
+the metadata field ``source_frame_id``.
 """
 
 from __future__ import annotations
@@ -45,20 +46,19 @@ class _SourceUpscale:
 
 
 def frame_params(meta: dict[str, Any], upscale: dict[str, Any]) -> dict[str, Any]:
-    """The params an upscaled frame records: the source's generation params that the schema accepts (defaults for
-    the rest, e.g. of a depth-estimated frame), the upscale params and ``source_frame_id``."""
+    """The params an upscaled frame records: those of the source's recorded generation params that the schema
+    accepts, the upscale params and ``source_frame_id``. Only what the source records: nothing is filled in with
+    defaults (a folder without metadata.json, or a depth-estimated frame, has no seed, steps or generation size to
+    report; the source's actual size is in the upscaler's ``backend_info.source_size``)."""
     recorded = meta.get("params") if isinstance(meta.get("params"), dict) else {}
     recorded = {**{k: meta[k] for k in ("prompt", "negative_prompt") if k in meta}, **recorded}
-    source = {k: v for k, v in recorded.items() if _accepted(k, v)}
-    return {**validate(source, GENERATION_PARAMS), **upscale, "source_frame_id": meta.get("frame_id")}
-
-
-def _accepted(name: str, value: Any) -> bool:
-    try:
-        find_param(name, GENERATION_PARAMS).coerce(value)
-        return True
-    except ParamError:
-        return False
+    source = {}
+    for name, value in recorded.items():
+        try:
+            source[str(name)] = find_param(str(name), GENERATION_PARAMS).coerce(value)
+        except ParamError:  # not a generation parameter (an estimation or upscale one), or out of range
+            pass
+    return {**source, **upscale, "source_frame_id": meta.get("frame_id")}
 
 
 def upscale_frame(upscaler: Any, meta: dict[str, Any], rgb: np.ndarray, depth: np.ndarray, upscale: dict[str, Any],

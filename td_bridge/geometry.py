@@ -223,6 +223,57 @@ def off_axis_projection(eye_offset: float, convergence: float, fov_y_deg: float,
     return frustum(-half_width - shift, half_width - shift, -top, top, near, far)
 
 
+# The stereo defaults' rule (docs/geometry.md, "Stereo defaults: the rule"): the sphere at true scale (nearest
+# surfaces 1 m away, the human IPD), and the convergence distance of flat outputs chosen so that a third of the
+# parallax between the nearest and the farthest surface lies in front of the screen, two thirds behind it.
+PARALLAX_FRONT_SHARE = 1.0 / 3.0
+
+
+def focal_length_px(fov_y_deg: float, height: float) -> float:
+    """Focal length in pixels of an eye image ``height`` pixels high with vertical field of view ``fov_y_deg``."""
+    return float(height) / (2.0 * _tan_half(fov_y_deg))
+
+
+def screen_parallax(distance, ipd: float, convergence: float, fov_y_deg: float, height: float):
+    """Horizontal screen parallax in pixels (right eye's x − left eye's x) of a point at camera depth ``distance``
+    for the eye pair of :func:`off_axis_projection` (eyes ±ipd/2, one window at ``convergence``):
+    ipd · f · (1/convergence − 1/distance), f = :func:`focal_length_px`. Positive behind the screen (uncrossed),
+    negative in front of it (crossed), 0 at the convergence distance; divide by the width for a fraction of it.
+    The same for every point at that depth, wherever it is in the image (the eyes' axes are parallel)."""
+    if not (convergence > 0 and ipd >= 0):
+        raise ValueError(f"need convergence > 0 and ipd >= 0, got convergence={convergence}, ipd={ipd}")
+    return ipd * focal_length_px(fov_y_deg, height) * (1.0 / convergence - 1.0 / np.asarray(distance, np.float64))
+
+
+def parallax_budget(nearest: float, farthest: float, ipd: float, convergence: float, fov_y_deg: float,
+                    width: float, height: float) -> tuple[float, float]:
+    """(in front, behind): the parallax of the nearest and the farthest surface straight ahead, as fractions of
+    the image width (the first negative when the nearest surface comes out of the screen)."""
+    front, behind = (float(screen_parallax(z, ipd, convergence, fov_y_deg, height)) / width
+                     for z in (nearest, farthest))
+    return front, behind
+
+
+def convergence_for_split(nearest: float, farthest: float, front_share: float = PARALLAX_FRONT_SHARE) -> float:
+    """The convergence distance that puts ``front_share`` of the parallax between ``nearest`` and ``farthest``
+    in front of the screen and the rest behind it: 1/C = (1 − front_share)/nearest + front_share/farthest
+    (parallax is linear in 1/distance, so the split does not depend on the IPD, field of view or image size)."""
+    if not (0 < nearest < farthest and 0 <= front_share <= 1):
+        raise ValueError(f"need 0 < nearest < farthest and 0 <= front_share <= 1, got {nearest}, {farthest}, "
+                         f"{front_share}")
+    return 1.0 / ((1.0 - front_share) / nearest + front_share / farthest)
+
+
+def ipd_for_parallax_span(span: float, nearest: float, farthest: float, fov_y_deg: float, width: float,
+                          height: float) -> float:
+    """The IPD whose parallax from ``nearest`` to ``farthest`` spans ``span`` of the image width (a fraction):
+    what a flat output needs for a parallax budget that the human IPD does not reach (hyperstereo: the scene
+    then looks smaller than true scale, by IPD / 0.064)."""
+    if not (0 < nearest < farthest and span >= 0):
+        raise ValueError(f"need 0 < nearest < farthest and span >= 0, got {nearest}, {farthest}, {span}")
+    return span * width / (focal_length_px(fov_y_deg, height) * (1.0 / nearest - 1.0 / farthest))
+
+
 def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Left image | right image."""
     return np.concatenate([left, right], axis=1)

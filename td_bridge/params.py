@@ -132,18 +132,22 @@ GENERATION_PARAMS: tuple[Param, ...] = (
 )
 
 DISPLAY_PARAMS: tuple[Param, ...] = (
-    Param("mapping", str, "linear", "How depth moves sphere vertices: linear (the paper's rule: 1.0 pulls in, "
-          "0.0 pushes out, 0.5 stays) or metric (relative inverse depth between near and far).",
+    Param("mapping", str, "metric", "How depth moves sphere vertices: metric (depth as relative inverse depth "
+          "between near and far, as LDM3D and DPT-style estimators make it: true scale, and screen parallax "
+          "proportional to depth) or linear (the paper's rule: 1.0 pulls in, 0.0 pushes out, 0.5 stays).",
           choices=("linear", "metric")),
-    Param("radius", float, 10.0, "Sphere radius; linear mapping only.", minimum=0.01, maximum=10000.0, unit="m"),
-    Param("strength", float, 1.0, "Linear mapping: how far depth moves vertices (0 = plain sphere).",
+    Param("radius", float, 10.5, "Sphere radius; linear mapping only. With strength 1.81, depth 1.0 comes to 1 m "
+          "and 0.0 goes to 20 m, as the metric defaults.", minimum=0.01, maximum=10000.0, unit="m"),
+    Param("strength", float, 1.81, "Linear mapping: how far depth moves vertices (0 = plain sphere).",
           minimum=0.0, maximum=1.99),
-    Param("near", float, 1.0, "Metric mapping: distance of depth 1.0.", minimum=0.001, maximum=10000.0, unit="m"),
-    Param("far", float, 100.0, "Metric mapping: distance of depth 0.0 (more than near).",
+    Param("near", float, 1.0, "Metric mapping: distance of depth 1.0, the nearest surfaces (true scale: about "
+          "1 m; nearer comes further out of the screen).", minimum=0.001, maximum=10000.0, unit="m"),
+    Param("far", float, 20.0, "Metric mapping: distance of depth 0.0, the farthest surfaces (more than near; a hall "
+          "or courtyard; beyond it the default view's parallax hardly changes).",
           minimum=0.002, maximum=100000.0, unit="m"),
     Param("mesh_rows", int, 256, "Sphere latitude segments.", minimum=2, maximum=4096),
     Param("mesh_cols", int, 512, "Sphere longitude segments.", minimum=3, maximum=8192),
-    Param("cull_jump", float, 0.1, "Hide triangles whose corners' distances differ by more than this fraction "
+    Param("cull_jump", float, 0.3, "Hide triangles whose corners' distances differ by more than this fraction "
           "(rubber sheets across depth edges); 0 keeps every triangle.", minimum=0.0, maximum=10.0),
 )
 
@@ -152,9 +156,12 @@ DISPLAY_PARAMS: tuple[Param, ...] = (
 VIEW_PARAMS: tuple[Param, ...] = (
     Param("edges", str, "cull", "Triangles across depth edges (see cull_jump): keep them, cull them or fade "
           "them out.", choices=("keep", "cull", "fade")),
-    Param("ipd", float, 0.064, "Distance between the eyes.", minimum=0.0, maximum=1.0, unit="m"),
-    Param("convergence", float, 10.0, "Distance with no parallax between the eyes: nearer points come out of "
-          "the screen, farther ones recede.", minimum=0.01, maximum=100000.0, unit="m"),
+    Param("ipd", float, 0.064, "Distance between the eyes (0.064: a person's, true scale; a flat 3D output may "
+          "raise it for more depth, and the scene then looks smaller).", minimum=0.0, maximum=1.0, unit="m"),
+    Param("convergence", float, 1.46, "Distance with no parallax between the eyes: nearer points come out of "
+          "the screen, farther ones recede. The default puts a third of the parallax from near to far in front "
+          "of the screen, two thirds behind it (td_bridge.geometry.convergence_for_split).",
+          minimum=0.01, maximum=100000.0, unit="m"),
     Param("fov", float, 90.0, "Vertical field of view of the left and right eye cameras.",
           minimum=1.0, maximum=179.0, unit="deg"),
     Param("head_x", float, 0.0, "Head position, right of the sphere's centre (parallax).",
@@ -178,6 +185,25 @@ VIEW_PARAMS: tuple[Param, ...] = (
           maximum=360.0, unit="deg"),
     Param("dome_tilt", float, 90.0, "Dome camera tilt: 90 puts the zenith in the centre (planetarium), 0 the "
           "horizon straight ahead.", minimum=-90.0, maximum=90.0, unit="deg"),
+)
+
+# How the running TouchDesigner's cameras and projections behave where Derivative's documentation can be read two
+# ways. The defaults are our reading of the docs; the TouchDesigner component's Diagnose renders a test frame,
+# measures each one (td_bridge.geometry_check) and its Apply Fixes pulse sets the ones that come out wrong.
+CONVENTION_PARAMS: tuple[Param, ...] = (
+    Param("window_x_sign", str, "docs", "Sign of the eye cameras' Window X: docs (a negative Window X moves the "
+          "image centre left, as the Camera COMP page reads) or reversed.", choices=("docs", "reversed")),
+    Param("ods_left_index", int, 0, "Camera index of the left eye in the 360° stereo Render TOP.",
+          minimum=0, maximum=1),
+    Param("ods_ipd_sign", str, "auto", "Sign of the 360° stereo camera's IPD Shift: auto (by build: reversed before "
+          "2023.12370, as its release notes say), normal or reversed.", choices=("auto", "normal", "reversed")),
+    Param("ods_ipd_shift", str, "half", "What the 360° stereo camera's IPD Shift measures: half (each eye's offset, "
+          "IPD/2) or whole (the distance between the eyes).", choices=("half", "whole")),
+    Param("equirect_yaw", float, 0.0, "Turn added to the Projection TOPs that make the 360° equirectangular "
+          "outputs.", minimum=-360.0, maximum=360.0, unit="deg"),
+    Param("equirect_mirror", bool, False, "Mirror the 360° equirectangular outputs left to right."),
+    Param("dome_tilt_sign", str, "docs", "Sign of the dome camera's tilt: docs (positive tilts up, as the Camera "
+          "COMP's Rotate X) or reversed.", choices=("docs", "reversed")),
 )
 
 

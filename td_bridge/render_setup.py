@@ -10,7 +10,9 @@ value) moves a camera along its own X axis after rotation (right eye +IPD/2, lef
 omni-directional stereo camera the sign depends on the build, see td_bridge.td_builds); Window X (``winx``)
 shifts the image by that fraction of its width ("a Window X of −0.5 moves the previous centre of
 the image to the left edge"), which makes the off-axis frustum of
-:func:`td_bridge.geometry.off_axis_projection`.
+:func:`td_bridge.geometry.off_axis_projection`. Where the docs can be read two ways (that Window X sign,
+the ODS camera's eye order and IPD Shift, the Projection TOPs' orientation, the dome tilt) the
+CONVENTION_PARAMS overrides apply; Diagnose measures them (td_bridge.geometry_check).
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import math
 from typing import Any, Mapping
 
 from .depth import LINEAR, DepthMapping
-from .params import DISPLAY_PARAMS, VIEW_PARAMS, validate_all
+from .params import CONVENTION_PARAMS, DISPLAY_PARAMS, VIEW_PARAMS, validate_all
 from .td_builds import ODS_IPD_SIGN_FIXED, Build, ods_ipd_shift
 
 EDGE_MODES = {"keep": 0.0, "cull": 1.0, "fade": 2.0}  # uMapping.w, as depthfusion_pixel.glsl reads it
+# GLSL MAT Common page: fade writes premultiplied colour (depthfusion_pixel.glsl), so it blends One /
+# One Minus Source Alpha and writes no depth (a faded sheet must not hide what is behind it).
+FADE_BLENDING = {"srcblend": "one", "destblend": "omsa"}
 
 # Operator names inside the DepthFusion component (the builder creates them).
 GEOMETRY, MESH, MATERIAL = "sphere", "mesh", "displace"
@@ -45,6 +50,19 @@ def ods_select(eye: str) -> str:
 
 def ods(eye: str) -> str:
     return f"ods_{eye}"
+
+
+def ods_flip(eye: str) -> str:
+    """The Flip TOP after an eye's equirectangular Projection TOP (equirect_mirror)."""
+    return f"ods_flip_{eye}"
+
+
+# What the geometry check reads back (td_bridge.geometry_check's image names → operator names).
+GEOMETRY_READBACK = {
+    "render_left": render("left"), "render_right": render("right"), "side_by_side": SIDE_BY_SIDE,
+    "top_bottom": TOP_BOTTOM, "ods_left": ods_flip("left"), "ods_right": ods_flip("right"),
+    "ods_top_bottom": ODS_TOP_BOTTOM, "dome": DOME,
+}
 
 
 Vec4 = tuple[float, float, float, float]
@@ -91,37 +109,63 @@ def cube_face_size(equirect_height: int) -> int:
     return max(16, math.ceil(2 * equirect_height / math.pi / 8) * 8)
 
 
-def render_settings(display: Mapping[str, Any], view: Mapping[str, Any],
-                    build: Build = ODS_IPD_SIGN_FIXED) -> dict[str, dict[str, Any]]:
+def ods_camera_shift(ipd: float, build: Build, conventions: Mapping[str, Any]) -> float:
+    """The ODS camera's IPD Shift for validated CONVENTION_PARAMS: the build's sign unless ods_ipd_sign says
+    otherwise, half or the whole IPD as ods_ipd_shift says."""
+    sign = {"auto": math.copysign(1.0, ods_ipd_shift(1.0, build)), "normal": 1.0, "reversed": -1.0}
+    size = ipd / 2 if conventions["ods_ipd_shift"] == "half" else ipd
+    return sign[conventions["ods_ipd_sign"]] * size
+
+
+def material_settings(edges: str) -> dict[str, Any]:
+    """GLSL MAT blending and depth writing for an edge mode: fade blends premultiplied colour without writing
+    depth; keep and cull draw opaque."""
+    if edges not in EDGE_MODES:
+        raise ValueError(f"edges must be one of {', '.join(EDGE_MODES)}, got {edges!r}")
+    fade = edges == "fade"
+    return {"blending": fade, **FADE_BLENDING, "depthwriting": not fade}
+
+
+def render_settings(display: Mapping[str, Any], view: Mapping[str, Any], build: Build = ODS_IPD_SIGN_FIXED,
+                    conventions: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Parameter values by operator name (``sphere/mesh`` is inside the Geometry COMP) for
-    display and view parameters on TouchDesigner ``build`` (it sets the ODS IPD sign); both are
-    validated first (ParamError names every problem)."""
-    display, view = validate_all((display, DISPLAY_PARAMS), (view, VIEW_PARAMS))
+    display and view parameters on TouchDesigner ``build`` (it sets the ODS IPD sign) with the
+    CONVENTION_PARAMS overrides (defaults: the docs' reading); all are validated first (ParamError names every
+    problem)."""
+    display, view, conventions = validate_all((display, DISPLAY_PARAMS), (view, VIEW_PARAMS),
+                                              (conventions or {}, CONVENTION_PARAMS))
     near, far = clip_range(display, view)
     head = {"tx": view["head_x"], "ty": view["head_y"], "tz": view["head_z"], "rz": 0.0, "rord": "xyz"}
     aspect = view["eye_width"] / view["eye_height"]
     settings: dict[str, dict[str, Any]] = {
         f"{GEOMETRY}/{MESH}": {"rows": display["mesh_rows"], "cols": display["mesh_cols"]},
+        MATERIAL: material_settings(view["edges"]),
     }
+    window_sign = -1.0 if conventions["window_x_sign"] == "reversed" else 1.0
+    left_index = conventions["ods_left_index"]
     for eye, sign in zip(EYES, (-1.0, 1.0)):
         offset = sign * view["ipd"] / 2
         settings[camera(eye)] = {
             **head, "rx": view["pitch"], "ry": view["yaw"], "ipdshift": offset, "viewanglemethod": "vertfov",
-            "fov": view["fov"], "winx": window_x(offset, view["convergence"], view["fov"], aspect),
+            "fov": view["fov"], "winx": window_sign * window_x(offset, view["convergence"], view["fov"], aspect),
             "near": near, "far": far,
         }
         settings[render(eye)] = {"resolutionw": view["eye_width"], "resolutionh": view["eye_height"]}
-        settings[ods(eye)] = {"resolutionw": 2 * view["ods_height"], "resolutionh": view["ods_height"]}
+        settings[ods_select(eye)] = {"cameraindex": left_index if eye == "left" else 1 - left_index}
+        settings[ods(eye)] = {"resolutionw": 2 * view["ods_height"], "resolutionh": view["ods_height"],
+                              "ry": conventions["equirect_yaw"]}
+        settings[ods_flip(eye)] = {"flipx": conventions["equirect_mirror"]}
     face = cube_face_size(view["ods_height"])
     eye_w, eye_h = view["eye_width"], view["eye_height"]
     full = view["packing"] == "full"
     settings[SIDE_BY_SIDE] = {"resolutionw": 2 * eye_w if full else eye_w, "resolutionh": eye_h}
     settings[TOP_BOTTOM] = {"resolutionw": eye_w, "resolutionh": 2 * eye_h if full else eye_h}
     settings[ODS_TOP_BOTTOM] = {"resolutionw": 2 * view["ods_height"], "resolutionh": 2 * view["ods_height"]}
-    settings[ODS_CAMERA] = {**head, "rx": 0.0, "ry": view["yaw"], "ipdshift": ods_ipd_shift(view["ipd"], build),
-                            "near": near, "far": far}
+    settings[ODS_CAMERA] = {**head, "rx": 0.0, "ry": view["yaw"],
+                            "ipdshift": ods_camera_shift(view["ipd"], build, conventions), "near": near, "far": far}
     settings[ODS_RENDER] = {"resolutionw": face, "resolutionh": face}
-    settings[DOME_CAMERA] = {**head, "rx": view["dome_tilt"], "ry": view["yaw"], "ipdshift": 0.0,
+    tilt_sign = -1.0 if conventions["dome_tilt_sign"] == "reversed" else 1.0
+    settings[DOME_CAMERA] = {**head, "rx": tilt_sign * view["dome_tilt"], "ry": view["yaw"], "ipdshift": 0.0,
                              "near": near, "far": far}
     dome_face = cube_face_size(view["dome_size"])
     settings[DOME_RENDER] = {"resolutionw": dome_face, "resolutionh": dome_face}

@@ -42,6 +42,25 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "co
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
+# What the TouchDesigner builder and extension replace in Python's module cache, as they do inside TouchDesigner:
+# the builder re-imports the repository's modules, the component loads its embedded td_bridge under that name.
+_TD_SIDE_MODULES = ("td_bridge", "parameters", "shader_source", "build_depthfusion")
+
+
+@pytest.fixture(autouse=True)
+def keep_module_cache() -> Iterator[None]:
+    """Put back td_bridge's (and the builder's) modules, sys.path and the import finders after each test, so one
+    test's rebuilt or embedded td_bridge never reaches the next (classes such as ParamError stay the ones the
+    test modules imported)."""
+    saved = {name: module for name, module in sys.modules.items() if name.split(".")[0] in _TD_SIDE_MODULES}
+    path, finders = list(sys.path), list(sys.meta_path)
+    yield
+    for name in [name for name in sys.modules if name.split(".")[0] in _TD_SIDE_MODULES]:
+        del sys.modules[name]
+    sys.modules.update(saved)
+    sys.path[:], sys.meta_path[:] = path, finders
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Tiny torch models on a shared CPU: their ops are too small to split, and a second intra-op thread spins

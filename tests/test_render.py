@@ -102,6 +102,29 @@ def test_a_feature_lands_at_the_disparity_ipd_convergence_and_fov_predict(ctx, d
         assert abs(centroid(right, 0)[0] - centroid(left, 0)[0]) < 0.25
 
 
+def test_fade_blends_faded_triangles_over_what_is_behind_them(ctx, monkeypatch):
+    """A thin pole 2 m away in front of a wall at 6 m, seen from 0.3 m off centre: all its vertices border a
+    depth edge, so fade makes it transparent. Blended (as the GLSL MAT is set in fade mode), the wall it is
+    drawn over shows; written opaque with depth, as before, its transparent black hides the wall."""
+    from generator.render import scene as scene_module
+    from td_bridge.render_setup import material_settings
+
+    rgb, depth = scene(width=256, height=128, distance=6.0)
+    rgb[:] = (255, 255, 0)
+    depth[52:76, 127:129] = to_uint16(inverse_depth_from_distance(2.0, 0.5, 100.0))
+    settings = view(fov=60.0, eye_width=256, eye_height=144, head_x=0.3)
+    images = {}
+    for blending in (True, False):
+        if not blending:
+            monkeypatch.setattr(scene_module, "material_settings",
+                                lambda edges: {**material_settings(edges), "blending": False, "depthwriting": True})
+        with renderer(ctx, rgb, depth, edges="fade") as r:
+            images[blending] = r.eye(settings, "left")[..., 0].astype(int)  # red: 255 on the wall
+    dark = {blending: int((image < 128).sum()) for blending, image in images.items()}
+    assert dark[True] < dark[False] - 20, dark  # wall where the faded pole used to paint black
+    assert (images[True] >= images[False] - 2).all()  # blending never darkens
+
+
 def test_ipd_zero_gives_identical_eyes(ctx):
     from generator.backends.demo import DemoBackend
     from td_bridge.params import validate_generation

@@ -130,12 +130,12 @@ def test_clip_planes_hold_the_whole_displaced_sphere(display, view):
 
 
 def test_shader_uniforms_follow_the_mapping():
-    display = {**defaults(DISPLAY_PARAMS), "mapping": "metric", "near": 0.5, "far": 50.0, "cull_jump": 0.2,
-               "mesh_rows": 100, "mesh_cols": 400}
+    display = {**defaults(DISPLAY_PARAMS), "mapping": "metric", "radius": 10.0, "strength": 1.0, "near": 0.5,
+               "far": 50.0, "cull_jump": 0.2, "mesh_rows": 100, "mesh_cols": 400}
     uniforms = shader_uniforms(display, "fade", poles=(0.25, 0.75))
     assert uniforms == {"uMapping": (1.0, 10.0, 1.0, 2.0), "uRange": (0.5, 50.0, 0.2, 0.0),
                         "uPoles": (0.25, 0.75, 0.0, 0.0), "uMeshStep": (1 / 400, 1 / 100, 0.0, 0.0)}
-    assert shader_uniforms(defaults(DISPLAY_PARAMS), "keep")["uMapping"][::3] == (0.0, 0.0)
+    assert shader_uniforms({**defaults(DISPLAY_PARAMS), "mapping": "linear"}, "keep")["uMapping"][::3] == (0.0, 0.0)
     with pytest.raises(ValueError, match="edges"):
         shader_uniforms(defaults(DISPLAY_PARAMS), "blur")
 
@@ -143,7 +143,7 @@ def test_shader_uniforms_follow_the_mapping():
 def test_render_settings_sizes_and_validation():
     settings = render_settings({"mesh_rows": 64, "mesh_cols": 128}, {"ods_height": 1000, "dome_size": 1024})
     assert settings["sphere/mesh"] == {"rows": 64, "cols": 128}
-    assert settings["ods_left"] == settings["ods_right"] == {"resolutionw": 2000, "resolutionh": 1000}
+    assert settings["ods_left"] == settings["ods_right"] == {"resolutionw": 2000, "resolutionh": 1000, "ry": 0.0}
     assert settings["render_ods"]["resolutionw"] == cube_face_size(1000) == 640
     assert settings["dome"] == {"fov": 180.0, "resolutionw": 1024, "resolutionh": 1024}
     assert settings["cam_dome"]["rx"] == 90.0 and settings["cam_ods"]["ipdshift"] == 0.032
@@ -166,3 +166,33 @@ def test_the_ods_ipd_sign_is_reversed_before_2023_12370():
     assert render_settings({}, ipd, (2023, 12370))["cam_ods"]["ipdshift"] == 0.035
     assert render_settings({}, ipd, (2025, 31550))["cam_ods"]["ipdshift"] == 0.035
     assert render_settings({}, ipd, (2023, 11290))["cam_ods"]["ipdshift"] == -0.035
+
+
+def test_the_convention_overrides_change_only_what_they_name():
+    view = {"ipd": 0.06, "convergence": 3.0, "dome_tilt": 80.0}
+    base = render_settings({}, view, (2025, 31550))
+    overrides = {
+        "window_x_sign": ("reversed", {("cam_left", "winx"): -base["cam_left"]["winx"],
+                                       ("cam_right", "winx"): -base["cam_right"]["winx"]}),
+        "ods_left_index": (1, {("ods_select_left", "cameraindex"): 1, ("ods_select_right", "cameraindex"): 0}),
+        "ods_ipd_sign": ("reversed", {("cam_ods", "ipdshift"): -0.03}),
+        "ods_ipd_shift": ("whole", {("cam_ods", "ipdshift"): 0.06}),
+        "equirect_yaw": (90.0, {("ods_left", "ry"): 90.0, ("ods_right", "ry"): 90.0}),
+        "equirect_mirror": (True, {("ods_flip_left", "flipx"): True, ("ods_flip_right", "flipx"): True}),
+        "dome_tilt_sign": ("reversed", {("cam_dome", "rx"): -80.0}),
+    }
+    for name, (value, changed) in overrides.items():
+        settings = render_settings({}, view, (2025, 31550), {name: value})
+        differ = {(path, par) for path, values in settings.items() for par, v in values.items()
+                  if base[path][par] != v}
+        assert differ == set(changed), name
+        assert all(settings[path][par] == pytest.approx(v) for (path, par), v in changed.items()), name
+    assert render_settings({}, view, (2023, 11290), {"ods_ipd_sign": "normal"})["cam_ods"]["ipdshift"] == 0.03
+    with pytest.raises(ParamError, match="window_x_sign"):
+        render_settings({}, view, (2025, 31550), {"window_x_sign": "sideways"})
+
+
+@pytest.mark.parametrize("edges, blending", [("keep", False), ("cull", False), ("fade", True)])
+def test_fade_blends_premultiplied_colour_without_writing_depth(edges, blending):
+    material = render_settings({}, {"edges": edges})["displace"]
+    assert material == {"blending": blending, "srcblend": "one", "destblend": "omsa", "depthwriting": not blending}

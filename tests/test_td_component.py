@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT, SMALL, wait_for
 from generator.backends.demo import DemoBackend
-from td_bridge import render_setup, td_builds
+from td_bridge import render_setup, stamp, td_builds
 from td_bridge.params import DISPLAY_PARAMS, GENERATION_PARAMS, VIEW_PARAMS, defaults, td_name
 from td_bridge.render_setup import render_settings, shader_uniforms
 
@@ -19,15 +19,15 @@ sys.path[:0] = [str(ROOT / "tests" / "tdstub"), str(ROOT / "touchdesigner")]
 import build_depthfusion  # noqa: E402
 import shader_source  # noqa: E402
 import td  # noqa: E402  - the stand-in
-from DepthFusionExt import PYZMQ_HELP, load_package  # noqa: E402
+from DepthFusionExt import GEOMETRY_FRAMES, PYZMQ_HELP, load_package  # noqa: E402
 
 BUILDS = td.SUPPORTED_BUILDS
 
 
 def build_component(build):
     component = build_depthfusion.build(td, td.make_root(build), ROOT / "touchdesigner")
-    td.simulate_frame()
-    td.simulate_frame()  # onInitTD (2025.31550+) or the run(delayFrames=1) fallback has started it
+    for _ in range(3 + GEOMETRY_FRAMES):  # started (onInitTD or the run() fallback), then
+        td.simulate_frame()  # its first Diagnose's geometry check has read back and taken its test frame away
     return component
 
 
@@ -52,18 +52,26 @@ class Frames:
         return wait_for(step, timeout=timeout, what=what)
 
 
+def shows_a_frame(comp):
+    """A frame from the generator is in the Script TOPs (before it, they hold the small black idle frame)."""
+    frame = comp.ext.DepthFusionExt.controller.frame
+    image = comp.op("depth").stub_image
+    return frame is not None and image is not None and image.shape[:2] == frame.depth.shape[:2]
+
+
 def out_names():
     return [build_depthfusion.out_name(i, name) for i, name in enumerate(build_depthfusion.OUTPUTS)]
 
 
 NETWORK = {
-    "td_bridge": "baseCOMP", "DepthFusionExt": "textDAT", "rgb_top": "textDAT", "rgb": "scriptTOP",
+    "bridge_source": "baseCOMP", "DepthFusionExt": "textDAT", "rgb_top": "textDAT", "rgb": "scriptTOP",
     "depth_top": "textDAT", "depth": "scriptTOP", "frames": "executeDAT", "parameters": "parameterexecuteDAT",
     "vertex": "textDAT", "pixel": "textDAT", "displace": "glslMAT", "sphere": "geometryCOMP",
     "cam_left": "cameraCOMP", "cam_right": "cameraCOMP", "render_left": "renderTOP", "render_right": "renderTOP",
     "side_by_side": "layoutTOP", "top_bottom": "layoutTOP", "cam_ods": "cameraCOMP", "render_ods": "renderTOP",
     "ods_select_left": "renderselectTOP", "ods_select_right": "renderselectTOP", "ods_left": "projectionTOP",
-    "ods_right": "projectionTOP", "ods_top_bottom": "layoutTOP", "cam_dome": "cameraCOMP",
+    "ods_right": "projectionTOP", "ods_flip_left": "flipTOP", "ods_flip_right": "flipTOP",
+    "ods_top_bottom": "layoutTOP", "shader_info": "infoDAT", "cam_dome": "cameraCOMP",
     "render_dome": "renderTOP", "dome": "projectionTOP", "osc_callbacks": "textDAT", "osc_in": "oscinDAT",
     "diagnostics": "textDAT", **{name: "outTOP" for name in out_names()},
 }
@@ -85,8 +93,9 @@ def test_the_builder_makes_the_documented_network(comp):
     assert changes.stub_resolve(changes.par.op.eval()) is comp and changes.par.onpulse.eval()
     assert changes.par.valuechange.eval() and {"Generate", "Diagnose", "Ipd", "Meshrows", "Oscport",
                                                "Shaderposition"} <= set(changes.par.pars.eval().split())
-    embedded = {dat.name: dat.text for dat in comp.op("td_bridge").children}
-    assert embedded == {p.stem: p.read_text(encoding="utf-8") for p in (ROOT / "td_bridge").glob("*.py")}
+    embedded = {dat.name: dat.text for dat in comp.op("bridge_source").children}
+    sources = {p.stem: p.read_text(encoding="utf-8") for p in (ROOT / "td_bridge").glob("*.py")}
+    assert embedded == {**sources, "VERSION_STAMP": stamp.source_stamp(sources)}
     assert (comp.seq.ext.numBlocks, comp.par.ext0object.eval(), comp.par.ext0promote.eval()) == (
         1, build_depthfusion.EXTENSION, True)
     assert callable(comp.Connect) and callable(comp.Generate) and callable(comp.Diagnose)
@@ -129,7 +138,7 @@ def test_renders_layouts_and_outputs_in_readme_order(comp):
     assert comp.op("dome").inputs == [comp.op("render_dome")] and comp.op("dome").par.output.eval() == "fisheye"
     eyes = "render_left render_right"
     layouts = {"side_by_side": (eyes, "horizlr"), "top_bottom": (eyes, "verttb"),
-               "ods_top_bottom": ("ods_left ods_right", "verttb")}
+               "ods_top_bottom": ("ods_flip_left ods_flip_right", "verttb")}
     for name, (tops, align) in layouts.items():
         assert (comp.op(name).par.top.eval(), comp.op(name).par.align.eval()) == (tops, align)
     sources = {"left": "render_left", "right": "render_right", "side_by_side": "side_by_side",
@@ -208,10 +217,14 @@ def test_the_shader_position_input_follows_the_build_and_the_override(comp):
     wrong = "p" if expected == "TDPos()" else "tdpos"
     comp.par.Shaderposition = wrong
     td.simulate_frame()
-    assert mat.errors() and comp.Diagnose().count("displace errors") == 1
+    assert mat.errors() == ""  # errors() does not cook, and nothing has drawn the sphere since the change
+    report = comp.Diagnose()  # cooks a Render TOP (so the material compiles) before it reads the errors
+    assert report.count("displace errors") == 1 and mat.errors()
+    assert "displace info: 'TDPos' : undeclared identifier" in report or "displace info: 'P' : undeclared" in report
     assert "problem" in comp.par.Status.eval()
     comp.par.Shaderposition = "auto"
     td.simulate_frame()
+    comp.op("render_left").cook(force=True)
     assert mat.errors() == "" and vertex.text == shader_source.vertex_source(expected)
 
 
@@ -246,13 +259,16 @@ def test_every_setting_written_is_in_the_documentation_data():
 
 
 def test_a_wrong_parameter_name_leaves_the_component_alive(server, comp, monkeypatch):
+    embedded = sys.modules["td_bridge.render_setup"]  # the component's own td_bridge, loaded from its Text DATs
+    original = embedded.render_settings
+
     def with_typo(*args, **kwargs):
-        settings = render_settings(*args, **kwargs)
+        settings = original(*args, **kwargs)
         settings["cam_left"]["ipdshiftx"] = -0.032  # a name Camera COMP does not have
         settings["dome"]["output"] = "domemaster"  # a menu value Projection TOP does not list
         return settings
 
-    monkeypatch.setattr(render_setup, "render_settings", with_typo)
+    monkeypatch.setattr(embedded, "render_settings", with_typo)
     comp.par.Framesaddress, comp.par.Commandsaddress = server.frames, server.commands
     comp.par.Ipd = 0.07
     td.simulate_frame()
@@ -266,7 +282,7 @@ def test_a_wrong_parameter_name_leaves_the_component_alive(server, comp, monkeyp
     Frames().until(lambda: comp.par.Connected.eval(), "connected")
     comp.par.Width, comp.par.Height, comp.par.Steps = SMALL["width"], SMALL["height"], SMALL["steps"]
     comp.par.Generate.pulse()
-    Frames().until(lambda: comp.op("depth").stub_image is not None, "frames despite the bad setting")
+    Frames().until(lambda: shows_a_frame(comp), "frames despite the bad setting")
 
 
 def test_generate_and_show_frames_from_a_live_generator(server, comp):
@@ -281,7 +297,7 @@ def test_generate_and_show_frames_from_a_live_generator(server, comp):
     comp.par.Width, comp.par.Height, comp.par.Steps = SMALL["width"], SMALL["height"], SMALL["steps"]
     comp.par.Scheduler = "euler"
     comp.par.Generate.pulse()
-    frames.until(lambda: comp.op("depth").stub_image is not None, "frame in the TOPs")
+    frames.until(lambda: shows_a_frame(comp), "frame in the TOPs")
     rgb, depth = comp.op("rgb").stub_image, comp.op("depth").stub_image
     params = {p.name: comp.par[td_name(p.name)].eval() for p in GENERATION_PARAMS}
     expected = DemoBackend().generate(params, lambda s, n: None, lambda: False)
@@ -293,7 +309,7 @@ def test_generate_and_show_frames_from_a_live_generator(server, comp):
     frames.until(lambda: True, "idle frames")
     assert comp.op("rgb").totalCooks == cooks  # the TOPs cook only when a new frame arrives
     report = comp.Diagnose()
-    assert "depth: mono16fixed, frame values intact" in report and comp.par.Status.eval().endswith("diagnose: OK")
+    assert "depth: mono16fixed, 1 channel(s) sent, frame values intact" in report and comp.par.Status.eval().endswith("diagnose: OK")
     comp.op("depth").par.format = "rgba8fixed"  # what 'Use Input' may pick: 16-bit depth would lose 8 bits
     assert "depth: pixel format rgba8fixed, not mono16fixed" in comp.Diagnose()
     assert "depth: values off by up to" in comp.op("diagnostics").text
@@ -331,7 +347,7 @@ def test_osc_in_is_off_by_default_and_drives_the_component(server, comp):
     frames = Frames()
     frames.until(lambda: comp.par.Connected.eval(), "connected")
     osc_in.simulate_receive("/depthfusion/generate", ["a lighthouse in fog"])
-    frames.until(lambda: comp.op("depth").stub_image is not None, "the frame from an OSC generate")
+    frames.until(lambda: shows_a_frame(comp), "the frame from an OSC generate")
     assert comp.par.Prompt.eval() == "a lighthouse in fog" and comp.op("depth").stub_image.shape == (64, 128, 1)
     mat = comp.op("displace")
     poles = comp.ext.DepthFusionExt.controller.frame.poles
@@ -381,7 +397,7 @@ def test_reinit_and_rebuild_close_the_old_extension(build):
     component = build_component(build)
     old = component.ext.DepthFusionExt
     assert old.started and old.started_by == ("onInitTD" if td_builds.has_extension_hooks(current_build())
-                                              else "run(delayFrames=1)")
+                                              else "run(endFrame, delayRef=op.TDResources)")
     component.initializeExtensions()  # Re-init Extensions: __delTD__ or onDestroyTD, by build
     assert old.closed and old.controller is None
     td.simulate_frame()
@@ -425,7 +441,7 @@ def test_a_missing_pyzmq_is_said_plainly(monkeypatch):
 
 
 def test_the_embedded_td_bridge_imports_from_its_text_dats(comp):
-    sources = {dat.name: dat.text for dat in comp.op("td_bridge").children}
+    sources = {dat.name: dat.text for dat in comp.op("bridge_source").children if dat.name != "VERSION_STAMP"}
     package = load_package("td_bridge_embedded_check", sources)
     try:
         from td_bridge_embedded_check.top_frames import to_top  # relative imports resolved
@@ -461,7 +477,7 @@ def test_depth_from_top_sends_the_tops_image_and_the_estimated_frame_comes_back(
     comp.par.Connect.pulse()
     Frames().until(lambda: comp.par.Connected.eval(), "connected")
     comp.par.Depthfromtop.pulse()
-    Frames().until(lambda: comp.op("depth").stub_image is not None, "the estimated frame")
+    Frames().until(lambda: shows_a_frame(comp), "the estimated frame")
     frame = comp.ext.DepthFusionExt.controller.frame
     assert frame.meta["backend"] == "depth-estimation" and frame.meta["params"]["cue"] == "my photo"
     np.testing.assert_array_equal(comp.op("rgb").stub_image, image)  # the photo round-trips, rows and all
@@ -507,7 +523,7 @@ def test_upscale_the_frame_on_screen_and_upscale_after_generating(make_server, c
     comp.par.Connect.pulse()
     Frames().until(lambda: comp.par.Connected.eval(), "connected")
     comp.par.Generate.pulse()
-    Frames().until(lambda: comp.op("depth").stub_image is not None, "the generated frame")
+    Frames().until(lambda: shows_a_frame(comp), "the generated frame")
     source = comp.par.Frameid.eval()
     comp.par.Upscale.pulse()  # the frame on screen
     Frames().until(lambda: comp.op("depth").stub_image.shape == (128, 256, 1), "the upscaled frame")

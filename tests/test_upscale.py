@@ -324,6 +324,31 @@ def test_generate_then_upscale_and_upscale_a_library_frame(model, tmp_path):
     assert main(["upscale", "no-such-frame", "-o", str(tmp_path / "x"), *common]) == 2
 
 
+def test_upscale_a_folder_without_metadata_records_only_what_is_known(model, tmp_path):
+    """A folder with only rgb.png and depth.png: the upscaled frame records no generation defaults as if they
+    described the source (no seed -1, no 1024x512, no default prompt), only what is known: the source's size
+    (from its images), the upscale parameters, and that it has no frame id."""
+    import json
+
+    from generator.__main__ import main
+    from generator.images import write_rgb_png
+    from td_bridge.depth import write_depth_png
+    from td_bridge.params import GENERATION_PARAMS
+
+    source = tmp_path / "photo"
+    source.mkdir()
+    write_rgb_png(source / "rgb.png", SOURCE_RGB)
+    write_depth_png(source / "depth.png", SOURCE_DEPTH)
+    assert main(["upscale", str(source), "-o", str(tmp_path / "up"), "--upscaler", str(model), "--no-library",
+                 "--upscale-steps", "1", "--upscale-factor", "2", "--upscale-seed", "6"]) == 0
+    meta = json.loads((tmp_path / "up" / "metadata.json").read_text(encoding="utf-8"))
+    assert (meta["width"], meta["height"]) == (64, 32) and meta["backend_info"]["source_size"] == [32, 16]
+    assert meta["seed"] is None and meta["prompt"] == "" and meta["negative_prompt"] == ""
+    assert not {p.name for p in GENERATION_PARAMS} & set(meta["params"])  # nothing invented about the source
+    assert meta["params"]["upscale_seed"] == 6 and meta["params"]["upscale_steps"] == 1
+    assert meta["params"]["source_frame_id"] is None and meta["backend_info"]["seamless"] is True  # 2:1: auto wraps
+
+
 def test_served_upscale_command_of_a_library_frame(model, tmp_path):
     """serve: `upscale` by cue queues a job on the worker; the upscaled frame is published and kept in the library
     as a new frame naming its source; what cannot be done is an error reply."""

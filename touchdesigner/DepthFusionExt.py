@@ -8,8 +8,9 @@ the Execute DAT calls ``OnFrameStart`` every frame, the Parameter Execute DAT ``
 ``OnValueChange``, the Script TOPs ``CookRgb`` / ``CookDepth``, the OSC In DAT ``OnOsc``.
 
 Life cycle: ``__init__`` touches no operator. ``onInitTD`` (called by TouchDesigner from 2025.31550,
-and by a ``run(..., delayFrames=1)`` this class schedules on every build; whichever comes first wins)
-imports td_bridge, applies the settings, starts the controller and runs Diagnose once.
+and by a ``run(..., endFrame=True, delayRef=op.TDResources)`` this class schedules on every build — TDResources'
+independent time, so it runs also while the project's timeline is paused; whichever comes first wins) loads the
+td_bridge embedded in the component, applies the settings, starts the controller and runs Diagnose once.
 ``onDestroyTD`` (2025.31550+) and ``__delTD__`` (before) both close it; closing twice is harmless.
 No callback raises: a problem goes to *Last Error* and the frames keep flowing.
 """
@@ -26,6 +27,7 @@ PYZMQ_HELP = ("pyzmq is missing from TouchDesigner's Python. TouchDesigner 2025:
               "environment with TDPyEnvManager and `pip install pyzmq`. TouchDesigner 2023: run "
               "`python3.11 -m pip install --target FOLDER pyzmq` with a Python 3.11 and set Bridge Path "
               "to FOLDER. Then pulse Re-init Extensions.")
+BRIDGE_SOURCE, STAMP = "bridge_source", "VERSION_STAMP"  # td_bridge's sources and its stamp (td_bridge.stamp)
 
 # Custom parameters that show the controller's state (read-only, set by this extension).
 STATE_PARS = {"Status": "status", "Backend": "backend", "Progress": "progress", "Frameid": "frame_id",
@@ -34,6 +36,9 @@ PAR_OF = {attribute: par for par, attribute in STATE_PARS.items()}
 SCRIPT_TOP_FORMATS = {"rgb": "rgba8fixed", "depth": "mono16fixed"}  # as build_depthfusion.py sets them
 TEXTURE_LIMIT = 1280  # TouchDesigner Non-Commercial's largest texture side
 DIAGNOSTICS = "diagnostics"
+SHADER_INFO = "shader_info"  # Info DAT on the GLSL MAT
+GEOMETRY_FRAMES = 2  # frames the test frame stays on screen before the outputs are read back
+START = "args[0].onInitTD(fallback=True)"
 
 
 class _SourceLoader(importlib.abc.Loader):
@@ -97,16 +102,23 @@ class DepthFusionExt:
         self.ownerComp = ownerComp
         self.controller = None
         self.bridge = False
+        self.bridge_from = ""
         self.started = self.closed = False
         self.started_by = ""
         self.diagnosis = ""
+        self.fixes: dict[str, Any] = {}  # override parameter → value, from the last geometry check
+        self.depth_channels = 1  # 3 where this TouchDesigner's Script TOP refuses one channel
         self._plain_status = "disconnected"  # Status without the diagnosis, while there is no controller
         self._poles = (0.5, 0.5)
         self._controller_error = ""
+        self._report = None  # the Diagnose report a running geometry check adds to
+        self._test_frame = None  # the geometry check's frame while it is on screen
+        self._idle_frame = None  # shown when no frame has arrived (black after a geometry check)
+        self._poles_before_check = self._poles
         try:
             import td  # TouchDesigner's module (the stand-in in the tests)
 
-            td.run("args[0].onInitTD(fallback=True)", self, delayFrames=1)
+            td.run(START, self, endFrame=True, delayFrames=1, delayRef=td.op.TDResources)
         except Exception as exc:  # noqa: BLE001 - never fail the extension's construction
             self._pending_error = f"cannot schedule the start: {exc}"
         else:
@@ -118,7 +130,7 @@ class DepthFusionExt:
         """Start once: TouchDesigner 2025.31550+ calls this; older builds get the run() of __init__."""
         if self.started or self.closed:
             return
-        self.started, self.started_by = True, "run(delayFrames=1)" if fallback else "onInitTD"
+        self.started, self.started_by = True, "run(endFrame, delayRef=op.TDResources)" if fallback else "onInitTD"
         self._start()
 
     @_guarded
@@ -127,9 +139,9 @@ class DepthFusionExt:
             self._error(self._pending_error)
         try:
             self._import_bridge()
-        except ImportError as exc:
+        except Exception as exc:  # noqa: BLE001 - a broken or missing td_bridge is reported, never raised
             self._plain_status = "td_bridge missing"
-            self._show(status=self._plain_status, last_error=f"cannot import td_bridge: {exc}")
+            self._show(status=self._plain_status, last_error=f"cannot import td_bridge: {type(exc).__name__}: {exc}")
             return
         self.bridge = True
         self.ApplySettings()
@@ -161,16 +173,20 @@ class DepthFusionExt:
             controller.close()
 
     def _import_bridge(self) -> None:
+        """td_bridge from the copy embedded in this component (whatever else is on the path: it matches these
+        parameter pages); from the path only when the component carries none. Bridge Path is for pyzmq."""
         folder = str(self._value("Bridgepath") or "").strip()
         if folder and folder not in sys.path:
             sys.path.insert(0, folder)
-        try:
-            import td_bridge  # noqa: F401
-        except ImportError:
-            embedded = self.ownerComp.op("td_bridge")  # the release build carries the sources
-            if embedded is None:
-                raise
-            load_package("td_bridge", {dat.name: dat.text for dat in embedded.children})
+        embedded = self.ownerComp.op(BRIDGE_SOURCE)
+        if embedded is None:
+            import td_bridge
+
+            self.bridge_from = f"{getattr(td_bridge, '__file__', '?')} (no embedded copy)"
+            return
+        stamp = embedded.op(STAMP)
+        load_package("td_bridge", {dat.name: dat.text for dat in embedded.children if dat.name != STAMP})
+        self.bridge_from = f"the embedded copy {stamp.text.strip() if stamp is not None else '(no stamp)'}"
 
     # ------------------------------------------------------------ promoted methods
 
@@ -252,7 +268,8 @@ class DepthFusionExt:
     @_guarded
     def Diagnose(self) -> str:
         """Check the component in this TouchDesigner; the report goes to the diagnostics DAT, a summary to
-        Status. Returns the report."""
+        Status. The geometry check then shows a test frame for a few frames and adds its findings to the
+        report. Returns the report as it stands now."""
         from td_bridge.diagnose import Report
 
         report = Report()
@@ -268,13 +285,23 @@ class DepthFusionExt:
                 report.note(f"parameters written: {sum(len(v) for v in settings.values())} checked")
         self._diagnose_shader(report)
         self._diagnose_tops(report)
-        text = report.text()
-        dat = self.ownerComp.op(DIAGNOSTICS)
-        if dat is not None:
-            dat.text = text
-        self.diagnosis = report.summary()
-        self._show(status=self._status_line())
-        return text
+        self._report = report
+        if self.bridge and self._test_frame is None:
+            self._start_geometry_check(report)
+        return self._publish(report)
+
+    @_guarded
+    def ApplyFixes(self) -> None:
+        """Set the Diagnose page's convention parameters the last geometry check found wrong."""
+        if not self.fixes:
+            self._show(status=f"{self._status_line()} · no fixes to apply")
+            return
+        for name, value in self.fixes.items():
+            self.ownerComp.par[name].val = value
+        applied = ", ".join(f"{name} = {value}" for name, value in self.fixes.items())
+        self.fixes = {}
+        self.ApplySettings()
+        self._error(f"fixes applied: {applied}; pulse Diagnose to check again")
 
     # ------------------------------------------------------------ callbacks (thin shims call these)
 
@@ -282,7 +309,7 @@ class DepthFusionExt:
     def OnPulse(self, par: Any) -> None:
         actions = {"Connect": self.Connect, "Disconnect": self.Disconnect, "Generate": self.Generate,
                    "Cancel": self.Cancel, "Recall": self.Recall, "Depthfromtop": self.DepthFromTop,
-                   "Upscale": self.Upscale, "Diagnose": self.Diagnose}
+                   "Upscale": self.Upscale, "Diagnose": self.Diagnose, "Applyfixes": self.ApplyFixes}
         if par.name in actions:
             actions[par.name]()
 
@@ -320,10 +347,8 @@ class DepthFusionExt:
         if self.controller is None:
             return
         frame_in = self.controller.update()
-        if frame_in is not None:
-            for name in ("rgb", "depth"):
-                self.ownerComp.op(name).cook(force=True)
-            self._set_poles(frame_in.poles)
+        if frame_in is not None and self._test_frame is None:  # a running geometry check shows its own frame
+            self._show_frame(frame_in)
         state = self.controller.state
         values = {attribute: getattr(state, attribute) for attribute in STATE_PARS.values() if attribute != "last_error"}
         values["status"] = self._status_line()
@@ -333,13 +358,40 @@ class DepthFusionExt:
 
     @_guarded
     def CookRgb(self, scriptOp: Any) -> None:
-        if self.controller is not None and self.controller.frame is not None:
-            scriptOp.copyNumpyArray(self.controller.frame.rgb)
+        frame = self._frame()
+        if frame is not None:
+            scriptOp.copyNumpyArray(frame.rgb)
 
     @_guarded
     def CookDepth(self, scriptOp: Any) -> None:
+        """The frame's 16-bit depth as one channel; as three (same mono16fixed format) where this TouchDesigner
+        refuses one (an older Script TOP page allows only 3 or 4 channels)."""
+        import numpy as np
+
+        frame = self._frame()
+        if frame is None:
+            return
+        if self.depth_channels == 1:
+            try:
+                scriptOp.copyNumpyArray(frame.depth)
+                return
+            except Exception as exc:  # noqa: BLE001 - any refusal: try the 3-channel form
+                self.depth_channels = 3
+                self._error(f"depth: a 1-channel copy was refused ({exc}); sending 3 channels")
+        scriptOp.copyNumpyArray(np.ascontiguousarray(np.repeat(frame.depth, 3, axis=2)))
+
+    def _frame(self) -> Any:
+        """The frame the Script TOPs show: the geometry check's test frame while it runs, else the newest."""
+        if self._test_frame is not None:
+            return self._test_frame
         if self.controller is not None and self.controller.frame is not None:
-            scriptOp.copyNumpyArray(self.controller.frame.depth)
+            return self.controller.frame
+        return self._idle_frame
+
+    def _show_frame(self, frame: Any) -> None:
+        for name in ("rgb", "depth"):
+            self.ownerComp.op(name).cook(force=True)
+        self._set_poles(frame.poles)
 
     # ------------------------------------------------------------ settings
 
@@ -351,12 +403,12 @@ class DepthFusionExt:
 
     def _settings(self) -> dict[str, dict[str, Any]]:
         """Every derived operator parameter, by operator path (raises ValueError for bad values)."""
-        from td_bridge.params import DISPLAY_PARAMS, VIEW_PARAMS
+        from td_bridge.params import CONVENTION_PARAMS, DISPLAY_PARAMS, VIEW_PARAMS
         from td_bridge.render_setup import MATERIAL, render_settings, shader_uniforms
 
         display, view = self._schema_values(DISPLAY_PARAMS), self._schema_values(VIEW_PARAMS)
-        settings = render_settings(display, view, self._build())
-        settings[MATERIAL] = self._uniform_pars(shader_uniforms(display, view["edges"], self._poles))
+        settings = render_settings(display, view, self._build(), self._schema_values(CONVENTION_PARAMS))
+        settings[MATERIAL].update(self._uniform_pars(shader_uniforms(display, view["edges"], self._poles)))
         settings["osc_in"] = {"active": self._value("Oscin"), "port": self._value("Oscport"),
                               "localaddress": self._value("Osclocaladdress")}
         return settings
@@ -463,13 +515,41 @@ class DepthFusionExt:
                 if module == "zmq":
                     report.problem("pyzmq is missing: " + PYZMQ_HELP)
             report.note(f"{'pyzmq' if module == 'zmq' else module} {version}")
-        bridge = sys.modules.get("td_bridge")
-        report.note(f"td_bridge from {getattr(bridge, '__file__', None) or 'the embedded Text DATs'}")
+        report.note(f"td_bridge from {self.bridge_from or 'nowhere (not loaded)'}")
+        if self.bridge:
+            self._diagnose_other_bridge(report)
+
+    def _diagnose_other_bridge(self, report: Any) -> None:
+        """Name a td_bridge on TouchDesigner's Python path whose version differs from the one in use."""
+        import importlib.machinery
+        from pathlib import Path
+
+        from td_bridge.stamp import folder_stamp
+
+        spec = importlib.machinery.PathFinder.find_spec("td_bridge")  # the path only, not the embedded copy
+        if spec is None or not spec.submodule_search_locations:
+            return
+        folder = Path(list(spec.submodule_search_locations)[0])
+        stamp = self.ownerComp.op(BRIDGE_SOURCE).op(STAMP) if self.ownerComp.op(BRIDGE_SOURCE) else None
+        ours = stamp.text.strip() if stamp is not None else "?"
+        theirs = folder_stamp(folder)
+        if theirs == ours:
+            report.note(f"td_bridge on the path ({folder}) is the same version {theirs}")
+        else:
+            report.warning(f"another td_bridge on the path ({folder}) is version {theirs}, the embedded copy "
+                           f"in use {ours}: code importing td_bridge from elsewhere may not match this component")
 
     def _diagnose_shader(self, report: Any) -> None:
-        from td_bridge.render_setup import MATERIAL
+        from td_bridge.render_setup import MATERIAL, render
 
         report.note(f"shader position input: {self._position()} (Shader Position: {self._value('Shaderposition')})")
+        renderer = self.ownerComp.op(render("left"))
+        if renderer is not None:
+            renderer.cook(force=True)  # errors() does not cook: compile the material before reading them
+        info = self.ownerComp.op(SHADER_INFO)
+        if info is not None and info.text.strip():
+            report.note(f"{MATERIAL} info: " + " | ".join(line.strip() for line in info.text.splitlines()
+                                                           if line.strip())[:2000])
         for name in (MATERIAL, "vertex", "pixel"):
             node = self.ownerComp.op(name)
             if node is None:
@@ -482,7 +562,7 @@ class DepthFusionExt:
     def _diagnose_tops(self, report: Any) -> None:
         import numpy as np
 
-        frame = self.controller.frame if self.controller is not None else None
+        frame = self._frame() if self._frame() is not self._idle_frame else None  # what the TOPs should hold
         for name, wanted in SCRIPT_TOP_FORMATS.items():
             top = self.ownerComp.op(name)
             if top is None:
@@ -496,21 +576,21 @@ class DepthFusionExt:
                 continue
             sent = (frame.rgb if name == "rgb" else frame.depth).astype(np.float64)
             sent /= 255.0 if name == "rgb" else 65535.0
-            shown = top.numpyArray()
-            if shown is None:
-                report.problem(f"{name}: numpyArray() returned nothing")
-                continue
-            shown = np.asarray(shown, dtype=np.float64)[..., :sent.shape[2]]
-            if shown.shape != sent.shape:
-                report.problem(f"{name}: the TOP holds {shown.shape[1]}×{shown.shape[0]}, the frame is "
-                               f"{sent.shape[1]}×{sent.shape[0]}")
-                continue
-            error = min(np.abs(shown - sent).max(), np.abs(shown[::-1] - sent).max())
-            step = 1 / 255 if name == "rgb" else 1 / 65535
-            if error > step / 2 + 1e-7:
-                report.problem(f"{name}: values off by up to {error * 65535:.0f}/65535 ({actual} keeps fewer bits)")
+            problem = _read_back_problem(top, sent, name)
+            if problem and name == "depth" and self.depth_channels == 1 and actual == wanted:
+                self.depth_channels = 3  # the older Script TOP page allows only 3 or 4 channels: try that form
+                top.cook(force=True)
+                retry = _read_back_problem(top, sent, name)
+                if retry:
+                    report.problem(f"depth: {problem}; with 3 channels too: {retry}")
+                else:
+                    report.warning(f"depth: 1 channel read back wrong ({problem}); now sent as 3 channels, "
+                                   f"{actual}, frame values intact")
+            elif problem:
+                report.problem(f"{name}: {problem}")
             else:
-                report.note(f"{name}: {actual}, frame values intact")
+                report.note(f"{name}: {actual}, {self.depth_channels if name == 'depth' else 3} channel(s) sent, "
+                            "frame values intact")
         for out in sorted((c for c in self.ownerComp.children if c.OPType == "outTOP"), key=lambda c: c.name):
             size = f"{out.width}×{out.height}"
             if max(out.width, out.height) > TEXTURE_LIMIT:
@@ -518,6 +598,83 @@ class DepthFusionExt:
                                f"{TEXTURE_LIMIT}×{TEXTURE_LIMIT}")
             else:
                 report.note(f"{out.name}: {size}")
+
+    # ------------------------------------------------------------ geometry check
+
+    def _start_geometry_check(self, report: Any) -> None:
+        """Show td_bridge.geometry_check's test frame; GEOMETRY_FRAMES frames later read the outputs back."""
+        import td
+        from td_bridge.geometry_check import test_frame
+        from td_bridge.params import DISPLAY_PARAMS, VIEW_PARAMS
+        from td_bridge.protocol import Frame
+        from td_bridge.render_setup import GEOMETRY_READBACK
+        from td_bridge.top_frames import to_top
+
+        try:
+            rgb, depth = test_frame(self._schema_values(DISPLAY_PARAMS), self._schema_values(VIEW_PARAMS))
+        except ValueError as exc:
+            report.problem(f"geometry check: no test frame ({exc})")
+            return
+        self._poles_before_check = self._poles
+        self._test_frame = to_top(Frame(rgb, depth, {}))
+        self._show_frame(self._test_frame)
+        for name in GEOMETRY_READBACK.values():  # render it now where TouchDesigner allows
+            node = self.ownerComp.op(name)
+            if node is not None:
+                node.cook(force=True)
+        report.note(f"geometry check: test frame shown, results in {GEOMETRY_FRAMES} frames")
+        td.run("args[0].FinishGeometryCheck()", self, delayFrames=GEOMETRY_FRAMES, delayRef=td.op.TDResources)
+
+    @_guarded
+    def FinishGeometryCheck(self) -> None:
+        """Read the outputs back, judge each convention, put the newest frame back and publish the report."""
+        if self._test_frame is None:
+            return
+        from td_bridge.geometry_check import check
+        from td_bridge.params import CONVENTION_PARAMS, DISPLAY_PARAMS, VIEW_PARAMS
+        from td_bridge.render_setup import GEOMETRY_READBACK
+
+        report = self._report
+        try:
+            images = {key: self._read_back(name) for key, name in GEOMETRY_READBACK.items()}
+            findings = check({k: v for k, v in images.items() if v is not None}, self._schema_values(DISPLAY_PARAMS),
+                             self._schema_values(VIEW_PARAMS), self._schema_values(CONVENTION_PARAMS), self._build())
+        finally:
+            self._test_frame = None
+            if self.controller is None or self.controller.frame is None:
+                self._idle_frame = _black_frame()  # no frame yet: do not leave the test pattern on screen
+                self._set_poles(self._poles_before_check)
+                for name in ("rgb", "depth"):
+                    self.ownerComp.op(name).cook(force=True)
+            else:
+                self._show_frame(self.controller.frame)
+        self.fixes = {}
+        for finding in findings:
+            line = f"geometry {finding.name}: {finding.status} — {finding.detail}"
+            if finding.status == "wrong":
+                self.fixes.update(finding.fix)
+                fix = ", ".join(f"{name} = {value!r}" for name, value in finding.fix.items())
+                report.problem(f"{line}; fix: {fix or 'none known'}")
+            elif finding.status == "verified":
+                report.note(line)
+            else:
+                report.warning(line)
+        if self.fixes:
+            report.problem("pulse Apply Fixes (Diagnose page) to set " + ", ".join(self.fixes))
+        self._publish(report)
+
+    def _read_back(self, name: str) -> Any:
+        node = self.ownerComp.op(name)
+        return node.numpyArray() if node is not None else None
+
+    def _publish(self, report: Any) -> str:
+        text = report.text()
+        dat = self.ownerComp.op(DIAGNOSTICS)
+        if dat is not None:
+            dat.text = text
+        self.diagnosis = report.summary()
+        self._show(status=self._status_line())
+        return text
 
     # ------------------------------------------------------------ helpers
 
@@ -558,3 +715,30 @@ class DepthFusionExt:
             par = self.ownerComp.par[PAR_OF[attribute]]
             if par is not None and par.val != value:
                 par.val = value
+
+
+def _read_back_problem(top: Any, sent: Any, name: str) -> str:
+    """What is wrong with ``top``'s texture against the frame it was sent (float in [0, 1]); '' if intact."""
+    import numpy as np
+
+    shown = top.numpyArray()
+    if shown is None:
+        return "numpyArray() returned nothing"
+    shown = np.asarray(shown, dtype=np.float64)[..., :sent.shape[2]]
+    if shown.shape != sent.shape:
+        return f"the TOP holds {shown.shape[1]}×{shown.shape[0]}×{shown.shape[2]}, the frame is " \
+               f"{sent.shape[1]}×{sent.shape[0]}×{sent.shape[2]}"
+    error = min(np.abs(shown - sent).max(), np.abs(shown[::-1] - sent).max())
+    step = 1 / 255 if name == "rgb" else 1 / 65535
+    if error > step / 2 + 1e-7:
+        return f"values off by up to {error * 65535:.0f}/65535 ({top.pixelFormatName} keeps fewer bits)"
+    return ""
+
+
+def _black_frame() -> Any:
+    """A small black frame at mid depth: what the Script TOPs hold when no frame has arrived yet."""
+    import numpy as np
+    from td_bridge.protocol import Frame
+    from td_bridge.top_frames import to_top
+
+    return to_top(Frame(np.zeros((8, 16, 3), np.uint8), np.full((8, 16), 32768, np.uint16), {}))

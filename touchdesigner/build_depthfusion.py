@@ -2,20 +2,24 @@
 
 In TouchDesigner's Textport (Alt+T):
 
-    import sys; sys.path.insert(0, r'C:/path/to/depthfusion/touchdesigner')
-    import build_depthfusion; build_depthfusion.main()
+    import runpy; runpy.run_path(r'C:/path/to/depthfusion/touchdesigner/build_depthfusion.py', run_name='__main__')
 
-builds ``/project1/DepthFusion`` and saves ``DepthFusion.tox`` next to this file. The same
-``build(td, parent, folder)`` runs in the tests against a stand-in for TouchDesigner's ``td``
-module (tests/tdstub/td.py), which checks operator types, parameter names and signatures.
+builds ``/project1/DepthFusion`` (the root's ``DepthFusion`` where the project has no ``/project1``) and saves
+``DepthFusion.tox`` next to this file. Safe to repeat in one TouchDesigner session, also after a ``git pull``:
+``runpy`` reads this file afresh and the builder drops the repository's modules Python has cached
+(:data:`REPOSITORY_MODULES`) before importing them. The same ``build(td, parent, folder)`` runs in the tests
+against a stand-in for TouchDesigner's ``td`` module (tests/tdstub/td.py), which checks operator types,
+parameter names and signatures.
 
 The network: custom parameters (parameters.py); the extension and the callback DATs; the frame
 Script TOPs ``rgb`` and ``depth``; the sphere (Sphere SOP in a Geometry COMP) with the GLSL MAT
 ``displace``; left/right eye cameras and renders, side-by-side and top-bottom layouts; 360° stereo
 (Render TOP ``cubemapods`` → Render Select TOPs → Projection TOPs, equirectangular); a 180° dome
 fisheye (cube map → Projection TOP); Out TOPs (named so that TouchDesigner's alphanumeric connector
-order is the README's order); an OSC In DAT (off by default); the ``diagnostics`` Text DAT; td_bridge
-embedded as Text DATs so the .tox works without td_bridge installed. Values derived from the custom
+order is docs/touchdesigner.md's order); an OSC In DAT (saved inactive, on 127.0.0.1, at the OSC page's port: no port opens
+until the component's settings say so); the ``diagnostics`` Text DAT and the ``shader_info`` Info DAT on the
+GLSL MAT; td_bridge embedded as Text DATs in ``bridge_source`` with a version stamp (td_bridge.stamp): the
+component always uses this copy, whatever else is on TouchDesigner's path. Values derived from the custom
 parameters (mesh size, cameras, resolutions, uniforms, the shader's position input) are written by
 DepthFusionExt.ApplySettings. Building again replaces an existing ``DepthFusion`` (its extension is
 closed first) instead of making ``DepthFusion1``.
@@ -29,10 +33,14 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 COMPONENT = "DepthFusion"
-PULSES = ["Connect", "Disconnect", "Generate", "Cancel", "Recall", "Depthfromtop", "Upscale", "Diagnose"]
+PULSES = ["Connect", "Disconnect", "Generate", "Cancel", "Recall", "Depthfromtop", "Upscale", "Diagnose", "Applyfixes"]
 OUTPUTS = ["left", "right", "side_by_side", "top_bottom", "ods", "dome", "rgb", "depth"]  # Out TOPs, in order
 EXTENSION = "op('./DepthFusionExt').module.DepthFusionExt(me)"
 PIXEL_FORMATS = {"rgb": "rgba8fixed", "depth": "mono16fixed"}  # Script TOPs: 16-bit depth stays 16-bit
+BRIDGE_SOURCE, STAMP = "bridge_source", "VERSION_STAMP"  # as DepthFusionExt reads them (upper case: no module's name); not 'td_bridge', which
+# TouchDesigner's DAT import would find before the package
+# Cached by Python from this repository; dropped before a build imports them, so a rebuild sees edited files.
+REPOSITORY_MODULES = ("build_depthfusion", "parameters", "shader_source", "td_bridge")
 
 
 def out_name(index: int, output: str) -> str:
@@ -57,20 +65,31 @@ def _wire(source: Any, target: Any) -> None:
     source.outputConnectors[0].connect(target.inputConnectors[0])
 
 
-def _imports(folder: Path) -> tuple[Any, Any, Any, Any]:
-    """parameters.py, shader_source.py, td_bridge.render_setup and td_bridge.td_builds from the repository."""
+def forget_repository_modules() -> None:
+    """Drop REPOSITORY_MODULES (td_bridge with its submodules) from Python's module cache."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in REPOSITORY_MODULES and name != __name__:
+            del sys.modules[name]
+
+
+def _imports(folder: Path) -> tuple[Any, Any, Any, Any, Any]:
+    """parameters.py, shader_source.py, td_bridge.render_setup, td_bridge.td_builds and td_bridge.stamp, read
+    afresh from the repository holding ``folder``."""
+    forget_repository_modules()
     repo = folder.parent
-    if str(repo) not in sys.path:  # parameters.py imports td_bridge's schema
-        sys.path.insert(0, str(repo))
+    for path in (str(folder), str(repo)):  # parameters.py imports td_bridge's schema: this repository's
+        if path in sys.path:
+            sys.path.remove(path)
+    sys.path.insert(0, str(repo))
     sys.path.insert(0, str(folder))
     try:
         import parameters
         import shader_source
     finally:
         sys.path.remove(str(folder))
-    from td_bridge import render_setup, td_builds
+    from td_bridge import render_setup, stamp, td_builds
 
-    return parameters, shader_source, render_setup, td_builds
+    return parameters, shader_source, render_setup, td_builds, stamp
 
 
 def _frames(td: Any, comp: Any, read) -> None:
@@ -163,8 +182,11 @@ def _outputs(td: Any, comp: Any, rs: Any) -> None:
     for index, eye in enumerate(rs.EYES):
         select = _at(comp.create(td.renderselectTOP, rs.ods_select(eye)), 1400, -100 - 150 * index)
         select.par.top = rs.ODS_RENDER
-        select.par.cameraindex = index  # the Render TOP's second eye is camera index 1
-        ods.append(_projection(td, comp, rs.ods(eye), select, "equirectangular", 1600, -100 - 150 * index))
+        select.par.cameraindex = index  # the Render TOP's second eye is camera index 1 (Ods Left Index: 0)
+        projection = _projection(td, comp, rs.ods(eye), select, "equirectangular", 1600, -100 - 150 * index)
+        flip = _at(comp.create(td.flipTOP, rs.ods_flip(eye)), 1700, -100 - 150 * index)  # Equirect Mirror
+        _wire(projection, flip)
+        ods.append(flip)
     final["ods"] = _layout(td, comp, rs.ODS_TOP_BOTTOM, ods, "verttb", 1800, -100)
 
     dome = _render(td, comp, rs, rs.DOME_RENDER, rs.DOME_CAMERA, "cubemap", 1200, -450)
@@ -175,20 +197,24 @@ def _outputs(td: Any, comp: Any, rs: Any) -> None:
 
 
 def _remove_old(parent: Any) -> None:
-    """Close and delete an earlier build, so the new one gets the name ``DepthFusion``."""
+    """Close and delete an earlier build, so the new one gets the name ``DepthFusion``. Whatever a broken old
+    build raises while it closes is reported in the Textport; it is deleted all the same."""
     old = parent.op(COMPONENT)
     if old is None:
         return
-    extension = getattr(old.ext, "DepthFusionExt", None)
-    if extension is not None:
-        extension.onDestroyTD()
+    try:
+        extension = getattr(old.ext, "DepthFusionExt", None)
+        if extension is not None:
+            extension.onDestroyTD()
+    except Exception as exc:  # noqa: BLE001 - an old extension must not stop the rebuild
+        print(f"build_depthfusion: closing the old {old.path} failed ({type(exc).__name__}: {exc}); deleting it")
     old.destroy()
 
 
 def build(td: Any, parent: Any, folder: Path) -> Any:
     """Create ``parent/DepthFusion`` from ``folder`` (this touchdesigner/ folder) and return it."""
     folder = Path(folder)
-    parameters, shader_source, render_setup, td_builds = _imports(folder)
+    parameters, shader_source, render_setup, td_builds, stamp = _imports(folder)
 
     def read(name: str) -> str:
         return (folder / name).read_text(encoding="utf-8")
@@ -201,9 +227,11 @@ def build(td: Any, parent: Any, folder: Path) -> Any:
     comp.par.parentshortcut = COMPONENT  # lets operators inside find the component: parent.DepthFusion
     parameters.create_parameters(comp)
 
-    bridge = _at(comp.create(td.baseCOMP, "td_bridge"), -400, -200)  # for a .tox without td_bridge installed
-    for index, source in enumerate(sorted((folder.parent / "td_bridge").glob("*.py"))):
-        _dat(bridge, td.textDAT, source.stem, source.read_text(encoding="utf-8"), 0, -120 * index)
+    bridge = _at(comp.create(td.baseCOMP, BRIDGE_SOURCE), -400, -200)  # the td_bridge this component uses
+    sources = stamp.folder_sources(folder.parent / "td_bridge")
+    for index, (name, text) in enumerate(sources.items()):
+        _dat(bridge, td.textDAT, name, text, 0, -120 * index)
+    _dat(bridge, td.textDAT, STAMP, stamp.source_stamp(sources), 200, 0)
 
     _dat(comp, td.textDAT, "DepthFusionExt", read("DepthFusionExt.py"), -400, 0)
     _frames(td, comp, read)
@@ -218,8 +246,13 @@ def build(td: Any, parent: Any, folder: Path) -> Any:
     changes.par.active = True
     osc = _dat(comp, td.textDAT, "osc_callbacks", read("callbacks/osc_in.py"), -200, -450)
     osc_in = _at(comp.create(td.oscinDAT, "osc_in"), 0, -450)
-    osc_in.par.callbacks = osc.name  # Active, Port and Local Address follow the OSC page (ApplySettings)
+    osc_in.par.callbacks = osc.name  # then Active, Port and Local Address follow the OSC page (ApplySettings)
+    osc_in.par.active = False  # saved closed: no UDP port opens before the settings (or if the start fails)
+    osc_in.par.port = parameters.OSC_PORT
+    osc_in.par.localaddress = "127.0.0.1"
     _at(comp.create(td.textDAT, "diagnostics"), 200, -450)  # written by the Diagnose pulse
+    info = _at(comp.create(td.infoDAT, "shader_info"), 800, 250)  # the GLSL MAT's compile log, for Diagnose
+    info.par.op = render_setup.MATERIAL
 
     comp.seq.ext.numBlocks = 1  # the Extensions page's sequence (TouchDesigner 2023.11290 and later)
     comp.par.ext0object = EXTENSION
@@ -230,10 +263,16 @@ def build(td: Any, parent: Any, folder: Path) -> Any:
 
 
 def main(folder: Path = HERE) -> Any:
-    """Inside TouchDesigner: build into /project1 and save DepthFusion.tox beside this file."""
+    """Inside TouchDesigner: build into /project1 (the root where there is none) and save DepthFusion.tox beside
+    this file."""
     import td  # TouchDesigner's own module; not importable elsewhere
 
-    comp = build(td, td.op("/project1"), folder)
-    target = comp.save(str(folder / "DepthFusion.tox"), createFolders=True)
+    parent = td.op("/project1") or td.op("/")
+    comp = build(td, parent, folder)
+    target = comp.save(str(Path(folder) / "DepthFusion.tox"), createFolders=True)
     print(f"saved {target}")
     return comp
+
+
+if __name__ == "__main__":
+    main()

@@ -2,9 +2,10 @@
 
 ``create_parameters(comp)`` runs inside TouchDesigner (from build_depthfusion.py) and in the
 tests against the td stand-in. Pages: Connection, Generate (every generation parameter plus
-Generate / Cancel / Recall, and Depth from TOP with its estimation parameters), Upscale (ldm3d-sr), Depth and Sphere (what the shaders use), Stereo and Outputs (cameras
-and output sizes), OSC (the component's own OSC In DAT), Diagnose (the self-check and the shader's
-position input) and Status (read-only, written by DepthFusionExt).
+Generate / Cancel / Recall, and Depth from TOP with its estimation parameters), Upscale (ldm3d-sr),
+Depth and Sphere (what the shaders use), Stereo and Outputs (cameras and output sizes), OSC (the
+component's own OSC In DAT), Diagnose (the self-check, the shader's position input, the convention
+overrides and Apply Fixes) and Status (read-only, written by DepthFusionExt).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES
-from td_bridge.params import (DISPLAY_PARAMS, ESTIMATION_PARAMS, GENERATION_PARAMS, UPSCALE_PARAMS, VIEW_PARAMS,
-                              find_param, td_name, td_parameter_specs)
+from td_bridge.params import (CONVENTION_PARAMS, DISPLAY_PARAMS, ESTIMATION_PARAMS, GENERATION_PARAMS,
+                              UPSCALE_PARAMS, VIEW_PARAMS, find_param, td_name, td_parameter_specs)
 from td_bridge.td_builds import POSITION_MENU
 
 # name, style, label, default, help
@@ -23,8 +24,8 @@ CONNECTION = [
     ("Autoconnect", "Toggle", "Connect on Start", True, "Connect when the component starts."),
     ("Connect", "Pulse", "Connect", None, "Connect (again) to the addresses above."),
     ("Disconnect", "Pulse", "Disconnect", None, "Stop receiving; the last frame stays."),
-    ("Bridgepath", "Folder", "Bridge Path", "", "A folder holding td_bridge and pyzmq for this Python, if "
-     "TouchDesigner cannot import them (see the README)."),
+    ("Bridgepath", "Folder", "Bridge Path", "", "A folder holding pyzmq for this Python, if TouchDesigner cannot "
+     "import it (TouchDesigner 2023, see docs/touchdesigner.md). td_bridge always comes from inside this component."),
 ]
 ACTIONS = [
     ("Generate", "Pulse", "Generate", None, "Queue a generation with the parameters above."),
@@ -56,7 +57,7 @@ VIEW_PAGES = {
 }
 OSC_PORT = 9001  # the generator's OSC listens on 9000
 OSC = [
-    ("Oscin", "Toggle", "OSC In", False, "Let show control address this component directly (see the README)."),
+    ("Oscin", "Toggle", "OSC In", False, "Let show control address this component directly (see docs/touchdesigner.md)."),
     ("Oscport", "Int", "OSC Port", OSC_PORT, "UDP port of the component's OSC In DAT."),
     ("Osclocaladdress", "Str", "OSC Local Address", "127.0.0.1", "Address to listen on: 127.0.0.1 for this "
      "machine only; a LAN address (or empty, every interface) to accept show control from other machines."),
@@ -67,8 +68,14 @@ DIAGNOSE = [
     ("Shaderposition", "Menu", "Shader Position", "auto", "The GLSL MAT's vertex position input: auto picks it "
      "from the TouchDesigner build (TDPos() from 2025.30000, P before); set it if Diagnose reports a shader error."),
 ]
+# After the convention parameters (td_bridge.params CONVENTION_PARAMS), which Diagnose's geometry check measures.
+APPLY_FIXES = [
+    ("Applyfixes", "Pulse", "Apply Fixes", None, "Set the convention parameters above that Diagnose's geometry check "
+     "found wrong (listed in the diagnostics DAT); pulse Diagnose again to confirm."),
+]
 # Parameters whose change re-derives operator settings (DepthFusionExt.ApplySettings).
-SETTINGS_PARS = [td_name(p.name) for p in DISPLAY_PARAMS + VIEW_PARAMS] + [row[0] for row in OSC] + ["Shaderposition"]
+SETTINGS_PARS = ([td_name(p.name) for p in DISPLAY_PARAMS + VIEW_PARAMS + CONVENTION_PARAMS] + [row[0] for row in OSC]
+                 + ["Shaderposition"])
 STATUS = [
     ("Status", "Str", "Status", "disconnected", "What the generator is doing."),
     ("Connected", "Toggle", "Connected", False, "The generator's heartbeat arrives."),
@@ -139,6 +146,7 @@ def create_parameters(comp: Any) -> None:
     diagnose = comp.appendCustomPage("Diagnose")
     for row in DIAGNOSE:
         _add(diagnose, *row, **({"menu": list(POSITION_MENU)} if row[1] == "Menu" else {}))
+    _add_group(diagnose, CONVENTION_PARAMS, APPLY_FIXES)
     status = comp.appendCustomPage("Status")
     for row in STATUS:
         _add(status, *row, read_only=True)

@@ -1,6 +1,6 @@
 """Reading user images for depth estimation: checked before anything is decoded, converted to 8-bit RGB.
 
-Conversions (documented in the README): the first frame of an animation; EXIF orientation applied; greyscale
+Conversions (documented in docs/depth.md): the first frame of an animation; EXIF orientation applied; greyscale
 and palette images expanded to RGB; transparency composited over black; 16-bit greyscale scaled to 8 bits
 (÷257); 16-bit colour PNGs reach us already reduced to 8 bits by Pillow; CMYK and YCbCr converted by Pillow.
 Refused with a clear message: non-images, damaged or truncated files, 32-bit float images (no defined

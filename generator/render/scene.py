@@ -15,7 +15,7 @@ import numpy as np
 from td_bridge.depth import DepthMapping
 from td_bridge.geometry import sphere_mesh
 from td_bridge.protocol import Frame, check_arrays
-from td_bridge.render_setup import shader_uniforms
+from td_bridge.render_setup import material_settings, shader_uniforms
 from td_bridge.top_frames import to_top
 
 from .gl import glsl_version
@@ -50,6 +50,7 @@ class Scene:
         if samples not in (1, 2, 4, 8):
             raise ValueError(f"samples must be 1, 2, 4 or 8, got {samples}")
         self.ctx, self.samples, self.display = ctx, samples, dict(display)
+        self.material = material_settings(edges)  # fade: premultiplied blending, no depth writes (as the GLSL MAT)
         self.mapping = DepthMapping.from_params(display)
         top = to_top(Frame(rgb, depth, {}))
         self.size = (depth.shape[1], depth.shape[0])
@@ -105,8 +106,16 @@ class Scene:
         draw, _ = self.target(width, height)
         draw.use()
         self.ctx.enable(moderngl.DEPTH_TEST)
+        if self.material["blending"]:
+            self.ctx.enable(moderngl.BLEND)
+            self.ctx.blend_func = moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA
+        else:
+            self.ctx.disable(moderngl.BLEND)
         self.ctx.disable(moderngl.CULL_FACE)  # the camera is inside the sphere, as the component renders it
+        draw.depth_mask = True  # clearing honours the mask
         draw.clear(0.0, 0.0, 0.0, 0.0)
+        draw.depth_mask = self.material["depthwriting"]
+        draw.use()  # the framebuffer applies its depth mask when it is bound
         self.bind_textures()
         set_uniforms(self.program, {"uTDWorldToProj": np.asarray(world_to_proj, dtype=np.float64)})
         self._vao.render(moderngl.TRIANGLES)

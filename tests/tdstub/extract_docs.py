@@ -35,7 +35,8 @@ OPERATOR_PAGES = {
     "scriptTOP": "TOPs/Script_TOP.md", "renderTOP": "TOPs/Render_TOP.md",
     "renderselectTOP": "TOPs/Render_Select_TOP.md", "projectionTOP": "TOPs/Projection_TOP.md",
     "layoutTOP": "TOPs/Layout_TOP.md", "outTOP": "TOPs/Out_TOP.md", "sphereSOP": "SOPs/Sphere_SOP.md",
-    "torusSOP": "SOPs/Torus_SOP.md", "glslMAT": "MATs/GLSL_MAT.md",
+    "torusSOP": "SOPs/Torus_SOP.md", "glslMAT": "MATs/GLSL_MAT.md", "infoDAT": "DATs/Info_DAT.md",
+    "flipTOP": "TOPs/Flip_TOP.md",
 }
 # Python class → its class page (operator class pages include their base classes' sections)
 CLASS_PAGES = {
@@ -52,7 +53,7 @@ CLASS_PAGES = {
     "renderTOP": "TOPs/RenderTOP_Class.md", "renderselectTOP": "TOPs/RenderselectTOP_Class.md",
     "projectionTOP": "TOPs/ProjectionTOP_Class.md", "layoutTOP": "TOPs/LayoutTOP_Class.md",
     "outTOP": "TOPs/OutTOP_Class.md", "sphereSOP": "SOPs/SphereSOP_Class.md", "torusSOP": "SOPs/TorusSOP_Class.md",
-    "glslMAT": "MATs/GlslMAT_Class.md",
+    "glslMAT": "MATs/GlslMAT_Class.md", "infoDAT": "DATs/InfoDAT_Class.md", "flipTOP": "TOPs/FlipTOP_Class.md",
 }
 
 PAGE_HEADING = re.compile(r"^## Parameters - (.*?) ?Page\s*$")

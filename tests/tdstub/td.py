@@ -11,11 +11,17 @@ start with ``simulate_`` or ``stub_``.
 Modelled TouchDesigner behaviour: builds (``simulate_build``: ``app.build``/``app.version``, the
 extension hooks — ``__delTD__`` before 2025.31550, ``onInitTD``/``onDestroyTD`` from it — and the GLSL
 MAT's vertex position input), ``COMP.create`` taking the next numbered name, input ``connect()``
-replacing, Parameter Execute ``onValueChange`` once per frame (``simulate_frame``), ``run(...,
-delayFrames=N)``, Out TOP connectors sorted by name, TOP sizes (custom resolution, Layout TOP scale
-resolution, inputs), Script TOP pixel formats and ``copyNumpyArray``'s checks.
+replacing, Parameter Execute ``onValueChange`` once per frame (``simulate_frame``), ``run()`` counting
+``delayFrames`` on ``delayRef``'s time (the project timeline, which ``simulate_timeline`` pauses, or
+``op.TDResources``' independent time) with ``endFrame``, Out TOP connectors sorted by name, TOP sizes (custom
+resolution, Layout TOP scale resolution, inputs), Script TOP pixel formats and ``copyNumpyArray``'s checks (1–4
+channels, or 3–4 as the older page reads: ``simulate_script_top_channels``), a GLSL MAT that compiles when a
+Render TOP drawing it cooks (``errors()`` does not cook) and an Info DAT showing its log, and ``COMP.save``
+recording what the .tox would hold (``stub_saved``).
 
-Not modelled: cooking beyond Script TOPs, rendering, expressions other than ``parent.Shortcut.op('name')``.
+Not modelled: rendering (a test may put an image in a TOP's ``stub_rendered`` for ``numpyArray()`` to return,
+e.g. one from the project's own renderer), cooking beyond Script TOPs and that compile, expressions other than
+``parent.Shortcut.op('name')``.
 """
 
 from __future__ import annotations
@@ -59,14 +65,18 @@ app = App()
 
 
 class _World:
-    """What TouchDesigner's frame loop holds: the frame number, delayed runs, pending value changes."""
+    """What TouchDesigner's frame loop holds: the frame number, the project timeline, delayed runs, pending
+    value changes."""
 
     def __init__(self) -> None:
-        self.frame = 0
-        self.runs: list[tuple[int, str, tuple, dict]] = []
+        self.frame = 0  # absolute frames: TouchDesigner cooks them whether the timeline plays or not
+        self.timeline_frame, self.playing = 0, True
+        self.runs: list[_Run] = []
         self.changes: dict[int, tuple[Par, Any]] = {}
         self.valuechange_args = tuple(BEHAVIOUR["valuechange_signatures"][0])
         self.root: COMP | None = None
+        self.resources: COMP | None = None  # op.TDResources, on an independent time
+        self.script_top_channels = tuple(BEHAVIOUR["script_top_channels"]["current"])
 
 
 _world = _World()
@@ -87,15 +97,58 @@ def simulate_build(build: str, valuechange_args: tuple[str, ...] | None = None) 
 simulate_build(SUPPORTED_BUILDS[-1])
 
 
+def simulate_timeline(playing: bool) -> None:
+    """Play or pause the project timeline (a project may be saved, and so open, paused)."""
+    _world.playing = bool(playing)
+
+
+def simulate_script_top_channels(reading: str) -> None:
+    """Script TOP ``copyNumpyArray`` as one documentation reading has it: "current" (1 to 4 channels) or "older"
+    (3 or 4; td_hand.json: script_top_channels)."""
+    _world.script_top_channels = tuple(BEHAVIOUR["script_top_channels"][reading])
+
+
+class _Run:
+    """A script ``run()`` scheduled: due once its time has advanced ``delay`` frames (td_hand.json: run_timing)."""
+
+    def __init__(self, script: str, args: tuple, delay: int, independent: bool, end_frame: bool) -> None:
+        self.script, self.args, self.end_frame, self.independent = script, args, end_frame, independent
+        self.due = self._clock() + max(0, int(delay))
+
+    def _clock(self) -> int:
+        return _world.frame if self.independent else _world.timeline_frame
+
+    def ready(self) -> bool:
+        return (self.independent or _world.playing) and self._clock() > self.due  # the end of frame `due`
+
+
 def run(script: str, *args: Any, endFrame: bool = False, fromOP: Any = None, asParameter: bool = False,
         group: Any = None, delayFrames: int = 0, delayMilliSeconds: int = 0, delayRef: Any = None) -> None:
-    """Run ``script`` (with ``args`` bound) ``delayFrames`` frames later; 0 runs at the end of this frame."""
-    _world.runs.append((_world.frame + max(0, int(delayFrames)), script, args, {"op": op}))
+    """Run ``script`` (with ``args`` bound) once ``delayFrames`` frames of ``delayRef``'s time have passed: the
+    project timeline by default (``me`` in TouchDesigner: an operator of the project), independent time for
+    ``op.TDResources``. A run on a paused timeline waits until it plays."""
+    independent = delayRef is not None and delayRef is _world.resources
+    _world.runs.append(_Run(script, args, delayFrames, independent, endFrame))
 
 
-def op(path: str) -> OP | None:
-    """An operator by absolute path."""
-    return _world.root.op(path) if _world.root is not None else None
+class _OpFinder:
+    """``op``: ``op(path)`` finds an operator (relative to a DAT's component inside DAT modules); ``op.Name`` is
+    a global OP shortcut (td_hand.json: global_op_shortcuts)."""
+
+    def __init__(self, base: COMP | None = None) -> None:
+        self._base = base
+
+    def __call__(self, path: Any) -> OP | None:
+        base = self._base if self._base is not None else _world.root
+        return base.op(path) if base is not None else None
+
+    def __getattr__(self, name: str) -> OP:
+        if name == "TDResources" and _world.resources is not None:
+            return _world.resources
+        raise AttributeError(f"no global OP shortcut {name!r} in the td stand-in")
+
+
+op = _OpFinder()
 
 
 def debug(*args: Any) -> None:
@@ -104,16 +157,18 @@ def debug(*args: Any) -> None:
 
 def simulate_frame() -> int:
     """One TouchDesigner frame: Execute DATs' onFrameStart, then due ``run`` scripts, then one
-    onValueChange per changed, watched parameter. Returns the frame number."""
+    onValueChange per changed, watched parameter. The timeline advances only while it plays. Returns the
+    absolute frame number."""
     _world.frame += 1
+    _world.timeline_frame += int(_world.playing)
     if _world.root is not None:
         for dat in _world.root.stub_descendants(executeDAT):
             if dat.par.active.eval() and dat.par.framestart.eval():
                 dat.module.onFrameStart(_world.frame)
-    due = sorted((entry for entry in _world.runs if entry[0] <= _world.frame), key=lambda entry: entry[0])
-    _world.runs = [entry for entry in _world.runs if entry[0] > _world.frame]
-    for _, script, args, names in due:
-        exec(compile(script, "<run>", "exec"), {**names, "args": args})
+    due = [entry for entry in _world.runs if entry.ready()]
+    _world.runs = [entry for entry in _world.runs if not entry.ready()]
+    for entry in sorted(due, key=lambda entry: entry.end_frame):  # end-of-frame runs last
+        exec(compile(entry.script, "<run>", "exec"), {"op": op, "args": entry.args})
     changes, _world.changes = _world.changes, {}
     for par, previous in changes.values():
         if par.owner.valid and par.eval() != previous:
@@ -480,7 +535,7 @@ class OP:
 
     def stub_resolve(self, path: Any) -> OP | None:
         """An OP parameter's value as TouchDesigner reads it from this operator: a name is a sibling,
-        '..' the component this operator sits in."""
+        '..' the component this operator sits in (td_hand.json: parameter_path_dotdot)."""
         if isinstance(path, OP) or path is None:
             return path
         path = str(path)
@@ -514,7 +569,7 @@ class DAT(OP):
         are there as in every TouchDesigner script, ``me`` is the DAT."""
         if self._module is None:
             module = types.ModuleType(self.name)
-            module.__dict__.update(me=self, parent=lambda n=1: self.parent(n), op=self._parent.op, app=app, run=run,
+            module.__dict__.update(me=self, parent=lambda n=1: self.parent(n), op=_OpFinder(self._parent), app=app, run=run,
                                    debug=debug)
             exec(compile(self._text, self.path, "exec"), module.__dict__)
             self._module = module
@@ -658,19 +713,27 @@ class COMP(OP):
                     if attribute[:1].isupper():
                         setattr(self, attribute, getattr(extension, attribute))
             if _since(BEHAVIOUR["extension_hooks_from"]) and hasattr(extension, "onInitTD"):
-                run("args[0].onInitTD()", extension)
+                run("args[0].onInitTD()", extension, endFrame=True, delayRef=_world.resources)  # not on the timeline
         return self.extensions
 
     def stub_destroy_extensions(self) -> None:
+        """Each extension's destroy hook; one that raises is printed, as a Textport error, and the rest goes on
+        (td_hand.json: destroy_hook_errors)."""
         for extension in self.extensions:
-            if _since(BEHAVIOUR["extension_hooks_from"]) and hasattr(extension, "onDestroyTD"):
-                extension.onDestroyTD()
-            elif hasattr(extension, "__delTD__"):
-                extension.__delTD__()
+            hook = "onDestroyTD" if _since(BEHAVIOUR["extension_hooks_from"]) else "__delTD__"
+            try:
+                if hasattr(extension, hook):
+                    getattr(extension, hook)()
+            except Exception as exc:  # noqa: BLE001 - TouchDesigner reports it and deletes the operator anyway
+                print(f"td stand-in: {hook} of {type(extension).__name__} raised {type(exc).__name__}: {exc}")
         self.extensions = []
 
     def save(self, filepath: str, createFolders: bool = False) -> str:
-        raise NotImplementedError("only TouchDesigner writes .tox files")
+        """Only TouchDesigner writes .tox files: the stand-in records what the file would hold (every
+        operator's parameter values at this moment) in ``stub_saved`` and writes nothing."""
+        self.stub_saved = {node.path: {par.name: par.eval() for par in node.par}
+                           for node in self.stub_descendants(OP, include_self=True)}
+        return str(filepath)
 
 
 def stub_out_tops(comp: COMP) -> list[outTOP]:
@@ -713,18 +776,28 @@ class MAT(OP):
 
 
 class glslMAT(MAT):
-    """``errors()`` reports a vertex position input the running build does not declare (td_hand.json)."""
+    """Compiles when cooked (a Render TOP that draws its geometry cooks it): ``errors()`` reports what the last
+    compile found, a vertex position input the running build does not declare (td_hand.json), and does not
+    cook (td_hand.json: errors_do_not_cook)."""
 
     OPType = "glslMAT"
 
-    def errors(self, recurse: bool = False) -> str:
+    def __init__(self, name: str, parent: COMP | None) -> None:
+        super().__init__(name, parent)
+        self.stub_log: list[str] = []  # the last compile's messages
+
+    def cook(self, force: bool = False, recurse: bool = False, includeUtility: bool = False) -> None:
+        super().cook(force=force, recurse=recurse, includeUtility=includeUtility)
         vertex = self.stub_resolve(self.par.vdat.eval())
         if vertex is None:
-            return "Vertex shader DAT not found"
+            self.stub_log = ["Vertex shader DAT not found"]
+            return
         declared = stub_vertex_position_input().removesuffix("()")
-        problems = [f"'{name}' : undeclared identifier" for name in ("TDPos", "P")
-                    if name != declared and re.search(rf"(?<!\w){name}(?!\w)", _code(vertex.text))]
-        return "\n".join(self._errors + problems)
+        self.stub_log = [f"'{name}' : undeclared identifier" for name in ("TDPos", "P")
+                         if name != declared and re.search(rf"(?<!\w){name}(?!\w)", _code(vertex.text))]
+
+    def errors(self, recurse: bool = False) -> str:
+        return "\n".join(self._errors + self.stub_log)
 
 
 def _code(text: str) -> str:
@@ -740,6 +813,12 @@ def stub_vertex_position_input() -> str:
 
 class TOP(OP):
     stub_inputs = 1
+    stub_rendered: np.ndarray | None = None  # what TouchDesigner would have drawn; the stand-in draws nothing
+
+    def numpyArray(self, delayed: bool = False, writable: bool = False) -> np.ndarray | None:
+        """The texture as float32 (H, W, 4), row 0 at the bottom: ``stub_rendered`` when a test supplies an image
+        (e.g. one from the project's own renderer), else None."""
+        return None if self.stub_rendered is None else np.asarray(self.stub_rendered, dtype=np.float32)
 
     @property
     def width(self) -> int:
@@ -783,8 +862,10 @@ class scriptTOP(TOP):
         if not self._cooking and not self.par.modoutsidecook.eval():
             raise RuntimeError("copyNumpyArray outside onCook (turn on Modify Outside of Cook)")
         array = numpyArray
-        if not isinstance(array, np.ndarray) or array.ndim != 3 or not 1 <= array.shape[2] <= 4:
-            raise ValueError(f"copyNumpyArray needs shape (h, w, 1-4), got {getattr(array, 'shape', type(array))}")
+        low, high = _world.script_top_channels
+        if not isinstance(array, np.ndarray) or array.ndim != 3 or not low <= array.shape[2] <= high:
+            raise ValueError(f"copyNumpyArray needs shape (h, w, {low}-{high}), got "
+                             f"{getattr(array, 'shape', type(array))}")
         if array.dtype not in (np.uint8, np.uint16, np.float32):
             raise ValueError(f"copyNumpyArray needs uint8, uint16 or float32, got {array.dtype}")
         self.stub_image = array.copy()
@@ -814,8 +895,17 @@ class scriptTOP(TOP):
 
 
 class renderTOP(TOP):
+    """Cooking it cooks the material of the geometry it draws (the GLSL MAT compiles)."""
+
     OPType = "renderTOP"
     stub_inputs = 0
+
+    def cook(self, force: bool = False, recurse: bool = False, includeUtility: bool = False) -> None:
+        super().cook(force=force, recurse=recurse, includeUtility=includeUtility)
+        geometry = self.stub_resolve(self.par.geometry.eval())
+        material = geometry.par.material.eval() if geometry is not None else None
+        if isinstance(material, MAT):
+            material.cook(force=force)
 
 
 class renderselectTOP(TOP):
@@ -851,6 +941,22 @@ class layoutTOP(TOP):
 
 class outTOP(TOP):
     OPType = "outTOP"
+
+
+class flipTOP(TOP):
+    OPType = "flipTOP"
+
+
+class infoDAT(DAT):
+    """Its text is the information of the operator its ``op`` parameter names: for a GLSL MAT, the last
+    compile's log (td_hand.json: info_dat_glsl)."""
+
+    OPType = "infoDAT"
+
+    @property
+    def text(self) -> str:
+        target = self.stub_resolve(self.par.op.eval())
+        return "\n".join(getattr(target, "stub_log", [])) if target is not None else ""
 
 
 class Connector:
@@ -896,10 +1002,12 @@ def _evaluate(owner: OP, expression: str) -> Any:
     return node.op(name)
 
 
-def make_root(build: str | None = None) -> baseCOMP:
-    """A fresh project: '/project1' to build into, a new frame loop, the given build (default the newest)."""
+def make_root(build: str | None = None, project: bool = True) -> COMP:
+    """A fresh project: '/project1' to build into (or, with ``project`` False, only the root, which is
+    returned), a new frame loop, the given build (default the newest), ``op.TDResources`` on its own time."""
     global _world
     _world = _World()
     simulate_build(build or SUPPORTED_BUILDS[-1])
     _world.root = baseCOMP("", None)
-    return _world.root.create(baseCOMP, "project1")
+    _world.resources = _world.root.create(baseCOMP, "sys").create(baseCOMP, "TDResources")
+    return _world.root.create(baseCOMP, "project1") if project else _world.root
