@@ -74,6 +74,23 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def ctx() -> Iterator[Any]:
+    """A moderngl context on Mesa's EGL (llvmpipe) for the renderer; skips where there is none, fails under CI (the
+    test environment installs moderngl; TouchDesigner's numpy environment, .venv-td, does not: it skips there)."""
+    pytest.importorskip("moderngl")
+    from generator.render.gl import GLUnavailable, create_context
+
+    try:
+        context = create_context()
+    except GLUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    yield context
+    context.release()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,7 +3,6 @@ as TouchDesigner would under the right conventions and under each wrong one; eve
 and nothing else is misreported. Read-backs are made as TOP.numpyArray() gives them: float32 RGBA, row 0 at the
 bottom."""
 
-import os
 
 import numpy as np
 import pytest
@@ -32,20 +31,6 @@ def statuses(findings):
 
 
 # ------------------------------------------------------------------ renders
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    from generator.render.gl import GLUnavailable, create_context
-
-    try:
-        context = create_context()
-    except GLUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    yield context
-    context.release()
 
 
 def eye(r, view, name, window, width, height):

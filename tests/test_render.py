@@ -8,7 +8,6 @@ radius R at azimuth atan(b / (√(R² − b²)·cos φ)) beside its own.
 """
 
 import math
-import os
 import sys
 
 import numpy as np
@@ -21,20 +20,6 @@ from td_bridge.params import VIEW_PARAMS, validate
 
 METRIC = {"mapping": "metric", "near": 0.5, "far": 100.0, "mesh_rows": 64, "mesh_cols": 128}
 GREY = 100
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    from generator.render.gl import GLUnavailable, create_context
-
-    try:
-        context = create_context()
-    except GLUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    yield context
-    context.release()
 
 
 def renderer(ctx, rgb, depth, display=METRIC, edges="keep", samples=4):

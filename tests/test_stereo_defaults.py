@@ -9,7 +9,6 @@ below are computed from it and from the schema, never typed in, except the old d
 """
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -118,20 +117,6 @@ def test_the_documented_numbers_are_the_schemas():
 
 
 # ------------------------------------------------------------------ (b) a demo room rendered at the defaults
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    from generator.render.gl import GLUnavailable, create_context
-
-    try:
-        context = create_context()
-    except GLUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    yield context
-    context.release()
 
 
 @pytest.fixture(scope="module")
