@@ -125,7 +125,14 @@ GENERATION_PARAMS: tuple[Param, ...] = (
     Param("width", int, 1024, "Output width.", minimum=64, maximum=4096, multiple_of=8, unit="px"),
     Param("height", int, 512, "Output height.", minimum=64, maximum=4096, multiple_of=8, unit="px"),
     Param("scheduler", str, "ddim", "Sampler: ddim (as the LDM3D checkpoints ship), dpm++ (DPM-Solver++, "
-          "good in 20-25 steps) or euler.", choices=("ddim", "dpm++", "euler")),
+          "good in 20-25 steps), euler, or the few-step samplers lcm (Latent Consistency) and tcd (Trajectory "
+          "Consistency, see eta), which need a distilled model or LoRA and guidance 1 or less.",
+          choices=("ddim", "dpm++", "euler", "lcm", "tcd")),
+    Param("spacing", str, "auto", "How the sampler spaces its timesteps: auto (the model's configuration: leading "
+          "for the LDM3D checkpoints), leading, trailing (what Hyper-SD and PCM LoRAs expect at few steps) or "
+          "linspace. lcm and tcd space their own.", choices=("auto", "leading", "trailing", "linspace")),
+    Param("eta", float, 0.3, "tcd only: how much fresh noise each step adds (TCD's gamma; 0 is deterministic "
+          "given the start noise, higher adds detail); the other samplers ignore it.", minimum=0.0, maximum=1.0),
     Param("seamless", bool, True, "Wrap the left and right edges while generating, so the 0°/360° seam "
           "of a panorama shows no edge."),
     Param("cue", str, "", "A name for the frame, to recall it by cue later (empty: none).", max_length=100),

@@ -76,9 +76,12 @@ def module_calls(backend):
     return calls, handles
 
 
-@pytest.mark.parametrize("channels, guidance, scheduler", [
-    (6, 7.5, "ddim"), (6, 1.0, "ddim"), (4, 7.5, "ddim"), (4, 1.0, "ddim"), (4, 7.5, "dpm++"), (4, 7.5, "euler")])
-def test_rgb_matches_the_deprecated_diffusers_pipeline(backends, channels, guidance, scheduler):
+@pytest.mark.parametrize("channels, guidance, scheduler, spacing", [
+    (6, 7.5, "ddim", "auto"), (6, 1.0, "ddim", "auto"), (4, 7.5, "ddim", "auto"), (4, 1.0, "ddim", "auto"),
+    (4, 7.5, "dpm++", "auto"), (4, 7.5, "euler", "auto"), (4, 1.0, "ddim", "trailing"), (4, 1.0, "euler", "trailing"),
+    (6, 1.0, "lcm", "auto"), (4, 1.0, "lcm", "auto"), (4, 2.0, "lcm", "auto"), (6, 1.0, "tcd", "auto"),
+    (4, 1.0, "tcd", "auto")])
+def test_rgb_matches_the_deprecated_diffusers_pipeline(backends, channels, guidance, scheduler, spacing):
     """Cross-check only: the deprecated pipeline is never used at run time. The comparison is exact because both
     sides run the same modules on the same shapes in the same order (asserted first): CPU kernels may round
     differently by batch size (MKL on AVX-512 does), so equal results are promised only for equal computations."""
@@ -87,16 +90,18 @@ def test_rgb_matches_the_deprecated_diffusers_pipeline(backends, channels, guida
     ours = backends[channels]
     pipe = StableDiffusionLDM3DPipeline(
         vae=ours.vae, text_encoder=ours.text_encoder, tokenizer=ours.tokenizer, unet=ours.unet,
-        scheduler=make_scheduler(scheduler, ours.scheduler_config), safety_checker=None, feature_extractor=None,
+        scheduler=make_scheduler(scheduler, ours.scheduler_config, spacing), safety_checker=None,
+        feature_extractor=None,
         image_encoder=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     calls, handles = module_calls(ours)
     try:
         theirs = pipe("a misty forest at dawn", num_inference_steps=3, guidance_scale=guidance, height=64, width=128,
-                      output_type="np", generator=torch.Generator("cpu").manual_seed(7)).rgb[0]
+                      output_type="np", generator=torch.Generator("cpu").manual_seed(7),
+                      eta=0.45 if scheduler == "tcd" else 0.0).rgb[0]  # the pipeline passes eta to DDIM too
         their_calls = list(calls)
         calls.clear()
-        out = run(ours, guidance=guidance, scheduler=scheduler)
+        out = run(ours, guidance=guidance, scheduler=scheduler, spacing=spacing, eta=0.45)
     finally:
         for handle in handles:
             handle.remove()
@@ -126,9 +131,26 @@ def test_generation_never_waits_on_a_tensor_value(backends, scheduler):
 
 
 def test_schedulers_run_and_differ(backends):
-    outs = {name: run(backends[4], scheduler=name) for name in ("ddim", "dpm++", "euler")}
-    assert not np.array_equal(outs["ddim"].rgb, outs["dpm++"].rgb)
-    assert not np.array_equal(outs["ddim"].rgb, outs["euler"].rgb)
+    outs = {name: run(backends[4], scheduler=name, guidance=1.0) for name in ("ddim", "dpm++", "euler", "lcm", "tcd")}
+    for name in ("dpm++", "euler", "lcm", "tcd"):
+        assert not np.array_equal(outs["ddim"].rgb, outs[name].rgb), name
+    assert not np.array_equal(outs["lcm"].rgb, outs["tcd"].rgb)
+
+
+def test_spacing_and_eta_change_what_they_should(backends):
+    """Trailing spacing changes DDIM's timesteps; eta changes tcd (its step noise) and nothing else; lcm and tcd
+    are seeded: the same seed gives the same frame."""
+    backend = backends[4]
+    assert not np.array_equal(run(backend, guidance=1.0).rgb, run(backend, guidance=1.0, spacing="trailing").rgb)
+    assert run(backend, scheduler="ddim", guidance=1.0, spacing="trailing").info["timestep_spacing"] == "trailing"
+    assert not np.array_equal(run(backend, scheduler="tcd", guidance=1.0, eta=0.0).rgb,
+                              run(backend, scheduler="tcd", guidance=1.0, eta=0.9).rgb)
+    np.testing.assert_array_equal(run(backend, scheduler="ddim", eta=0.0).rgb, run(backend, scheduler="ddim", eta=0.9).rgb)
+    for name in ("lcm", "tcd"):
+        np.testing.assert_array_equal(run(backend, scheduler=name, guidance=1.0).rgb,
+                                      run(backend, scheduler=name, guidance=1.0).rgb)
+    with pytest.raises(ValueError, match="at most 50 steps"):
+        run(backend, scheduler="lcm", steps=51)
 
 
 def test_progress_per_step_and_cancellation_within_one_step(backends):

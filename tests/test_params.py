@@ -78,7 +78,8 @@ def test_touchdesigner_parameter_definitions_come_from_the_schema():
     assert all(re.fullmatch(r"[A-Z][a-z0-9]*", n) for n in names) and len(set(names)) == len(names)
     by_name = {s["name"]: s for s in specs}
     assert by_name["Negativeprompt"]["style"] == "Str" and by_name["Seamless"]["style"] == "Toggle"
-    assert by_name["Scheduler"]["style"] == "Menu" and by_name["Scheduler"]["menu"] == ["ddim", "dpm++", "euler"]
+    assert by_name["Scheduler"]["style"] == "Menu" and by_name["Scheduler"]["menu"] == ["ddim", "dpm++", "euler", "lcm",
+                                                                                     "tcd"]
     assert by_name["Steps"]["min"] == 1 and by_name["Steps"]["max"] == 500 and by_name["Steps"]["default"] == 50
     assert by_name["Meshrows"]["page"] == "Depth"
     with pytest.raises(ParamError):

@@ -27,6 +27,7 @@ from .seamless import set_seamless
 log = logging.getLogger("depthfusion.ldm3d")
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+CONSISTENCY_MAX_STEPS = 50  # lcm and tcd: the original_inference_steps diffusers' schedulers skip along
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -104,16 +105,33 @@ def _quiet_loading():
             transformers_logging.enable_progress_bar()
 
 
-def make_scheduler(name: str, config: Any):
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+def make_scheduler(name: str, config: Any, spacing: str = "auto"):
+    """diffusers' scheduler ``name`` on the model's scheduler config; ``spacing`` other than auto overrides its
+    timestep spacing (lcm and tcd space their own steps: they skip along the original 50-step schedule)."""
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler,
+                           TCDScheduler)
 
+    overrides = {} if spacing == "auto" or name in ("lcm", "tcd") else {"timestep_spacing": spacing}
     if name == "ddim":
-        return DDIMScheduler.from_config(config)
+        return DDIMScheduler.from_config(config, **overrides)
     if name == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", **overrides)
     if name == "euler":
-        return EulerDiscreteScheduler.from_config(config)
-    raise ValueError(f"unknown scheduler {name!r}; choose ddim, dpm++ or euler")
+        return EulerDiscreteScheduler.from_config(config, **overrides)
+    if name == "lcm":
+        return LCMScheduler.from_config(config)
+    if name == "tcd":
+        return TCDScheduler.from_config(config)
+    raise ValueError(f"unknown scheduler {name!r}; choose ddim, dpm++, euler, lcm or tcd")
+
+
+def step_options(name: str, params: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+    """Keyword arguments of the scheduler's step: lcm and tcd add seeded noise at each step, tcd scaled by eta."""
+    if name == "lcm":
+        return {"generator": generator}
+    if name == "tcd":
+        return {"eta": params["eta"], "generator": generator}
+    return {}
 
 
 class LDM3DBackend:
@@ -189,7 +207,10 @@ class LDM3DBackend:
         factor = self.variant.scale_factor
         if width % factor or height % factor:
             raise ValueError(f"width and height must be multiples of {factor} for this model, got {width}x{height}")
-        scheduler = make_scheduler(params["scheduler"], self.scheduler_config)
+        if params["scheduler"] in ("lcm", "tcd") and params["steps"] > CONSISTENCY_MAX_STEPS:
+            raise ValueError(f"{params['scheduler']} takes at most {CONSISTENCY_MAX_STEPS} steps (it skips along the "
+                             f"original {CONSISTENCY_MAX_STEPS}-step schedule), got {params['steps']}")
+        scheduler = make_scheduler(params["scheduler"], self.scheduler_config, params["spacing"])
         scheduler.set_timesteps(params["steps"], device=self.device)  # before init_noise_sigma, which it sets
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)  # else the first step searches its index on the device
@@ -199,19 +220,20 @@ class LDM3DBackend:
             set_seamless(self.vae, params["seamless"])
             embeddings = self._encode(params["prompt"], params["negative_prompt"], guided)
             shape = (1, self.unet.config.in_channels, height // factor, width // factor)
+            generator = torch.Generator("cpu").manual_seed(params["seed"])  # start noise, then lcm/tcd step noise
             if latents is None:
-                generator = torch.Generator("cpu").manual_seed(params["seed"])
                 latents = torch.randn(shape, generator=generator, dtype=torch.float32)
             elif tuple(latents.shape) != shape:
                 raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
             latents = latents.to(self.device, self.dtype) * scheduler.init_noise_sigma
-            latents = self._denoise(latents, embeddings, scheduler, params, progress, cancelled, guided)
+            options = step_options(params["scheduler"], params, generator)
+            latents = self._denoise(latents, embeddings, scheduler, params, progress, cancelled, guided, options)
             image = self._decode(latents)
         rgb = np.clip(np.round(image[..., :3] * 255.0), 0, 255).astype(np.uint8)
         return RGBD(rgb, self.variant.decode_depth(image), info={
             "vae_channels": self.variant.channels, "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."), "scheduler": params["scheduler"],
-            "seamless": params["seamless"],
+            "timestep_spacing": scheduler.config.get("timestep_spacing"), "seamless": params["seamless"],
         })
 
     def _encode(self, prompt: str, negative: str, guided: bool) -> torch.Tensor:
@@ -230,7 +252,7 @@ class LDM3DBackend:
         return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
 
     def _denoise(self, latents: torch.Tensor, embeddings: torch.Tensor, scheduler: Any, params: dict[str, Any],
-                 progress: ProgressFn, cancelled: CancelledFn, guided: bool) -> torch.Tensor:
+                 progress: ProgressFn, cancelled: CancelledFn, guided: bool, options: dict[str, Any]) -> torch.Tensor:
         # The U-Net takes each timestep as a device tensor, the scheduler as a host number: a scheduler indexing
         # its tables with a device tensor makes the host wait for the GPU at every step.
         timesteps = scheduler.timesteps
@@ -243,7 +265,7 @@ class LDM3DBackend:
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + params["guidance"] * (cond - uncond)
-            latents = scheduler.step(noise, t_host, latents).prev_sample
+            latents = scheduler.step(noise, t_host, latents, **options).prev_sample
             progress(step, len(timesteps))
         return latents
 
