@@ -80,6 +80,16 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     ldm3d.add_argument("--revision", default=None, help="hub branch, tag or commit of the model")
     ldm3d.add_argument("--offline", action="store_true", help="use only weights already downloaded")
     ldm3d.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first frame)")
+    ldm3d.add_argument("--decoder", default="full", metavar="full|tiny|FOLDER",
+                       help="latents → RGBD: full (the model's VAE), tiny (MODEL/tiny-decoder, made by `train "
+                       "tiny-decoder`) or a tiny decoder's folder; depth stays 16-bit (full)")
+    ldm3d.add_argument("--lora", action="append", default=[], metavar="[NAME=]SOURCE[:SCALE]",
+                       help="load a Stable Diffusion 1.x LoRA (kohya/A1111 or diffusers naming): a .safetensors "
+                       "file, a folder holding one, a hub id, or owner/repo/FILE.safetensors; SCALE its weight "
+                       "(1); NAME how the lora_N generation parameters pick it (the file's name). Repeatable")
+    ldm3d.add_argument("--fuse-lora", action="store_true",
+                       help="merge the --lora set into the weights at its scales (faster; the lora_N parameters "
+                       "can then not change it per frame)")
 
 
 def _add_upscaler_flags(parser: argparse.ArgumentParser, device_flags: bool = False) -> None:
@@ -237,7 +247,9 @@ def _backend(args: argparse.Namespace):
     from .backends import load_backend
 
     return load_backend(args.model, demo_step_delay=args.demo_step_delay, device=args.device, dtype=args.dtype,
-                        revision=args.revision, local_files_only=args.offline, compile=args.compile)
+                        revision=args.revision, local_files_only=args.offline, compile=args.compile,
+                        **({"decoder": args.decoder} if args.decoder != "full" else {}),
+                        **({"loras": tuple(args.lora), "fuse_loras": args.fuse_lora} if args.lora else {}))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -436,6 +436,9 @@ class GeneratorServer:
         if upscale is not None and self.upscales is None:
             return [wire.encode_error(request_id, "unavailable", NO_UPSCALER)]
         params = resolve_seed(validate_generation(args))
+        check = getattr(self.backend, "check", None)  # what this backend cannot make is refused before queueing
+        if check is not None:
+            check(params)
         job = self.jobs.submit(params)
         if upscale is not None:
             self.upscales.chain(job.id, upscale)

@@ -7,6 +7,7 @@ and later the OSC addresses (``/depthfusion/<name>``) and TouchDesigner custom p
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -31,6 +32,7 @@ class Param:
     choices: tuple[str, ...] | None = None
     max_length: int | None = None
     unit: str = ""
+    pattern: str | None = None  # a str value other than "" must match it whole (e.g. a name's characters)
 
     @property
     def flag(self) -> str:
@@ -40,7 +42,8 @@ class Param:
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.kind is str:
-            return f"text of at most {self.max_length} characters"
+            shape = f" matching {self.pattern}" if self.pattern else ""
+            return f"text of at most {self.max_length} characters{shape}"
         if self.kind is bool:
             return "true or false"
         text = f"{self.kind.__name__} in [{_fmt(self.minimum)}, {_fmt(self.maximum)}]"
@@ -66,6 +69,8 @@ class Param:
                 return "lone surrogates are not valid text"
             if self.choices and value not in self.choices:
                 return f"{value!r} is not a choice"
+            if self.pattern and value and not re.fullmatch(self.pattern, value):
+                return f"{value!r} has characters it may not have"
             return None
         if self.kind is bool:
             return None
@@ -115,7 +120,7 @@ def _coerce_kind(param: Param, value: Any) -> Any:
     raise ParamError(f"{param.name}: {value!r} is not a valid {kind.__name__}; allowed: {param.describe_range()}")
 
 
-GENERATION_PARAMS: tuple[Param, ...] = (
+BASE_GENERATION_PARAMS: tuple[Param, ...] = (
     Param("prompt", str, "a 360 degree panorama of a sunlit courtyard", "What to generate.", max_length=2000),
     Param("negative_prompt", str, "", "What to steer away from.", max_length=2000),
     Param("seed", int, RANDOM_SEED, "Random seed; -1 picks one (the frame's metadata records it).",
@@ -137,6 +142,20 @@ GENERATION_PARAMS: tuple[Param, ...] = (
           "of a panorama shows no edge."),
     Param("cue", str, "", "A name for the frame, to recall it by cue later (empty: none).", max_length=100),
 )
+
+# LoRA slots: which of the LoRAs the generator loaded (serve --lora NAME=SOURCE:SCALE) a frame uses, at what weight.
+# All slots empty: every loaded LoRA at the scale it was loaded with; "none" in a slot: no LoRA at all.
+LORA_SLOTS = 4
+LORA_NONE = "none"
+LORA_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # generator.backends.lora names LoRAs so
+LORA_PARAMS: tuple[Param, ...] = tuple(param for slot in range(1, LORA_SLOTS + 1) for param in (
+    Param(f"lora_{slot}", str, "", f"LoRA slot {slot}: the name of a LoRA the generator loaded (serve --lora "
+          "NAME=SOURCE:SCALE). All slots empty: every loaded LoRA at its own scale; none: no LoRA.", max_length=64,
+          pattern=LORA_NAME),
+    Param(f"lora_{slot}_scale", float, 1.0, f"Weight of LoRA slot {slot} (0: off; negative: the opposite).",
+          minimum=-4.0, maximum=4.0),
+))
+GENERATION_PARAMS: tuple[Param, ...] = BASE_GENERATION_PARAMS + LORA_PARAMS
 
 DISPLAY_PARAMS: tuple[Param, ...] = (
     Param("mapping", str, "metric", "How depth moves sphere vertices: metric (depth as relative inverse depth "
@@ -302,6 +321,24 @@ def validate_all(*groups: tuple[Mapping[str, Any], Iterable[Param]]) -> list[dic
 
 def validate_generation(values: Mapping[str, Any]) -> dict[str, Any]:
     return validate(values, GENERATION_PARAMS)
+
+
+def requested_loras(params: Mapping[str, Any]) -> dict[str, float] | None:
+    """LoRA name → weight the LoRA slots of validated generation params ask for; None when every slot is empty
+    (the generator's own set). A name in two slots, or "none" beside a name, is a ParamError."""
+    slots = [(params.get(f"lora_{i}", ""), params.get(f"lora_{i}_scale", 1.0)) for i in range(1, LORA_SLOTS + 1)]
+    named = [(str(name).strip(), float(scale)) for name, scale in slots if str(name).strip()]
+    if not named:
+        return None
+    names = [name for name, _ in named]
+    if LORA_NONE in names:
+        if len(names) > 1:
+            raise ParamError(f"lora slots: {LORA_NONE!r} (no LoRA) cannot stand beside {', '.join(names)}")
+        return {}
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ParamError(f"lora slots: {', '.join(twice)} in more than one slot")
+    return dict(named)
 
 
 def resolve_seed(params: dict[str, Any]) -> dict[str, Any]:

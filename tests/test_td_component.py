@@ -80,7 +80,7 @@ NETWORK = {
 def test_the_builder_makes_the_documented_network(comp):
     assert comp.path == "/project1/DepthFusion"
     assert {child.name: child.OPType for child in comp.children} == NETWORK
-    assert [page.name for page in comp.customPages] == ["Connection", "Generate", "Upscale", "Depth", "Sphere",
+    assert [page.name for page in comp.customPages] == ["Connection", "Generate", "LoRA", "Upscale", "Depth", "Sphere",
                                                         "Stereo",
                                                         "Outputs", "OSC", "Diagnose", "Status"]
     for name in ("rgb", "depth"):

@@ -2,7 +2,8 @@
 
 ``create_parameters(comp)`` runs inside TouchDesigner (from build_depthfusion.py) and in the
 tests against the td stand-in. Pages: Connection, Generate (every generation parameter plus
-Generate / Cancel / Recall, and Depth from TOP with its estimation parameters), Upscale (ldm3d-sr),
+Generate / Cancel / Recall, and Depth from TOP with its estimation parameters), LoRA (the LoRA slots of
+the generation parameters), Upscale (ldm3d-sr),
 Depth and Sphere (what the shaders use), Stereo and Outputs (cameras and output sizes), OSC (the
 component's own OSC In DAT), Diagnose (the self-check, the shader's position input, the convention
 overrides and Apply Fixes) and Status (read-only, written by DepthFusionExt).
@@ -13,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES
-from td_bridge.params import (CONVENTION_PARAMS, DISPLAY_PARAMS, ESTIMATION_PARAMS, GENERATION_PARAMS,
-                              UPSCALE_PARAMS, VIEW_PARAMS, find_param, td_name, td_parameter_specs)
+from td_bridge.params import (BASE_GENERATION_PARAMS, CONVENTION_PARAMS, DISPLAY_PARAMS, ESTIMATION_PARAMS,
+                              LORA_PARAMS, UPSCALE_PARAMS, VIEW_PARAMS, find_param, td_name, td_parameter_specs)
 from td_bridge.td_builds import POSITION_MENU
 
 # name, style, label, default, help
@@ -133,8 +134,9 @@ def create_parameters(comp: Any) -> None:
     """Add the custom parameter pages to ``comp``."""
     _add_group(comp.appendCustomPage("Connection"), (), CONNECTION)
     generate = comp.appendCustomPage("Generate")
-    _add_group(generate, GENERATION_PARAMS, ACTIONS)
+    _add_group(generate, BASE_GENERATION_PARAMS, ACTIONS)
     _add_group(generate, ESTIMATE_PARAMS, DEPTH_FROM_TOP)
+    _add_specs(comp.appendCustomPage("LoRA"), td_parameter_specs(LORA_PARAMS, "LoRA"))
     _add_group(comp.appendCustomPage("Upscale"), UPSCALE_PARAMS, UPSCALE)
     view_params = DISPLAY_PARAMS + VIEW_PARAMS
     for page, names in VIEW_PAGES.items():

@@ -18,6 +18,10 @@ DEFAULT_LDM3D = "Intel/ldm3d-pano"
 def load_backend(model: str = "auto", *, demo_step_delay: float = 0.0, **ldm3d_options: Any) -> Backend:
     """The backend for ``model``: ``demo``, an LDM3D hub id or folder, or ``auto`` (see ``_auto``)."""
     if model == "demo":
+        if ldm3d_options.get("decoder", "full") != "full":
+            raise BackendUnavailable("the demo backend has no VAE to replace: --decoder needs an LDM3D model")
+        if ldm3d_options.get("loras"):
+            raise BackendUnavailable("the demo backend takes no LoRAs: give an LDM3D model with --lora")
         return DemoBackend(step_delay=demo_step_delay)
     if model == "auto":
         return _auto(demo_step_delay, **ldm3d_options)
@@ -54,6 +58,8 @@ def _auto(demo_step_delay: float, **options: Any) -> Backend:
             reasons[DEFAULT_LDM3D] = str(exc)
     why = "; ".join(reasons.values()) or "no cached checkpoint loaded"
     cpu = " (on a CPU auto never starts a multi-GB download)" if on_cpu and not usable else ""
+    if options.get("loras"):
+        raise BackendUnavailable(f"LDM3D is unavailable{cpu}: {why}; the demo backend takes no LoRAs")
     log.warning("model auto: LDM3D is unavailable%s: %s. Using the demo backend; "
                 "`python -m generator download %s` fetches a checkpoint", cpu, why, DEFAULT_LDM3D)
     return DemoBackend(step_delay=demo_step_delay)

@@ -40,3 +40,7 @@ class Backend(Protocol):
     def generate(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn) -> RGBD:
         """Make one frame from validated params (seed already resolved)."""
         ...
+
+    def check(self, params: dict[str, Any]) -> Any:
+        """Raise ParamError for validated params this backend cannot make (checked before a job is queued)."""
+        ...

@@ -17,6 +17,7 @@ import numpy as np
 
 from td_bridge.depth import inverse_depth_from_distance, to_uint16
 from td_bridge.geometry import pixel_directions
+from td_bridge.params import ParamError, requested_loras
 
 from .base import RGBD, Cancelled, CancelledFn, ProgressFn
 
@@ -175,7 +176,13 @@ class DemoBackend:
             raise ValueError(f"demo step delay must be in [0, 10] seconds, got {step_delay}")
         self.step_delay = step_delay
 
+    def check(self, params: dict[str, Any]) -> None:
+        """The demo backend draws its scenes without a model: it cannot apply a LoRA (ParamError)."""
+        if requested_loras(params):
+            raise ParamError("the demo backend takes no LoRAs (serve an LDM3D model with --lora)")
+
     def generate(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn) -> RGBD:
+        self.check(params)
         width, height, steps = params["width"], params["height"], params["steps"]
         scene = scene_for(params["prompt"], params["seed"])
         directions = pixel_directions(width, height)

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from td_bridge.depth import depth16_from_vae4, depth16_from_vae6
+from td_bridge.params import ParamError, requested_loras
 
 from .base import RGBD, BackendUnavailable, Cancelled, CancelledFn, ProgressFn
 from .ldm3d_files import resolve
+from .lora import LoraError, LoraSet, LoraSpec, parse
 from .seamless import set_seamless
 
 log = logging.getLogger("depthfusion.ldm3d")
@@ -144,15 +146,19 @@ class LDM3DBackend:
         self.model = model
         self.variant = check_components(tokenizer, text_encoder, unet, vae)
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
+        self.loras = LoraSet(unet, text_encoder)
         self.scheduler_config = scheduler_config
         self.device, self.dtype = device, dtype
         upcast = getattr(vae.config, "force_upcast", False) and dtype == torch.float16
         self.vae_dtype = torch.float32 if upcast else dtype
+        self.decoder: Any = None  # None: the model's own VAE decodes; else a TinyDecoder (tiny_decoder.py)
 
     @classmethod
     def load(cls, model: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None,
-             local_files_only: bool = False, compile: bool = False) -> LDM3DBackend:
-        """Load from a hub id or a local folder; every failure is a BackendUnavailable."""
+             local_files_only: bool = False, compile: bool = False, loras: tuple[str | LoraSpec, ...] = (),
+             fuse_loras: bool = False, decoder: str = "full") -> LDM3DBackend:
+        """Load from a hub id or a local folder, with LoRAs (``[NAME=]SOURCE[:SCALE]``, fused at their scales with
+        ``fuse_loras``); every failure is a BackendUnavailable (LoraError for a LoRA)."""
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -179,7 +185,18 @@ class LDM3DBackend:
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise BackendUnavailable(f"cannot load LDM3D from {folder}: {type(exc).__name__}: {exc}") from exc
         backend = cls(model, tokenizer, text_encoder, unet, vae, scheduler_config, torch_device, torch_dtype)
+        if decoder != "full":  # full | tiny (MODEL/tiny-decoder) | a tiny decoder's folder, checked against the VAE
+            from .tiny_decoder import load_decoder
+
+            backend.decoder = load_decoder(decoder, backend, folder)
+        for spec in loras:
+            lora = backend.loras.load(spec if isinstance(spec, LoraSpec) else parse(spec),
+                                      local_files_only=local_files_only)
+            log.info("LoRA %s: %s (%s, sha256 %s…) on the %s at %g", lora.name, lora.source, lora.file.name,
+                     lora.sha256[:12], " and ".join(lora.targets), lora.scale)
         backend._place(compile)
+        if fuse_loras and backend.loras.loaded:
+            backend.loras.fuse(backend.loras.weights(None))
         log.info("LDM3D %s: %d-channel VAE, %s, %s%s, loaded in %.1f s", model, backend.variant.channels,
                  torch_device, str(torch_dtype).removeprefix("torch."), ", torch.compile" if compile else "",
                  time.perf_counter() - started)
@@ -189,7 +206,7 @@ class LDM3DBackend:
 
     def _place(self, compile: bool) -> None:
         for module, dtype in ((self.text_encoder, self.dtype), (self.unet, self.dtype), (self.vae, self.vae_dtype)):
-            if module.dtype != dtype:  # cast only when needed: diffusers warns on every cast
+            if any(p.dtype != dtype for p in module.parameters()):  # only when needed: diffusers warns on each cast
                 module.to(dtype=dtype)
             module.to(self.device).eval().requires_grad_(False)
         if self.device.type == "cuda":
@@ -200,24 +217,39 @@ class LDM3DBackend:
 
     # ------------------------------------------------------------ generation
 
-    def generate(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
-                 latents: torch.Tensor | None = None) -> RGBD:
-        """One RGBD frame from validated params; ``latents`` overrides the seeded start noise."""
+    def check(self, params: dict[str, Any]) -> dict[str, float]:
+        """Refuse what this model cannot make from validated params (ParamError), before a job is queued; returns
+        the frame's LoRA weights."""
         width, height = params["width"], params["height"]
         factor = self.variant.scale_factor
         if width % factor or height % factor:
-            raise ValueError(f"width and height must be multiples of {factor} for this model, got {width}x{height}")
+            raise ParamError(f"width and height must be multiples of {factor} for this model, got {width}x{height}")
         if params["scheduler"] in ("lcm", "tcd") and params["steps"] > CONSISTENCY_MAX_STEPS:
-            raise ValueError(f"{params['scheduler']} takes at most {CONSISTENCY_MAX_STEPS} steps (it skips along the "
+            raise ParamError(f"{params['scheduler']} takes at most {CONSISTENCY_MAX_STEPS} steps (it skips along the "
                              f"original {CONSISTENCY_MAX_STEPS}-step schedule), got {params['steps']}")
+        try:
+            weights = self.loras.weights(requested_loras(params))
+            self.loras.check(weights)
+        except LoraError as exc:
+            raise ParamError(str(exc)) from exc
+        return weights
+
+    def generate(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
+                 latents: torch.Tensor | None = None) -> RGBD:
+        """One RGBD frame from validated params; ``latents`` overrides the seeded start noise."""
+        weights = self.check(params)
+        width, height, factor = params["width"], params["height"], self.variant.scale_factor
         scheduler = make_scheduler(params["scheduler"], self.scheduler_config, params["spacing"])
         scheduler.set_timesteps(params["steps"], device=self.device)  # before init_noise_sigma, which it sets
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)  # else the first step searches its index on the device
         guided = params["guidance"] > 1.0
+        self.loras.activate(weights)  # before the prompt is encoded: a LoRA may change the text encoder
         with torch.inference_mode():
             set_seamless(self.unet, params["seamless"])
             set_seamless(self.vae, params["seamless"])
+            if self.decoder is not None:
+                self.decoder.set_seamless(params["seamless"])
             embeddings = self._encode(params["prompt"], params["negative_prompt"], guided)
             shape = (1, self.unet.config.in_channels, height // factor, width // factor)
             generator = torch.Generator("cpu").manual_seed(params["seed"])  # start noise, then lcm/tcd step noise
@@ -231,9 +263,11 @@ class LDM3DBackend:
             image = self._decode(latents)
         rgb = np.clip(np.round(image[..., :3] * 255.0), 0, 255).astype(np.uint8)
         return RGBD(rgb, self.variant.decode_depth(image), info={
+            "decoder": "full" if self.decoder is None else self.decoder.name,
             "vae_channels": self.variant.channels, "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."), "scheduler": params["scheduler"],
             "timestep_spacing": scheduler.config.get("timestep_spacing"), "seamless": params["seamless"],
+            "loras": self.loras.records(weights), "loras_fused": self.loras.fused is not None,
         })
 
     def _encode(self, prompt: str, negative: str, guided: bool) -> torch.Tensor:
@@ -270,6 +304,8 @@ class LDM3DBackend:
         return latents
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        if self.decoder is not None:  # a tiny RGBD decoder, returning the same layout as the VAE's path below
+            return self.decoder.decode(latents)
         latents = latents.to(self.vae_dtype) / self.vae.config.scaling_factor
         image = self.vae.decode(latents).sample
         image = (image.float() / 2 + 0.5).clamp(0, 1)
