@@ -92,6 +92,14 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                        "can then not change it per frame)")
 
 
+def _add_fast_flag(parser: argparse.ArgumentParser) -> None:
+    from .fast import PRESETS
+
+    parser.add_argument("--fast", default=None, choices=list(PRESETS),
+                        help="few-step preset: a published SD 1.5 distillation LoRA with the sampler, steps and "
+                        "guidance its model card documents (docs/fast.md); flags given beside it win")
+
+
 def _add_upscaler_flags(parser: argparse.ArgumentParser, device_flags: bool = False) -> None:
     group = parser.add_argument_group("upscaler")
     group.add_argument("--upscaler", default=DEFAULT_UPSCALER, help=f"ldm3d-sr hub id or local folder "
@@ -112,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve frames over ZeroMQ")
     _add_model_flags(serve)
+    _add_fast_flag(serve)
     serve.add_argument("--frames", default=DEFAULT_FRAMES,
                        help=f"publisher endpoint for frames and events ({DEFAULT_FRAMES})")
     serve.add_argument("--commands", default=DEFAULT_COMMANDS,
@@ -146,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_library_flags(gen)
     _add_model_flags(gen)
+    _add_fast_flag(gen)
     _add_param_flags(gen, GENERATION_PARAMS, "generation parameters", skip=("prompt",))
     gen.add_argument("--upscale", action="store_true", help="then upscale the frame with ldm3d-sr (the --upscale-* "
                      "flags); the output folder gets the upscaled frame, the library both")
@@ -243,13 +253,26 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> None:
         raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {value:g}")
 
 
-def _backend(args: argparse.Namespace):
+def _generation_setup(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """(generation parameters given, LoRA arguments), with the --fast preset under them (serve and generate)."""
+    from .fast import preset, with_preset
+
+    if getattr(args, "fast", None):
+        chosen = preset(args.fast)
+        log.info("--fast %s: LoRA %s (licence: %s; %s)", chosen.name, chosen.lora, chosen.licence, chosen.card)
+    return with_preset(getattr(args, "fast", None), _given_params(args), args.lora)
+
+
+def _backend(args: argparse.Namespace, loras: Sequence[str] | None = None):
     from .backends import load_backend
 
+    loras = list(args.lora if loras is None else loras)
+    if args.fuse_lora and not loras:
+        raise ValueError("--fuse-lora needs --lora (or --fast)")
     return load_backend(args.model, demo_step_delay=args.demo_step_delay, device=args.device, dtype=args.dtype,
                         revision=args.revision, local_files_only=args.offline, compile=args.compile,
                         **({"decoder": args.decoder} if args.decoder != "full" else {}),
-                        **({"loras": tuple(args.lora), "fuse_loras": args.fuse_lora} if args.lora else {}))
+                        **({"loras": tuple(loras), "fuse_loras": args.fuse_lora} if loras else {}))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -258,18 +281,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _check_range("--history", args.history, 1, 1000)
     _check_range("--queue-size", args.queue_size, 1, 1000)
-    startup = validate_generation(_given_params(args))
+    given, loras = _generation_setup(args)
+    startup = validate_generation(given)
     osc = None
     if args.osc_port:
         osc = OscConfig(host=args.osc_host, port=args.osc_port, allow_lan=args.allow_lan, allow=args.osc_allow,
                         reply_port=args.osc_reply_port, targets=args.osc_target)
         osc.check()  # before the model loads: a typo should not cost a minute
     library = _library(args)
-    backend = _backend(args)
+    backend = _backend(args, loras)
     server = GeneratorServer(backend, frames_address=args.frames, commands_address=args.commands,
                              allow_lan=args.allow_lan, history=args.history, max_waiting=args.queue_size, osc=osc,
                              library=library, upscaler=_lazy_upscaler(args), estimator=_lazy_estimator(args),
-                             depth_check=args.depth_check)
+                             depth_check=args.depth_check, defaults=given)
     server.bind()
     log.info("backend %s (model %s)", backend.name, backend.model)
     log.info("frames on %s, commands on %s", server.frames_endpoint, server.commands_endpoint)
@@ -294,12 +318,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from .frames import make_frame
 
-    params = resolve_seed(validate_generation({"prompt": args.prompt, **_given_params(args)}))
+    given, loras = _generation_setup(args)
+    params = resolve_seed(validate_generation({**given, "prompt": args.prompt}))
     out: Path = args.output
     _check_frame_folder(out, args.overwrite)
     upscale = upscale_params(_given_params(args, UPSCALE_PARAMS)) if args.upscale else None
     library = _library(args)
-    backend = _backend(args)
+    backend = _backend(args, loras)
     upscaler = _upscaler(args, revision=None) if upscale else None  # loaded before a minute-long generation
     with tqdm(desc=f"{backend.name}", unit="step", leave=False) as bar:
         header, result = make_frame(backend, params, _bar_progress(bar), lambda: False)

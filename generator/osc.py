@@ -76,11 +76,12 @@ class OscConfig:
 class OscBridge:
     """Owns the UDP socket and two in-process ZeroMQ sockets; runs on its own thread."""
 
-    def __init__(self, ctx: zmq.Context, commands: str, frames: str, config: OscConfig) -> None:
+    def __init__(self, ctx: zmq.Context, commands: str, frames: str, config: OscConfig,
+                 start: dict[str, Any] | None = None) -> None:
         self.config = config
         self._networks, self._targets = config.check()
         self._ctx, self._commands_address, self._frames_address = ctx, commands, frames
-        self.params: dict[str, Any] = defaults(GENERATION_PARAMS)  # what /generate uses
+        self.params: dict[str, Any] = {**defaults(GENERATION_PARAMS), **(start or {})}  # what /generate uses
         self.upscale_params: dict[str, Any] = defaults(UPSCALE_PARAMS)  # what /upscale uses
         self._pending: dict[str, tuple[tuple[str, int], str]] = {}
         self._ids = (f"osc-{n}" for n in itertools.count(1))

@@ -68,8 +68,11 @@ class GeneratorServer:
         upscaler: Callable[[], Any] | None = None,
         estimator: Callable[[], Any] | None = None,
         depth_check: bool = False,
+        defaults: dict[str, Any] | None = None,
     ) -> None:
         self.backend = backend
+        # generation parameters a request leaves out take these (serve's flags, --fast), then the schema's
+        self.defaults = dict(validate_generation(defaults or {}))
         self.frames_address = check_endpoint(frames_address, bind=True, allow_lan=allow_lan)
         self.commands_address = check_endpoint(commands_address, bind=True, allow_lan=allow_lan)
         if history < 1:
@@ -128,7 +131,8 @@ class GeneratorServer:
             publisher = FramePublisher(self._ctx, self.frames_address, stall_timeout=self.stall_timeout)
             publisher.socket.bind(self.inproc_frames)
             if self.osc_config is not None:
-                self.osc = OscBridge(self._ctx, self.inproc_commands, self.inproc_frames, self.osc_config)
+                self.osc = OscBridge(self._ctx, self.inproc_commands, self.inproc_frames, self.osc_config,
+                                     self.defaults)
         except (zmq.ZMQError, OSError, ValueError) as exc:
             router.close()
             pull.close()
@@ -435,7 +439,7 @@ class GeneratorServer:
         upscale, args = split_upscale(args)  # upscale: true queues an upscale of the frame when it is out
         if upscale is not None and self.upscales is None:
             return [wire.encode_error(request_id, "unavailable", NO_UPSCALER)]
-        params = resolve_seed(validate_generation(args))
+        params = resolve_seed(validate_generation({**self.defaults, **args}))
         check = getattr(self.backend, "check", None)  # what this backend cannot make is refused before queueing
         if check is not None:
             check(params)

@@ -240,3 +240,49 @@ def test_generate_cli_records_the_lora(model, kohya_lora, tmp_path):
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["backend_info"]["loras"] == [{"name": "style", "source": str(kohya_lora[0]), "file": "style.safetensors",
                                               "sha256": file_sha256(kohya_lora[0]), "scale": 0.5}]
+
+
+# ------------------------------------------------------------------ --fast presets
+
+def test_a_preset_sits_under_what_is_given():
+    from generator.fast import PRESETS, with_preset
+
+    params, loras = with_preset("tcd", {"steps": 2}, ["style=x.safetensors"])
+    assert params == {"scheduler": "tcd", "steps": 2, "guidance": 0.0, "eta": 0.3}
+    assert loras == ["tcd=h1t/TCD-SD15-LoRA/pytorch_lora_weights.safetensors:1.0", "style=x.safetensors"]
+    assert with_preset("lcm", {}, ["lcm=mine.safetensors:0.5"])[1] == ["lcm=mine.safetensors:0.5"]  # yours wins
+    assert with_preset(None, {"steps": 3}, []) == ({"steps": 3}, [])
+    hyper = {name: preset.params for name, preset in PRESETS.items() if name.startswith("hyper")}
+    assert hyper["hyper"] == {"scheduler": "ddim", "spacing": "trailing", "steps": 4, "guidance": 0.0}
+    assert hyper["hyper-1"] == {"scheduler": "tcd", "eta": 1.0, "steps": 1, "guidance": 0.0}
+    assert all(parse(preset.lora_spec()).source.endswith(".safetensors") for preset in PRESETS.values())
+
+
+def test_generate_fast_loads_the_preset_lora_from_the_hub_cache(model, peft_lora, tmp_path):
+    """The preset's hub file, laid out in a Hugging Face cache as huggingface_hub does, offline."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import CLI_ENV, ROOT
+
+    repo = tmp_path / "hub" / "models--latent-consistency--lcm-lora-sdv1-5"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(peft_lora, snapshot / "pytorch_lora_weights.safetensors")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    env = {**CLI_ENV, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    for extra, steps in (((), 4), (("--steps", "2"), 2)):
+        out = tmp_path / f"frame-{steps}"
+        result = subprocess.run([sys.executable, "-m", "generator", "generate", "a room", "--model", str(model),
+                                 "--fast", "lcm", "--offline", "--width", "64", "--height", "64", *extra,
+                                 "-o", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        meta = json.loads((out / "metadata.json").read_text())
+        assert {k: meta["params"][k] for k in ("scheduler", "steps", "guidance")} == {
+            "scheduler": "lcm", "steps": steps, "guidance": 0.0}
+        (lora,) = meta["backend_info"]["loras"]
+        assert (lora["name"], lora["sha256"]) == ("lcm", file_sha256(peft_lora))
+        assert "licence: openrail++" in result.stderr
+    assert os.listdir(snapshot) == ["pytorch_lora_weights.safetensors"]

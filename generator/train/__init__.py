@@ -4,5 +4,6 @@
   and the torch Dataset that packs items for the 6- or 4-channel VAE (packing)
 - autoencoder: ``train autoencoder`` (widen SD's KL autoencoder to RGB + depth; losses in losses.py)
 - unet: ``train unet`` (ε-prediction on the frozen widened autoencoder's latents)
-- engine: what both trainers share on Hugging Face accelerate (config checks, checkpoints, exact resume, logs)
+- tiny_decoder: ``train tiny-decoder`` (distil the model's VAE decoder into a TAESD-sized RGB + depth decoder)
+- engine: what the trainers share on Hugging Face accelerate (config checks, checkpoints, exact resume, logs)
 """

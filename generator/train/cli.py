@@ -63,24 +63,34 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from .options import AUTOENCODER, AUTOENCODER_DEFAULTS, UNET, UNET_DEFAULTS, add_options
+    from .options import (AUTOENCODER, AUTOENCODER_DEFAULTS, TINY_DECODER, TINY_DECODER_DEFAULTS, UNET,
+                          UNET_DEFAULTS, add_options)
 
-    train = sub.add_parser("train", help="fine-tune LDM3D: the RGBD autoencoder, then the U-Net (accelerate)")
+    train = sub.add_parser("train", help="fine-tune LDM3D: the RGBD autoencoder, then the U-Net; distil a tiny "
+                           "decoder (accelerate)")
     stages = train.add_subparsers(dest="stage", required=True)
     ae = stages.add_parser("autoencoder", help="widen SD's KL autoencoder to RGB + depth and fine-tune it")
     add_options(ae, AUTOENCODER, AUTOENCODER_DEFAULTS)
     unet = stages.add_parser("unet", help="fine-tune the U-Net on the frozen RGBD autoencoder's latents")
     add_options(unet, UNET, UNET_DEFAULTS)
+    tiny = stages.add_parser("tiny-decoder", help="distil the model's VAE decoder into a TAESD-sized RGB + depth "
+                             "decoder (--decoder at generation)")
+    add_options(tiny, TINY_DECODER, TINY_DECODER_DEFAULTS)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .options import AUTOENCODER, AUTOENCODER_DEFAULTS, UNET, UNET_DEFAULTS, resolve
+    from .options import (AUTOENCODER, AUTOENCODER_DEFAULTS, TINY_DECODER, TINY_DECODER_DEFAULTS, UNET,
+                          UNET_DEFAULTS, resolve)
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "stage", "log_level")}
     if args.stage == "autoencoder":
         from .autoencoder import AutoencoderTrainer
 
         trainer = AutoencoderTrainer(resolve(given, AUTOENCODER, AUTOENCODER_DEFAULTS))
+    elif args.stage == "tiny-decoder":
+        from .tiny_decoder import TinyDecoderTrainer
+
+        trainer = TinyDecoderTrainer(resolve(given, TINY_DECODER, TINY_DECODER_DEFAULTS))
     else:
         from .unet import UNetTrainer
 

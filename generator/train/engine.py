@@ -1,4 +1,4 @@
-"""What both trainers share, on Hugging Face accelerate: data order, the loop, checkpoints, exact resume, logs.
+"""What the trainers share, on Hugging Face accelerate: data order, the loop, checkpoints, exact resume, logs.
 
 - Data order is ours, not the DataLoader's: epoch ``e`` is a permutation drawn from ``seed`` and ``e``; each global
   batch is ``batch_size × processes`` consecutive indices of it, process ``p`` taking slice ``p``. The position
@@ -78,7 +78,9 @@ class BatchPlan:
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"pixel_values": torch.stack([i["pixel_values"] for i in items]), "caption": [i["caption"] for i in items]}
+    """Tensors stacked (``pixel_values``, ``latents``), everything else listed (``caption``)."""
+    return {k: torch.stack([i[k] for i in items]) if torch.is_tensor(items[0][k]) else [i[k] for i in items]
+            for k in items[0]}
 
 
 class CsvLog:

@@ -156,3 +156,41 @@ def resolve(args: argparse.Namespace | dict[str, Any], options: Sequence[Option]
         values.update({k: (v, str(config)) for k, v in table.items()})
     values.update({k: (v, "flag") for k, v in given.items() if k in known and v is not None})
     return SimpleNamespace(**{n: known[n].check(v, where) for n, (v, where) in values.items()})
+
+TINY_DECODER: tuple[Option, ...] = tuple(
+    Option("dataset", None, "folder made by `dataset build`: its images, encoded with the model's VAE, give the "
+           "latents (or --from-model)") if o.name == "dataset" else o for o in COMMON) + (
+    Option("model", None, "the LDM3D model whose VAE decoder is distilled: hub id or folder", required=True),
+    Option("from_model", None, "text file of prompts, one a line: latents from the model's own sampling, made "
+           "once into OUTPUT/latents (minutes per prompt on a CPU); or --dataset"),
+    Option("revision", None, "hub revision of --model"),
+    Option("offline", False, "use only files already downloaded", bool),
+    Option("val_dataset", None, "held-out dataset folder (with --dataset): the error against the full decoder "
+           "at each validation"),
+    Option("val_prompts", None, "held-out prompts file (with --from-model)"),
+    Option("validation_items", 4, "held-out items validated (without a held-out set: the first training items)",
+           int, 1, 1024),
+    Option("resolution", 256, "training crop side in pixels, a multiple of the model's scale factor (random "
+           "crops of the latents; seamless runs keep the whole width); 0: whole images", int, 0, 8192),
+    Option("seamless", None, "wrap the width around (360° panoramas): latents rolled at random, convolutions "
+           "circular in width; default: on for 2:1 images", bool),
+    Option("decoder_channels", 64, "channels of every decoder stage (TAESD: 64)", int, 1, 1024),
+    Option("decoder_blocks", 3, "residual blocks per upsampling stage; the last stage has 1 (TAESD: 3)", int, 1, 16),
+    Option("perceptual", "timm/vgg16.tv_in1k", "VGG16 weights for the perceptual loss on RGB (file, hub id or "
+           "none)"),
+    Option("perceptual_lin", None, "LPIPS per-channel layer weights file (lpips' vgg.pth); default equal weights"),
+    Option("perceptual_weight", 1.0, "weight of the perceptual term (RGB)", float, 0, 1e3),
+    Option("depth_weight", 1.0, "weight of the depth terms (L1 + gradient)", float, 0, 1e3),
+    Option("gradient_weight", 1.0, "weight of the depth gradient term within them", float, 0, 1e3),
+    Option("adv_weight", 0.0, "weight of an adversarial term (PatchGAN on RGB + depth, hinge); 0: off", float, 0,
+           1e3),
+    Option("disc_start", 0, "step from which the discriminator trains and weighs in", int, 0, 1e9),
+    Option("disc_lr", None, "discriminator learning rate (default: lr)", float, 0, 1),
+    Option("disc_layers", 3, "PatchGAN layers", int, 1, 6),
+    Option("sample_steps", 20, "--from-model: denoising steps per sample", int, 1, 500),
+    Option("sample_width", 512, "--from-model: sample width in pixels", int, 64, 4096),
+    Option("sample_height", 512, "--from-model: sample height in pixels", int, 64, 4096),
+    Option("sample_guidance", 7.0, "--from-model: classifier-free guidance", float, 0, 50),
+    Option("samples_per_prompt", 1, "--from-model: samples (seeds) per prompt", int, 1, 1000),
+)
+TINY_DECODER_DEFAULTS = {"batch_size": 8, "lr": 2e-4, "steps": 20000, "validate_every": 1000}
