@@ -1,7 +1,7 @@
 """Few-step RGBD: time per frame of the 50-step teacher set-up against few-step set-ups, full-size random weights.
 
     python bench/fewstep.py [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--sizes 512x512,1024x512]
-                            [--teacher-steps 50] [--fast-steps 4,2,1] [--compile] [--repeats 1]
+                            [--teacher-steps 50] [--fast-steps 4,2,1] [--compile [MODE]] [--repeats 1]
 
 Side by side in one run, through our LDM3D backend (generator/backends/ldm3d.py) on the same randomly initialised
 SD-1.x-sized modules (bench/ldm3d_speed.py builds them): the teacher (DDIM, guidance 7.5: two U-Net passes a step,
@@ -77,7 +77,9 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=50)
     parser.add_argument("--fast-steps", default="4,2,1")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net (GPU)")
+    parser.add_argument("--compile", nargs="?", const="default", default=None,
+                        choices=["default", "reduce-overhead", "max-autotune"],
+                        help="torch.compile the U-Net (GPU; reduce-overhead: CUDA graphs)")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = pick_dtype(args.dtype, device)

@@ -79,7 +79,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                        help="weights precision; auto = fp16 on a GPU, fp32 on the CPU")
     ldm3d.add_argument("--revision", default=None, help="hub branch, tag or commit of the model")
     ldm3d.add_argument("--offline", action="store_true", help="use only weights already downloaded")
-    ldm3d.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first frame)")
+    ldm3d.add_argument("--compile", nargs="?", const="default", default=None,
+                       choices=["default", "reduce-overhead", "max-autotune"],
+                       help="torch.compile the U-Net (slow first frame); reduce-overhead adds CUDA graphs (GPU)")
     ldm3d.add_argument("--decoder", default="full", metavar="full|tiny|FOLDER",
                        help="latents → RGBD: full (the model's VAE), tiny (MODEL/tiny-decoder, made by `train "
                        "tiny-decoder`) or a tiny decoder's folder; depth stays 16-bit (full)")

@@ -274,3 +274,12 @@ def test_long_prompts_are_truncated_with_a_warning(backends, caplog):
     out = run(backends[6], prompt=" ".join(["misty forest"] * 60))
     assert out.rgb.shape == (64, 128, 3)
     assert re.search(r"only the first 77", caplog.text)
+
+
+def test_compile_modes_are_checked_before_the_weights_load(models):
+    from generator.backends.ldm3d import COMPILE_MODES, compile_mode
+
+    assert [compile_mode(value) for value in (True, False, None, "", *COMPILE_MODES)] == [
+        "default", None, None, None, *COMPILE_MODES]
+    with pytest.raises(BackendUnavailable, match="compile mode must be one of default, reduce-overhead"):
+        load_backend(str(models[4]), compile="cudagraphs")

@@ -29,7 +29,9 @@ from .seamless import set_seamless
 log = logging.getLogger("depthfusion.ldm3d")
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-CONSISTENCY_MAX_STEPS = 50  # lcm and tcd: the original_inference_steps diffusers' schedulers skip along
+CONSISTENCY_MAX_STEPS = 50
+# torch.compile modes for the U-Net: reduce-overhead adds CUDA graphs (one launch for the whole step on a GPU)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # lcm and tcd: the original_inference_steps diffusers' schedulers skip along
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -47,6 +49,17 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise BackendUnavailable("device mps asked for, but Apple's MPS is not available here")
     return torch.device(name)
+
+
+def compile_mode(compile: bool | str | None) -> str | None:
+    """The torch.compile mode ``compile`` asks for (True: default; False, None, "": none)."""
+    if compile is True:
+        return "default"
+    if not compile:
+        return None
+    if compile not in COMPILE_MODES:
+        raise BackendUnavailable(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+    return compile
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -155,13 +168,14 @@ class LDM3DBackend:
 
     @classmethod
     def load(cls, model: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None,
-             local_files_only: bool = False, compile: bool = False, loras: tuple[str | LoraSpec, ...] = (),
+             local_files_only: bool = False, compile: bool | str | None = False, loras: tuple[str | LoraSpec, ...] = (),
              fuse_loras: bool = False, decoder: str = "full") -> LDM3DBackend:
-        """Load from a hub id or a local folder, with LoRAs (``[NAME=]SOURCE[:SCALE]``, fused at their scales with
+        """Load from a hub id or a local folder (``compile``: True or one of COMPILE_MODES), with LoRAs (``[NAME=]SOURCE[:SCALE]``, fused at their scales with
         ``fuse_loras``); every failure is a BackendUnavailable (LoraError for a LoRA)."""
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
+        compile_mode(compile)  # a bad mode fails before the weights load
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
         files = resolve(model, revision=revision, local_files_only=local_files_only)
@@ -198,13 +212,14 @@ class LDM3DBackend:
         if fuse_loras and backend.loras.loaded:
             backend.loras.fuse(backend.loras.weights(None))
         log.info("LDM3D %s: %d-channel VAE, %s, %s%s, loaded in %.1f s", model, backend.variant.channels,
-                 torch_device, str(torch_dtype).removeprefix("torch."), ", torch.compile" if compile else "",
+                 torch_device, str(torch_dtype).removeprefix("torch."),
+                 f", torch.compile {compile_mode(compile)}" if compile_mode(compile) else "",
                  time.perf_counter() - started)
         if torch_device.type == "cpu":
             log.warning("LDM3D runs on the CPU: expect minutes per frame")
         return backend
 
-    def _place(self, compile: bool) -> None:
+    def _place(self, compile: bool | str | None) -> None:
         for module, dtype in ((self.text_encoder, self.dtype), (self.unet, self.dtype), (self.vae, self.vae_dtype)):
             if any(p.dtype != dtype for p in module.parameters()):  # only when needed: diffusers warns on each cast
                 module.to(dtype=dtype)
@@ -212,8 +227,9 @@ class LDM3DBackend:
         if self.device.type == "cuda":
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
-        if compile:
-            self.unet = torch.compile(self.unet)
+        mode = compile_mode(compile)
+        if mode:
+            self.unet = torch.compile(self.unet, mode=mode)
 
     # ------------------------------------------------------------ generation
 
