@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,10 @@ from .clip import DEFAULT_CLIP
 from .depth import NYU_RANGE, SPACES
 from .inception_score import DEFAULT_SPLITS
 
+log = logging.getLogger("depthfusion.evaluate")
+
 DEFAULT_REFERENCE_DEPTH = "Intel/zoedepth-nyu"  # ZoeDepth-N, the paper's reference
+DEFAULT_PERCEPTUAL = "timm/vgg16.tv_in1k"  # VGG16 (ImageNet, torchvision's weights), as train autoencoder uses
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -39,8 +43,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: Any) -> None:
-    """Add ``evaluate text2rgbd`` and ``evaluate autoencoder`` to the CLI's subcommands."""
-    evaluate = sub.add_parser("evaluate", help="the paper's measurements: FID, IS, CLIP, depth; autoencoder table")
+    """Add ``evaluate text2rgbd``, ``evaluate autoencoder`` and ``evaluate fewstep`` to the CLI's subcommands."""
+    evaluate = sub.add_parser("evaluate", help="the paper's measurements: FID, IS, CLIP, depth; autoencoder table; "
+                              "what a few-step set-up costs (fewstep)")
     kinds = evaluate.add_subparsers(dest="kind", required=True)
     t2 = kinds.add_parser("text2rgbd", help="generate for captions and score against a reference image set")
     t2.add_argument("--model", required=True, help="LDM3D hub id or local folder")
@@ -70,6 +75,55 @@ def add_parser(sub: Any) -> None:
     ae.add_argument("--depth-model", default=DEFAULT_RELATIVE_ESTIMATOR,
                     help=f"estimator for images without depth ({DEFAULT_RELATIVE_ESTIMATOR})")
     _common(ae)
+    _add_fewstep(kinds)
+
+
+def _add_fewstep(kinds: Any) -> None:
+    from td_bridge.params import generation_param
+
+    from ..fast import PRESETS
+
+    fs = kinds.add_parser("fewstep", help="a few-step set-up against the 50-step teacher on the same captions and "
+                          "seeds: depth AbsRel / δ1, PSNR, SSIM, perceptual distance, CLIP, time per frame")
+    fs.add_argument("--model", required=True, help="the teacher: LDM3D hub id or local folder (the fast side is the "
+                    "same model with the LoRA, sampler and decoder below)")
+    fs.add_argument("--captions", required=True, type=Path, help="text (one caption a line) or MS-COCO captions JSON")
+    fs.add_argument("--n", type=int, default=None, help="use the first N captions (default: all)")
+    seeds = fs.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="seed of the first caption; caption i gets seed + i (0)")
+    seeds.add_argument("--seeds", nargs="+", metavar="SEEDS", help="one seed per caption, e.g. 3,7,9")
+    fs.add_argument("--size", type=_size, default=(512, 512), help="N or WxH (512; 1024x512: a panorama, seamless)")
+    fast = fs.add_argument_group("the fast set-up (as generate takes it; flags given beside --fast win)")
+    fast.add_argument("--fast", default=None, choices=list(PRESETS), help="few-step preset (docs/fast.md): its "
+                      "LoRA, sampler, steps and guidance")
+    fast.add_argument("--lora", action="append", default=[], metavar="[NAME=]SOURCE[:SCALE]",
+                      help="LoRA(s) of the fast side only; one named like the --fast preset replaces its LoRA")
+    fast.add_argument("--fuse-lora", action="store_true", help="merge the fast side's LoRAs into its weights (as a "
+                      "show would run them with serve --fuse-lora: time that)")
+    fast.add_argument("--steps", nargs="+", metavar="STEPS", help="step counts, one fast configuration each, "
+                      "e.g. 1,2,4,8 (default: the preset's)")
+    fast.add_argument("--scheduler", default=None, choices=generation_param("scheduler").choices,
+                      help="sampler (the preset's; else ddim)")
+    fast.add_argument("--guidance", type=float, default=None, help="guidance (the preset's; else 7)")
+    fast.add_argument("--spacing", default=None, choices=generation_param("spacing").choices,
+                      help="timestep spacing (the preset's; else auto)")
+    fast.add_argument("--eta", type=float, default=None, help="tcd's eta (the preset's; else 0.3)")
+    fast.add_argument("--decoder", default="full", metavar="full|tiny|FOLDER", help="the fast side's decoder (full)")
+    teacher = fs.add_argument_group("the teacher (no LoRA, full decoder)")
+    teacher.add_argument("--teacher-steps", type=int, default=50, help="steps (50)")
+    teacher.add_argument("--teacher-guidance", type=float, default=7.0, help="guidance (7)")
+    teacher.add_argument("--teacher-scheduler", default="ddim", choices=["ddim", "dpm++", "euler"],
+                         help="sampler (ddim)")
+    fs.add_argument("--clip-model", default=DEFAULT_CLIP, help=f"CLIP for the scores, or none ({DEFAULT_CLIP})")
+    fs.add_argument("--perceptual", default=DEFAULT_PERCEPTUAL, metavar="WEIGHTS|none",
+                    help=f"VGG16 weights (file or hub id) of the LPIPS-style distance, or none ({DEFAULT_PERCEPTUAL})")
+    fs.add_argument("--perceptual-lin", default=None, metavar="FILE",
+                    help="LPIPS' per-channel layer weights (its vgg.pth); default: equal weights")
+    fs.add_argument("-o", "--output", required=True, type=Path, help="report folder: fewstep.json, fewstep.md, "
+                    "fewstep.png and frames/")
+    fs.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps, cpu")
+    fs.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"], help="LDM3D precision")
+    fs.add_argument("--offline", action="store_true", help="use only models already downloaded")
 
 
 def _inception_weights(args: argparse.Namespace) -> Path:
@@ -142,10 +196,98 @@ def run_text2rgbd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_decoder(spec: str, model: str) -> None:
+    """--decoder, before any model loads: full, tiny (MODEL/tiny-decoder, checked when MODEL is a folder) or a tiny
+    decoder's folder (its record read)."""
+    from ..backends.tiny_decoder import FOLDER_NAME, read_info
+
+    if spec == "full":
+        return
+    if spec == "tiny":
+        folder = Path(model).expanduser()
+        if folder.is_dir() and not (folder / FOLDER_NAME).is_dir():
+            raise ValueError(f"--decoder tiny: {folder / FOLDER_NAME} does not exist (train one with `python -m "
+                             "generator train tiny-decoder`, or pass --decoder FOLDER)")
+        return
+    if not Path(spec).expanduser().is_dir():
+        raise ValueError(f"--decoder {spec!r}: choose full, tiny or a tiny decoder's folder ({spec} is not a folder)")
+    read_info(Path(spec).expanduser())
+
+
+def fewstep_options(args: argparse.Namespace):
+    """Every fewstep input checked (captions, steps, seeds, sizes, LoRA names, decoder), before any model loads."""
+    from ..fast import preset, with_preset
+    from .captions import read_captions
+    from .fewstep import Options, seed_list, step_list
+
+    if args.model in ("auto", "demo"):
+        raise ValueError(f"--model {args.model}: name the LDM3D teacher (a hub id or a folder)")
+    if args.output.exists() and not args.output.is_dir():
+        raise ValueError(f"-o {args.output}: a file is in the way of the report folder")
+    captions = read_captions(args.captions, args.n)
+    given = {key: getattr(args, key) for key in ("scheduler", "guidance", "spacing", "eta")
+             if getattr(args, key) is not None}
+    fast, loras = with_preset(args.fast, given, args.lora)
+    preset_steps = fast.pop("steps", None)
+    if args.steps:
+        steps = step_list(args.steps)
+    elif preset_steps is not None:
+        steps = [preset_steps]
+    else:
+        raise ValueError("--steps: give the fast side's step counts (e.g. --steps 1,2,4,8) or a --fast preset")
+    if args.fast:
+        chosen = preset(args.fast)
+        replaced = any(spec.split("=", 1)[0] == chosen.name for spec in args.lora)
+        log.info("--fast %s: %s (licence: %s; %s)", chosen.name, "its LoRA replaced by --lora " + chosen.name
+                 if replaced else f"LoRA {chosen.lora}", chosen.licence, chosen.card)
+    _check_decoder(args.decoder, args.model)
+    width, height = args.size
+    return Options(model=args.model, captions=captions, output=args.output, steps=steps,
+                   seeds=seed_list(args.seeds, args.seed, len(captions)), fast=fast,
+                   teacher={"scheduler": args.teacher_scheduler, "steps": args.teacher_steps,
+                            "guidance": args.teacher_guidance},
+                   width=width, height=height, loras=loras, decoder=args.decoder, fuse_loras=args.fuse_lora,
+                   preset=args.fast)
+
+
+def run_fewstep(args: argparse.Namespace) -> int:
+    from ..backends import load_backend
+    from ..backends.ldm3d import pick_device
+    from .clip import ClipScorer
+    from .fewstep import PerceptualDistance, Tools, run, summarise
+
+    options = fewstep_options(args)
+    perceptual = None
+    if args.perceptual != "none":  # the small networks first: a wrong weights file costs no LDM3D load
+        from ..train.losses import load_perceptual
+
+        network = load_perceptual(args.perceptual, args.perceptual_lin)
+        perceptual = PerceptualDistance(network, args.perceptual + (" + " + args.perceptual_lin
+                                                                    if args.perceptual_lin else ""),
+                                        pick_device(args.device))
+    clip = None if args.clip_model == "none" else ClipScorer.load(args.clip_model, device=args.device,
+                                                                  local_files_only=args.offline)
+    common = {"device": args.device, "dtype": args.dtype, "revision": None, "local_files_only": args.offline,
+              "compile": False}
+    teacher = load_backend(args.model, **common)  # the model as it ships: no LoRA, full decoder
+    fast = teacher
+    if options.loras or options.decoder != "full":
+        fast = load_backend(args.model, **common, **({"decoder": options.decoder} if options.decoder != "full" else {}),
+                            **({"loras": tuple(options.loras), "fuse_loras": options.fuse_loras}
+                               if options.loras else {}))
+    tools = Tools(teacher=teacher, fast=fast, clip=clip, perceptual=perceptual, clip_model=args.clip_model,
+                  perceptual_model=perceptual.name if perceptual else "none")
+    result = run(options, tools)
+    summarise(result, args.output)
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    """``python -m generator evaluate text2rgbd|autoencoder``."""
+    """``python -m generator evaluate text2rgbd|autoencoder|fewstep``."""
     if args.kind == "text2rgbd":
         return run_text2rgbd(args)
+    if args.kind == "fewstep":
+        return run_fewstep(args)
     from ..backends.ldm3d import pick_device
     from .autoencoder import run_cli
 
