@@ -29,7 +29,7 @@ from torch import nn
 
 from .dataset import RGBDDataset
 from .engine import Trainer
-from .losses import PatchDiscriminator, Perceptual, adaptive_weight, hinge_d_loss, load_perceptual
+from .losses import PatchDiscriminator, Perceptual, adaptive_weight, load_perceptual
 from .options import ConfigError
 from .packing import check_channels, depth_map
 
@@ -166,22 +166,7 @@ class AutoencoderTrainer(Trainer):
                 weight = config.disc_weight * adaptive_weight(nll, g_loss, self.vae.decoder.conv_out.weight)
                 loss = loss + weight * g_loss
                 metrics |= {"g_loss": g_loss.item(), "d_weight": weight.item()}
-        acc.backward(loss)
-        self.clip(self.model.parameters())
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
-        if gan:
-            self.disc.requires_grad_(True)
-            with acc.autocast():  # real and fake in one forward: one pass through the data-parallel wrapper
-                real, fake = self.disc(torch.cat([x, recon.detach()])).chunk(2)
-                d_loss = hinge_d_loss(real, fake)
-            acc.backward(d_loss)
-            self.clip(self.disc.parameters())
-            self.d_opt.step()
-            self.d_sched.step()
-            self.d_opt.zero_grad(set_to_none=True)
-            metrics["d_loss"] = d_loss.item()
+        metrics |= self.update(loss, *((x, recon) if gan else ()))
         return {"loss": loss.item() / pixels, **metrics, "lr": self.sched.get_last_lr()[0]}
 
     def validate(self) -> dict[str, float]:

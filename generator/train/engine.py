@@ -175,6 +175,31 @@ class Trainer:
         if self.config.max_grad_norm and self.accelerator.sync_gradients:
             self.accelerator.clip_grad_norm_(parameters, self.config.max_grad_norm)
 
+    def update(self, loss: torch.Tensor, real: torch.Tensor | None = None, fake: torch.Tensor | None = None) -> dict:
+        """One optimiser step of ``self.model`` on ``loss``; with ``real`` and ``fake`` (images in [-1, 1]) also one
+        hinge-loss step of the discriminator ``self.disc`` (real and fake in one forward: one pass through the
+        data-parallel wrapper). Returns {"d_loss": …} when the discriminator stepped."""
+        from .losses import hinge_d_loss
+
+        acc = self.accelerator
+        acc.backward(loss)
+        self.clip(self.model.parameters())
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        if real is None:
+            return {}
+        self.disc.requires_grad_(True)
+        with acc.autocast():
+            scores_real, scores_fake = self.disc(torch.cat([real, fake.detach()])).chunk(2)
+            d_loss = hinge_d_loss(scores_real, scores_fake)
+        acc.backward(d_loss)
+        self.clip(self.disc.parameters())
+        self.d_opt.step()
+        self.d_sched.step()
+        self.d_opt.zero_grad(set_to_none=True)
+        return {"d_loss": d_loss.item()}
+
     def _batches(self) -> Iterator[dict[str, Any]]:
         plan = BatchPlan(len(self.dataset), self.config.batch_size, self.accelerator.num_processes,
                          self.accelerator.process_index, self.config.seed)

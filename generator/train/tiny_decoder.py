@@ -41,7 +41,7 @@ from ..backends.tiny_decoder import (full_unit, make_decoder, parameter_count, s
 from .autoencoder import load_vae
 from .dataset import RGBDDataset
 from .engine import Trainer
-from .losses import PatchDiscriminator, Perceptual, hinge_d_loss, load_perceptual
+from .losses import PatchDiscriminator, Perceptual, load_perceptual
 from .options import ConfigError
 
 log = logging.getLogger("depthfusion.train.tiny_decoder")
@@ -344,22 +344,7 @@ class TinyDecoderTrainer(Trainer):
                 g_loss = -disc(pred * 2 - 1).mean()
                 loss = loss + config.adv_weight * g_loss
                 metrics["g_loss"] = g_loss.item()
-        acc.backward(loss)
-        self.clip(self.model.parameters())
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
-        if gan:
-            self.disc.requires_grad_(True)
-            with acc.autocast():  # real and fake in one forward: one pass through the data-parallel wrapper
-                real, fake = self.disc(torch.cat([target * 2 - 1, pred.detach() * 2 - 1])).chunk(2)
-                d_loss = hinge_d_loss(real, fake)
-            acc.backward(d_loss)
-            self.clip(self.disc.parameters())
-            self.d_opt.step()
-            self.d_sched.step()
-            self.d_opt.zero_grad(set_to_none=True)
-            metrics["d_loss"] = d_loss.item()
+        metrics |= self.update(loss, *((target * 2 - 1, pred * 2 - 1) if gan else ()))
         return {"loss": loss.item(), **metrics, "lr": self.sched.get_last_lr()[0]}
 
     # validation and output --------------------------------------------------
