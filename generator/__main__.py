@@ -485,6 +485,15 @@ def cmd_pregenerate(args: argparse.Namespace) -> int:
     cues = read_cues(args.cues)
     backend = _backend(args) if any(not is_image_cue(params) for _, params in cues) else None
     todo = pending_cues(cues, library, backend.model if backend else "", args.upscaler, args.estimator)
+    problems = []
+    for name, params in todo:  # what the model cannot make (an unknown LoRA, say) before the first frame
+        try:
+            if not is_image_cue(params) and hasattr(backend, "check"):
+                backend.check({key: value for key, value in params.items() if key != "upscale"})
+        except ParamError as exc:
+            problems.append(f"cue {name}: {exc}")
+    if problems:
+        raise ParamError("; ".join(problems))
     print(f"{len(cues)} cues, {len(cues) - len(todo)} already in {library.root}")
     upscaler = _upscaler(args, revision=None) if any("upscale" in params for _, params in todo) else None
     estimator = None

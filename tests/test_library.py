@@ -468,6 +468,8 @@ def test_pregenerate_reads_csv(tmp_path):
         ("empty.toml", "", ["no cues"]),
         ("bad.csv", "name,colour\na,red\n", ["line 2 \\(a\\): .*colour"]),
         ("noname.csv", "prompt\nx\n", ["header row must include a 'name' column"]),
+        ("lora.toml", "[[cue]]\nname = 'a'\n[[cue]]\nname = 'b'\nlora_1 = 'style'\n",
+         ["cue b: the demo backend takes no LoRAs"]),  # what the model cannot make, before cue a is made
     ],
 )
 def test_pregenerate_rejects_bad_cue_lists_before_generating(tmp_path, name, text, messages):
