@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT, SMALL, wait_for
 from generator.backends.demo import DemoBackend
-from td_bridge import render_setup, stamp, td_builds
+from td_bridge import stamp, td_builds
 from td_bridge.params import DISPLAY_PARAMS, GENERATION_PARAMS, VIEW_PARAMS, defaults, td_name
 from td_bridge.render_setup import render_settings, shader_uniforms
 

@@ -5,5 +5,7 @@
 - autoencoder: ``train autoencoder`` (widen SD's KL autoencoder to RGB + depth; losses in losses.py)
 - unet: ``train unet`` (ε-prediction on the frozen widened autoencoder's latents)
 - tiny_decoder: ``train tiny-decoder`` (distil the model's VAE decoder into a TAESD-sized RGB + depth decoder)
+- lcm_lora: ``train lcm-lora`` (latent consistency distillation of the model into a few-step LoRA of its U-Net)
+- latents: the model's own samples both learn from (``--from-model``, ``--from-teacher``)
 - engine: what the trainers share on Hugging Face accelerate (config checks, checkpoints, exact resume, logs)
 """

@@ -63,11 +63,11 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from .options import (AUTOENCODER, AUTOENCODER_DEFAULTS, TINY_DECODER, TINY_DECODER_DEFAULTS, UNET,
-                          UNET_DEFAULTS, add_options)
+    from .options import (AUTOENCODER, AUTOENCODER_DEFAULTS, LCM_LORA, LCM_LORA_DEFAULTS, TINY_DECODER,
+                          TINY_DECODER_DEFAULTS, UNET, UNET_DEFAULTS, add_options)
 
     train = sub.add_parser("train", help="fine-tune LDM3D: the RGBD autoencoder, then the U-Net; distil a tiny "
-                           "decoder (accelerate)")
+                           "decoder or a few-step LCM LoRA (accelerate)")
     stages = train.add_subparsers(dest="stage", required=True)
     ae = stages.add_parser("autoencoder", help="widen SD's KL autoencoder to RGB + depth and fine-tune it")
     add_options(ae, AUTOENCODER, AUTOENCODER_DEFAULTS)
@@ -76,11 +76,14 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     tiny = stages.add_parser("tiny-decoder", help="distil the model's VAE decoder into a TAESD-sized RGB + depth "
                              "decoder (--decoder at generation)")
     add_options(tiny, TINY_DECODER, TINY_DECODER_DEFAULTS)
+    lcm = stages.add_parser("lcm-lora", help="distil the model into a LoRA for few-step generation (latent "
+                            "consistency distillation; --lora FILE --scheduler lcm at generation)")
+    add_options(lcm, LCM_LORA, LCM_LORA_DEFAULTS)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .options import (AUTOENCODER, AUTOENCODER_DEFAULTS, TINY_DECODER, TINY_DECODER_DEFAULTS, UNET,
-                          UNET_DEFAULTS, resolve)
+    from .options import (AUTOENCODER, AUTOENCODER_DEFAULTS, LCM_LORA, LCM_LORA_DEFAULTS, TINY_DECODER,
+                          TINY_DECODER_DEFAULTS, UNET, UNET_DEFAULTS, resolve)
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "stage", "log_level")}
     if args.stage == "autoencoder":
@@ -91,6 +94,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .tiny_decoder import TinyDecoderTrainer
 
         trainer = TinyDecoderTrainer(resolve(given, TINY_DECODER, TINY_DECODER_DEFAULTS))
+    elif args.stage == "lcm-lora":
+        from .lcm_lora import LcmLoraTrainer
+
+        trainer = LcmLoraTrainer(resolve(given, LCM_LORA, LCM_LORA_DEFAULTS))
     else:
         from .unet import UNetTrainer
 

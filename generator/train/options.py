@@ -194,3 +194,41 @@ TINY_DECODER: tuple[Option, ...] = tuple(
     Option("samples_per_prompt", 1, "--from-model: samples (seeds) per prompt", int, 1, 1000),
 )
 TINY_DECODER_DEFAULTS = {"batch_size": 8, "lr": 2e-4, "steps": 20000, "validate_every": 1000}
+
+LCM_LORA: tuple[Option, ...] = tuple(
+    Option("dataset", None, "folder made by `dataset build`: its images, encoded with the model's VAE, give the "
+           "latents (or --from-teacher)") if o.name == "dataset" else o for o in COMMON) + (
+    Option("model", None, "the LDM3D teacher whose U-Net gets the LoRA: hub id or folder", required=True),
+    Option("from_teacher", None, "text file of prompts, one a line: latents from the teacher's own sampling, made "
+           "once into OUTPUT/latents (minutes per prompt on a CPU); or --dataset"),
+    Option("revision", None, "hub revision of --model"),
+    Option("offline", False, "use only files already downloaded", bool),
+    Option("rank", 64, "LoRA rank (LCM-LoRA: 64)", int, 1, 1024),
+    Option("alpha", 64.0, "LoRA alpha; the LoRA is scaled by alpha/rank (multiplied into the saved weights)", float,
+           1e-3, 1e5),
+    Option("lora_conv", False, "also put the LoRA on the ResNet convolutions and time-embedding projections (by "
+           "default: attention and feed-forward projections only)", bool),
+    Option("num_ddim_timesteps", 50, "DDIM solver grid: the teacher steps from t to t − 1000/N (generation's lcm "
+           "sampler skips along a 50-step grid)", int, 1, 1000),
+    Option("w_min", 5.0, "lowest guidance w drawn per item (the LCM papers' w: generation's --guidance = w + 1)",
+           float, 0, 49),
+    Option("w_max", 15.0, "highest guidance w drawn per item", float, 0, 49),
+    Option("loss", "huber", "distance of the student's and the target's consistency outputs", choices=("huber", "l2")),
+    Option("huber_c", 0.001, "pseudo-Huber c (with --loss huber)", float, 0, 10),
+    Option("resolution", 0, "training crop side in pixels, a multiple of the model's scale factor (random crops of "
+           "the latents; seamless runs keep the whole width); 0: whole images", int, 0, 8192),
+    Option("seamless", None, "wrap the width around (360° panoramas): latents rolled at random, U-Net convolutions "
+           "circular in width; default: on for 2:1 images", bool),
+    Option("gradient_checkpointing", False, "recompute U-Net activations in backward (less memory)", bool),
+    Option("validation_prompts", "a 360 degree panorama of a sunlit courtyard",
+           "prompts for validation frames (student against teacher), separated by |"),
+    Option("validation_steps", 4, "the student's lcm steps in validation", int, 1, 50),
+    Option("validation_teacher_steps", 50, "the teacher's DDIM steps in validation", int, 1, 500),
+    Option("sample_steps", 50, "--from-teacher: the teacher's DDIM steps per sample", int, 1, 500),
+    Option("sample_width", 512, "--from-teacher: sample width in pixels (1024 with height 512: a panorama)", int, 64,
+           4096),
+    Option("sample_height", 512, "--from-teacher: sample height in pixels", int, 64, 4096),
+    Option("sample_guidance", 7.0, "--from-teacher: the teacher's classifier-free guidance", float, 0, 50),
+    Option("samples_per_prompt", 1, "--from-teacher: samples (seeds) per prompt", int, 1, 1000),
+)
+LCM_LORA_DEFAULTS = {"batch_size": 8, "lr": 1e-4, "steps": 1000, "validate_every": 200}  # diffusers' LCM-LoRA README

@@ -24,13 +24,11 @@ the full decoder on held-out latents, and previews (``OUTPUT/validation/step-N/`
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -41,14 +39,13 @@ from ..backends.tiny_decoder import (full_unit, make_decoder, parameter_count, s
 from .autoencoder import load_vae
 from .dataset import RGBDDataset
 from .engine import Trainer
+from .latents import LatentSet, latent_jobs, latent_set, pending, read_prompts, roll_and_crop, sample_into
 from .losses import PatchDiscriminator, Perceptual, load_perceptual
 from .options import ConfigError
 
 log = logging.getLogger("depthfusion.train.tiny_decoder")
 
 LATENTS = "latents"
-SEED_LIMIT = 2**31  # generation seeds are int32
-VAL_SEED_OFFSET = 1_000_000_000
 
 
 def gradient_loss(pred: torch.Tensor, target: torch.Tensor, wrap: bool) -> torch.Tensor:
@@ -77,81 +74,13 @@ def decoder_errors(tiny: Any, teacher: Any, latents: torch.Tensor, batch_size: i
     return {k: v / len(latents) for k, v in totals.items()}
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """The prompts of a text file, one a line (blank lines and lines starting with # skipped)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the prompts file {path}: {exc}") from None
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise ConfigError(f"{path} holds no prompts (one a line)")
-    return prompts
-
-
-class LatentSet(torch.utils.data.Dataset):
-    """Latents made by :func:`sample_latents`: ``{"latents": (C, h, w), "caption": prompt}``."""
-
-    def __init__(self, files: list[Path], captions: list[str]) -> None:
-        self.files, self.captions = files, captions
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        from safetensors.torch import load_file
-
-        return {"latents": load_file(str(self.files[i]))["latents"], "caption": self.captions[i]}
-
-
-class _KeepLatents:
-    """A decoder for LDM3DBackend that keeps the final latents instead of decoding them (the frame it hands back
-    is a 1×1 placeholder): sampling for ``--from-model`` costs no full VAE decode."""
-
-    name = "latents"
-
-    def __init__(self, channels: int) -> None:
-        self.channels, self.latents = channels, None
-
-    def set_seamless(self, enabled: bool) -> None:
-        pass
-
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        self.latents = latents[0].detach().float().cpu().contiguous()
-        return np.zeros((1, 1, self.channels), np.float32)
-
-
-def _record_of(path: Path) -> dict[str, Any] | None:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            return json.loads((f.metadata() or {}).get("depthfusion", "null"))
-    except Exception:  # a file cut short by a crash is simply made again
-        return None
-
-
 def sample_latents(config: SimpleNamespace, prompts: list[str], split: str, seamless: bool, accelerator: Any,
                    folder: Path) -> LatentSet:
     """Latents of ``prompts`` × ``samples_per_prompt`` seeds from the model's own sampling, made once into
     ``folder`` (existing files with the same settings are kept); processes share the work."""
-    from safetensors.torch import save_file
-    from tqdm import tqdm
-
-    from td_bridge.params import validate_generation
-
     folder.mkdir(parents=True, exist_ok=True)
-    offset = VAL_SEED_OFFSET if split == "val" else 0
-    jobs = []
-    for number, prompt in enumerate(prompts):
-        for sample in range(config.samples_per_prompt):
-            index = number * config.samples_per_prompt + sample
-            record = {"model": config.model, "prompt": prompt, "seed": (config.seed + offset + index) % SEED_LIMIT,
-                      "steps": config.sample_steps, "width": config.sample_width, "height": config.sample_height,
-                      "guidance": config.sample_guidance, "seamless": seamless}
-            jobs.append((folder / f"{split}-{number:06d}-{sample:03d}.safetensors", record))
-    mine = [(path, record) for n, (path, record) in enumerate(jobs)
-            if n % accelerator.num_processes == accelerator.process_index and _record_of(path) != record]
+    jobs = latent_jobs(config, prompts, split, seamless, folder)
+    mine = pending(jobs, accelerator)
     if mine:
         from ..backends.ldm3d import LDM3DBackend
 
@@ -160,21 +89,12 @@ def sample_latents(config: SimpleNamespace, prompts: list[str], split: str, seam
                                         local_files_only=config.offline)
         except BackendUnavailable as exc:
             raise ConfigError(f"--from-model: {exc}") from None
-        keep = backend.decoder = _KeepLatents(backend.variant.channels)
-        log.info("sampling %d %s latents with %s (%d steps each)", len(mine), split, config.model, config.sample_steps)
-        for path, record in tqdm(mine, desc=f"{split} latents", unit="sample",
-                                 disable=not accelerator.is_local_main_process):
-            params = validate_generation({k: record[k] for k in ("prompt", "seed", "steps", "width", "height",
-                                                                 "guidance", "seamless")})
-            backend.generate(params, lambda step, total: None, lambda: False)
-            partial = path.with_suffix(".tmp")
-            save_file({"latents": keep.latents}, str(partial), metadata={"depthfusion": json.dumps(record)})
-            partial.replace(path)
+        sample_into(backend, mine, accelerator, f"{split} latents ({config.sample_steps} steps each)")
         del backend
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     accelerator.wait_for_everyone()
-    return LatentSet([path for path, _ in jobs], [record["prompt"] for _, record in jobs])
+    return latent_set(jobs)
 
 
 class Decode(nn.Module):
@@ -309,21 +229,9 @@ class TinyDecoderTrainer(Trainer):
         x = batch["pixel_values"].to(self.device)
         return (self.teacher.encode(x).latent_dist.sample() * self.teacher.config.scaling_factor).float()
 
-    def augment(self, latents: torch.Tensor) -> torch.Tensor:
-        """Per item: a random roll across the width (seamless), then a random crop to ``self.crop``."""
-        height, width = self.crop
-        out = []
-        for item in latents:
-            if self.seamless:
-                item = torch.roll(item, int(torch.randint(item.shape[-1], ())), dims=-1)
-            top = int(torch.randint(item.shape[-2] - height + 1, ()))
-            left = int(torch.randint(item.shape[-1] - width + 1, ()))
-            out.append(item[:, top:top + height, left:left + width])
-        return torch.stack(out)
-
     def train_batch(self, batch: dict[str, Any]) -> dict[str, float]:
         config, acc = self.config, self.accelerator
-        latents = self.augment(self.latents_of(batch))
+        latents = roll_and_crop(self.latents_of(batch), self.crop, self.seamless)
         with torch.no_grad():
             target = full_unit(self.teacher, latents)
         gan = self.disc is not None and self.step >= config.disc_start
