@@ -20,7 +20,6 @@ import json
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,34 +30,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from generator.backends.ldm3d import LDM3DBackend, pick_dtype  # noqa: E402
 from generator.backends.tiny_decoder import TinyDecoder, make_decoder, teacher_info  # noqa: E402
-from td_bridge.params import validate_generation  # noqa: E402
 
-from ldm3d_speed import build_modules, sync  # noqa: E402
-
-
-def frame(backend: LDM3DBackend, width: int, height: int, **params) -> tuple[float, list[float]]:
-    """(seconds for the whole frame, the host times of each step's end)."""
-    values = validate_generation({"prompt": "a misty forest at dawn", "seed": 1, "width": width, "height": height,
-                                  "seamless": False, **params})
-    marks: list[float] = []
-
-    def progress(step: int, total: int) -> None:
-        sync(backend.device)
-        marks.append(time.perf_counter())
-
-    sync(backend.device)
-    start = time.perf_counter()
-    out = backend.generate(values, progress, lambda: False)
-    total = time.perf_counter() - start
-    assert out.rgb.shape == (height, width, 3) and out.depth.dtype == np.uint16
-    return total, [mark - start for mark in marks]
+from ldm3d_speed import build_modules, timed_frame  # noqa: E402
 
 
 def measure(backend: LDM3DBackend, tiny: TinyDecoder, name: str, width: int, height: int, repeats: int,
             decoder: str, **params) -> dict:
     backend.decoder = tiny if decoder == "tiny" else None
-    frame(backend, width, height, **params)  # warm-up (and compilation)
-    runs = [frame(backend, width, height, **params) for _ in range(repeats)]
+    timed_frame(backend, width=width, height=height, **params)  # warm-up (and compilation)
+    runs = [timed_frame(backend, width=width, height=height, **params) for _ in range(repeats)]
     total = float(np.median([run[0] for run in runs]))
     marks = runs[0][1]
     steps = np.diff([0.0, *marks])

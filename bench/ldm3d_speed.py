@@ -79,9 +79,9 @@ def summarise(step_marks: list[float], total: float, steps: int, width: int, hei
             "unet_tflops_per_s": round(tflop / p50, 2) if len(per_step) else None}
 
 
-def bench_ours(backend: LDM3DBackend, width: int, height: int, steps: int) -> dict:
-    params = validate_generation({"prompt": "a misty forest at dawn", "seed": 1, "steps": steps, "width": width,
-                                  "height": height, "guidance": 7.5, "seamless": False})
+def timed_frame(backend: LDM3DBackend, **values) -> tuple[float, list[float]]:
+    """(seconds for one whole frame of our backend, each step's end in seconds from the start)."""
+    params = validate_generation({"prompt": "a misty forest at dawn", "seed": 1, "seamless": False, **values})
     marks: list[float] = []
 
     def progress(step: int, total: int) -> None:
@@ -92,7 +92,12 @@ def bench_ours(backend: LDM3DBackend, width: int, height: int, steps: int) -> di
     start = time.perf_counter()
     out = backend.generate(params, progress, lambda: False)
     total = time.perf_counter() - start
-    assert out.rgb.shape == (height, width, 3)
+    assert out.rgb.shape == (params["height"], params["width"], 3) and out.depth.dtype == np.uint16
+    return total, [mark - start for mark in marks]
+
+
+def bench_ours(backend: LDM3DBackend, width: int, height: int, steps: int) -> dict:
+    total, marks = timed_frame(backend, steps=steps, width=width, height=height, guidance=7.5)
     return summarise(marks, total, steps, width, height)
 
 
