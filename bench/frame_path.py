@@ -59,7 +59,7 @@ class ReplayBackend:
 
 def serve_replay(width: int, height: int, interval: float, endpoints, stop) -> None:
     """Child process: a GeneratorServer replaying one frame."""
-    from generator.server import GeneratorServer
+    from generator.serving.server import GeneratorServer
 
     frame, _ = make_frame(width, height)
     server = GeneratorServer(ReplayBackend(frame, interval), frames_address="tcp://127.0.0.1:*",

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from generator.backends.demo import DemoBackend  # noqa: E402
 from generator.frames import make_frame, new_frame_id  # noqa: E402
 from generator.library import JOURNAL, FrameLibrary  # noqa: E402
-from generator.server import GeneratorServer  # noqa: E402
+from generator.serving.server import GeneratorServer  # noqa: E402
 from td_bridge.params import validate_generation  # noqa: E402
 from td_bridge.receiver import CommandClient, FrameReceiver  # noqa: E402
 

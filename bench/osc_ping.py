@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from generator.osc_space import osc_message  # noqa: E402
+from generator.serving.osc_space import osc_message  # noqa: E402
 
 
 def free_udp_port() -> int:

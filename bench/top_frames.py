@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from frame_path import ReplayBackend, make_frame  # noqa: E402
-from generator.server import GeneratorServer  # noqa: E402
+from generator.serving.server import GeneratorServer  # noqa: E402
 from td_bridge import protocol as wire  # noqa: E402
 from td_bridge.receiver import CommandClient, FrameReceiver  # noqa: E402
 from td_bridge.top_frames import to_top  # noqa: E402

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--history", type=int, default=32, help="frames kept in memory for get_frame (1-1000)")
     serve.add_argument("--queue-size", type=int, default=16, help="maximum waiting jobs (1-1000)")
     serve.add_argument("--generate", action="store_true", help="queue one generation at start-up")
+    serve.add_argument("--live", action="store_true", help="start the live session at start-up: frames back to back "
+                       "from the generation flags' parameters (docs/live.md); the ZeroMQ `live` command and OSC "
+                       "/depthfusion/live steer and stop it")
     _add_library_flags(serve)
     osc = serve.add_argument_group("OSC (docs/osc.md)")
     osc.add_argument("--osc-port", type=int, default=9000, help="UDP port for OSC; 0 turns OSC off (9000)")
@@ -278,8 +281,8 @@ def _backend(args: argparse.Namespace, loras: Sequence[str] | None = None):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .osc import OscConfig
-    from .server import GeneratorServer
+    from .serving.osc import OscConfig
+    from .serving.server import GeneratorServer
 
     _check_range("--history", args.history, 1, 1000)
     _check_range("--queue-size", args.queue_size, 1, 1000)
@@ -295,7 +298,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = GeneratorServer(backend, frames_address=args.frames, commands_address=args.commands,
                              allow_lan=args.allow_lan, history=args.history, max_waiting=args.queue_size, osc=osc,
                              library=library, upscaler=_lazy_upscaler(args), estimator=_lazy_estimator(args),
-                             depth_check=args.depth_check, defaults=given)
+                             depth_check=args.depth_check, defaults=given, live=bool(getattr(args, "live", False)))
     server.bind()
     log.info("backend %s (model %s)", backend.name, backend.model)
     log.info("frames on %s, commands on %s", server.frames_endpoint, server.commands_endpoint)
@@ -476,8 +479,7 @@ def cmd_pregenerate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .cues import is_image_cue, pending_cues, read_cues
-    from .estimating import estimate_into_library
-    from .frames import generate_into_library
+    from .frames import estimate_into_library, generate_into_library
 
     library = _library(args, verify=True)  # a broken frame does not count as done
     if library is None:
@@ -536,7 +538,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_osc_doc(args: argparse.Namespace) -> int:
-    from .osc_space import reference
+    from .serving.osc_space import reference
 
     sys.stdout.write(reference())
     return 0

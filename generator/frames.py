@@ -86,3 +86,19 @@ def generate_into_library(backend: Backend, params: dict[str, Any], library: Fra
     """One frame, straight into the library; returns its entry."""
     header, result = make_frame(backend, params, lambda step, total: None, lambda: False)
     return library.save(header, result.rgb, result.depth)
+
+
+def estimate_into_library(model: Any, params: dict[str, Any], library: Any) -> Any:
+    """An image cue (generator.cues) estimated straight into the library; returns its entry."""
+    import hashlib
+    from pathlib import Path
+
+    from .estimators.frame import estimated_frame
+    from .estimators.inputs import ImageError, read_image
+
+    path = Path(params["image"])
+    if hashlib.sha256(path.read_bytes()).hexdigest() != params["image_sha256"]:
+        raise ImageError(f"{path} changed while the cue list ran; run pregenerate again")
+    rgb, info = read_image(path)
+    header, result = estimated_frame(model, rgb, params, source=info)
+    return library.save(header, result.rgb, result.depth)

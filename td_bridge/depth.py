@@ -11,6 +11,9 @@ DepthFusion depth is *relative inverse depth* d in [0, 1] (1 = nearest), carried
 
 Non-finite depth (NaN, ±inf) is replaced explicitly: by 0.5 for linear (the vertex stays on
 the sphere) and by 0 for metric (the far limit); everything is clipped to [0, 1].
+
+A new frame may crossfade in from the previous one (Blend Time): :func:`blend_depth` blends the two depths
+before the mapping, so a halfway blend displaces to the radius of the mean depth.
 """
 
 from __future__ import annotations
@@ -147,6 +150,24 @@ def radius_metric(d: np.ndarray, near: float, far: float) -> np.ndarray:
     _check_range(near, far)
     a, b = np.float32(1.0 / near - 1.0 / far), np.float32(1.0 / far)
     return 1.0 / (a * sanitize(d, 0.0) + b)
+
+
+def blend_depth(before: np.ndarray, after: np.ndarray, blend: float) -> np.ndarray:
+    """The frame blend: depth crossfaded from the previous frame's ``before`` to the new frame's ``after``
+    (sampled at the same points) at blend factor t, float32 (1 − t)·before + t·after (GLSL ``mix``), t clipped to
+    [0, 1]; t = 1 is ``after`` itself (the shader then reads nothing of the previous frame).
+
+    Depth is blended *before* the depth → radius mapping: halfway through a blend a vertex sits at
+    ``mapping((d_before + d_after) / 2)``, the radius of the mean depth, not at the mean of the two radii. The
+    depth image crossfades as the colour image does, and since inverse depth is what stereo parallax is
+    proportional to (metric mapping: 1/r = A·d + B), every point's parallax changes at a constant rate through
+    the blend; for the linear mapping the two readings are the same. Non-finite values go through as NaN and
+    the mapping replaces them (:func:`sanitize`), as in the shader."""
+    t = np.float32(min(max(float(blend), 0.0), 1.0))
+    after = np.asarray(after, dtype=np.float32)
+    if t >= 1:
+        return after
+    return (np.float32(1) - t) * np.asarray(before, dtype=np.float32) + t * after
 
 
 def _check_linear(radius: float, strength: float) -> None:

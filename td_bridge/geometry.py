@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .depth import blend_depth
+
 
 def uv_to_direction(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Unit direction vectors (..., 3) for equirect coordinates u, v."""
@@ -154,6 +156,17 @@ class Displacer:
     def __call__(self, depth: np.ndarray, mapping) -> np.ndarray:
         """(N, 3) float32 displaced positions: direction · mapping(sampled depth)."""
         return self.mesh.directions * mapping(self.sample(depth))[:, None]
+
+
+def displace_blended(mesh: SphereMesh, previous_depth: np.ndarray, depth: np.ndarray, blend: float,
+                     mapping) -> np.ndarray:
+    """(N, 3) float32 positions of ``mesh`` crossfading from ``previous_depth`` to ``depth`` (each of any size) at
+    blend factor ``blend`` (0: the previous frame, 1: the new one): each frame sampled as :class:`Displacer`
+    samples it (poles included), the samples blended by td_bridge.depth.blend_depth, then mapped. What the GLSL
+    MAT draws during Blend Time (depthfusion_common.glsl)."""
+    after = Displacer(mesh, np.shape(depth)).sample(depth)
+    before = after if blend >= 1 else Displacer(mesh, np.shape(previous_depth)).sample(previous_depth)
+    return mesh.directions * mapping(blend_depth(before, after, blend))[:, None]
 
 
 def discontinuous_triangles(triangles: np.ndarray, radii: np.ndarray, max_jump: float = 0.1) -> np.ndarray:

@@ -177,11 +177,29 @@ DISPLAY_PARAMS: tuple[Param, ...] = (
           "(rubber sheets across depth edges); 0 keeps every triangle.", minimum=0.0, maximum=10.0),
 )
 
+# The live session (generator.serving.live): frames made back to back from the newest parameters, a prompt or seed
+# change blended in over `transition` seconds.
+LIVE_PARAMS: tuple[Param, ...] = (
+    Param("live_fps", float, 10.0, "Live frames per second the generator aims for (0: as fast as it goes). A "
+          "frame takes as long as it takes: the rate is a ceiling, never a promise.", minimum=0.0, maximum=120.0,
+          unit="fps"),
+    Param("transition", float, 2.0, "Live: seconds over which a new prompt, negative prompt or seed blends in "
+          "(LDM3D: text embeddings linearly, start noise by spherical interpolation; the demo backend crossfades "
+          "the two ends' frames); 0 cuts.", minimum=0.0, maximum=600.0, unit="s"),
+)
+
+
 # The TouchDesigner component's own view settings: edges, stereo cameras, 360° and dome outputs.
 # Defaults stay within TouchDesigner Non-Commercial's 1280×1280 texture limit.
 VIEW_PARAMS: tuple[Param, ...] = (
     Param("edges", str, "cull", "Triangles across depth edges (see cull_jump): keep them, cull them or fade "
           "them out.", choices=("keep", "cull", "fade")),
+    # Default 0 (a cut, as before): a blend longer than the time between frames is cut short by the next one, and
+    # that time runs from seconds (a 50-step generation) to a few hundredths (few-step live frames).
+    Param("blend_time", float, 0.0, "Crossfade from the previous frame to a new one, colour and depth (the sphere "
+          "morphs from one shape to the other) over this many seconds; 0 cuts. Keep it at or below the time "
+          "between frames: a frame arriving mid-blend starts its own blend from the frame the running one was "
+          "heading to.", minimum=0.0, maximum=60.0, unit="s"),
     Param("ipd", float, 0.064, "Distance between the eyes (0.064: a person's, true scale; a flat 3D output may "
           "raise it for more depth, and the scene then looks smaller).", minimum=0.0, maximum=1.0, unit="m"),
     Param("convergence", float, 1.46, "Distance with no parallax between the eyes: nearer points come out of "

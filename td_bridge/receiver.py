@@ -269,6 +269,11 @@ class CommandClient:
         """Queue a generation; returns {"job_id", "params"} (params with the seed resolved)."""
         return self.request("generate", params)[0]
 
+    def live(self, on: bool | None = None, **params: Any) -> dict[str, Any]:
+        """Start (on=True), stop (on=False) or steer the generator's live session with generation and live
+        parameters; returns the session's state and parameters in force."""
+        return self.request("live", params if on is None else {"on": on, **params})[0]
+
     def cancel(self, job_id: str | None = None) -> list[str]:
         """Cancel one job, or all waiting and running jobs; returns the cancelled ids."""
         return self.request("cancel", {} if job_id is None else {"job_id": job_id})[0]["cancelled"]

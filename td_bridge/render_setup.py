@@ -1,9 +1,10 @@
 """The TouchDesigner component's render settings, worked out without TouchDesigner.
 
-``shader_uniforms`` gives the GLSL MAT's uniforms for td_bridge's depth mappings (the shader tests
-feed the same values to the shaders on llvmpipe); ``render_settings`` gives every derived
-operator parameter of the DepthFusion component (sphere mesh, cameras, render sizes, 360° and
-dome projections) by operator name, for the extension to write when a parameter changes.
+``shader_uniforms`` gives the GLSL MAT's uniforms for td_bridge's depth mappings and the frame blend (the
+shader tests feed the same values to the shaders on llvmpipe), ``blend_factor`` the blend's progress over Blend
+Time; ``render_settings`` gives every derived operator parameter of the DepthFusion component (sphere mesh,
+cameras, render sizes, 360° and dome projections) by operator name, for the extension to write when a parameter
+changes.
 
 TouchDesigner camera facts used here (Derivative's Camera COMP page): IPD Shift (``ipdshift``, one
 value) moves a camera along its own X axis after rotation (right eye +IPD/2, left eye −IPD/2; for the
@@ -68,19 +69,33 @@ GEOMETRY_READBACK = {
 Vec4 = tuple[float, float, float, float]
 
 
-def shader_uniforms(display: Mapping[str, Any], edges: str = "cull",
-                    poles: tuple[float, float] = (0.5, 0.5)) -> dict[str, Vec4]:
-    """The GLSL MAT's vector uniforms for validated display parameters and a frame's pole depths."""
+def shader_uniforms(display: Mapping[str, Any], edges: str = "cull", poles: tuple[float, float] = (0.5, 0.5),
+                    previous_poles: tuple[float, float] | None = None, blend: float = 1.0) -> dict[str, Vec4]:
+    """The GLSL MAT's vector uniforms for validated display parameters and a frame's pole depths; during a frame
+    blend also the previous frame's pole depths and the blend factor (0: the previous frame, 1: the new one, as
+    td_bridge.depth.blend_depth). Without a blend (the default, factor 1) the previous poles are the frame's own."""
     if edges not in EDGE_MODES:
         raise ValueError(f"edges must be one of {', '.join(EDGE_MODES)}, got {edges!r}")
+    if not 0.0 <= blend <= 1.0:
+        raise ValueError(f"blend must be in [0, 1], got {blend}")
     mapping = DepthMapping.from_params(display)
     mode = 0.0 if mapping.mode == LINEAR else 1.0
+    before = poles if previous_poles is None else previous_poles
     return {
         "uMapping": (mode, mapping.radius, mapping.strength, EDGE_MODES[edges]),
         "uRange": (mapping.near, mapping.far, float(display["cull_jump"]), 0.0),
-        "uPoles": (float(poles[0]), float(poles[1]), 0.0, 0.0),
+        "uPoles": (float(poles[0]), float(poles[1]), float(before[0]), float(before[1])),
         "uMeshStep": (1.0 / display["mesh_cols"], 1.0 / display["mesh_rows"], 0.0, 0.0),
+        "uBlend": (float(blend), 0.0, 0.0, 0.0),
     }
+
+
+def blend_factor(elapsed: float, blend_time: float) -> float:
+    """The frame blend's factor ``elapsed`` seconds after a new frame arrived, for Blend Time ``blend_time``: 0 → 1
+    linearly; 1 (done) when the blend time is 0 (a cut), once it has passed, or when the clock went backwards."""
+    if blend_time <= 0 or elapsed >= blend_time or elapsed < 0:
+        return 1.0
+    return float(elapsed) / float(blend_time)
 
 
 def window_x(eye_offset: float, convergence: float, fov_y_deg: float, aspect: float) -> float:

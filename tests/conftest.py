@@ -25,7 +25,7 @@ _LIBRARY = tempfile.TemporaryDirectory(prefix="depthfusion-test-library-")
 os.environ["DEPTHFUSION_LIBRARY"] = _LIBRARY.name
 
 from generator.backends.demo import DemoBackend  # noqa: E402
-from generator.server import GeneratorServer  # noqa: E402
+from generator.serving.server import GeneratorServer  # noqa: E402
 from td_bridge.receiver import CommandClient, FrameReceiver  # noqa: E402
 
 SMALL = {"width": 128, "height": 64, "steps": 2}

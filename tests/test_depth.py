@@ -119,6 +119,19 @@ def test_mapping_object_dispatches():
     assert dm.DepthMapping("metric", near=1.0, far=4.0)(d)[0] == pytest.approx(1 / (0.75 * 0.25 + 0.25))
 
 
+def test_the_frame_blend_mixes_depth_before_the_mapping():
+    before, after = np.array([1.0, 0.2, 0.6], np.float32), np.array([0.0, 0.4, np.nan], np.float32)
+    assert np.array_equal(dm.blend_depth(before, after, 1.0), after, equal_nan=True)  # the new frame's own
+    np.testing.assert_allclose(dm.blend_depth(before, after, 0.5)[:2], [0.5, 0.3])
+    np.testing.assert_array_equal(dm.blend_depth(before, after, 0.0)[:2], before[:2])
+    np.testing.assert_array_equal(dm.blend_depth(before, after, -2.0)[:2], before[:2])  # clipped to [0, 1]
+    metric = dm.DepthMapping("metric", near=1.0, far=10.0)
+    halfway = metric(dm.blend_depth(before, after, 0.5))
+    assert halfway[0] == pytest.approx(1 / (0.9 * 0.5 + 0.1))  # the radius of the mean depth: 1.82 m ...
+    assert (metric(before[:1])[0] + metric(after[:1])[0]) / 2 == pytest.approx(5.5)  # ... not the mean radius
+    assert halfway[2] == 10.0  # NaN on one side: the mapping's non-finite rule (metric: far), as the shader
+
+
 def test_dilation_grows_near_objects_across_the_seam():
     d = np.zeros((5, 8), np.float32)
     d[2, 0] = 1.0

@@ -133,7 +133,7 @@ def test_the_depth_check_is_near_zero_for_an_agreeing_estimator(make_server):
 
 def test_depth_check_needs_an_estimator():
     from generator.backends.demo import DemoBackend
-    from generator.server import GeneratorServer
+    from generator.serving.server import GeneratorServer
 
     with pytest.raises(ValueError, match="needs an estimator"):
         GeneratorServer(DemoBackend(), frames_address="tcp://127.0.0.1:*", commands_address="tcp://127.0.0.1:*",

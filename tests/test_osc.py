@@ -13,8 +13,8 @@ from pythonosc.osc_message import OscMessage
 
 from conftest import ROOT, free_udp_port, require_tool, wait_for
 from generator.backends import DemoBackend
-from generator.osc import OscConfig
-from generator.osc_space import osc_message, reference
+from generator.serving.osc import OscConfig
+from generator.serving.osc_space import osc_message, reference
 from td_bridge.receiver import CommandClient, FrameReceiver
 
 SMALL = [("/depthfusion/width", 128), ("/depthfusion/height", 64), ("/depthfusion/steps", 2)]
@@ -370,7 +370,7 @@ def test_allow_list_filters_senders(make_server):
 
 
 def test_osc_port_in_use_is_a_clear_error(osc_server):
-    from generator.server import GeneratorServer
+    from generator.serving.server import GeneratorServer
 
     taken = osc_server.server.osc.port
     server = GeneratorServer(DemoBackend(), frames_address="tcp://127.0.0.1:*",

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generator.osc_space import osc_message
-from generator.osc_packet import MAX_DATAGRAM, OscPacketError, check_datagram
+from generator.serving.osc_space import osc_message
+from generator.serving.osc_packet import MAX_DATAGRAM, OscPacketError, check_datagram
 
 
 def bundle(*elements, timetag=1):

@@ -110,6 +110,41 @@ def test_fade_blends_faded_triangles_over_what_is_behind_them(ctx, monkeypatch):
     assert (images[True] >= images[False] - 2).all()  # blending never darkens
 
 
+def test_a_halfway_blend_draws_the_frame_of_the_mean_colour_at_the_mean_depth(ctx):
+    """The component's frame blend, drawn by the renderer: halfway from a frame 2 m away to one 8 m away (other
+    colours), every view is the frame of the mean colour at the mean depth (the marker's parallax shows the
+    distance); blend 1 is the new frame alone, bit for bit. (Frames of different sizes: tests/test_shaders.py.)"""
+    from generator.render import Renderer
+
+    before_rgb, before_depth = scene(512, 256, distance=2.0)
+    before_rgb[:] = (200, 0, 0)
+    mark(before_rgb, 0.5, 0.5, (0, 200, 0))
+    rgb, depth = scene(512, 256, distance=8.0)
+    rgb[:] = (0, 0, 100)
+    mark(rgb, 0.5, 0.5, (0, 100, 0))
+    depth[:] += (int(depth[0, 0]) + int(before_depth[0, 0])) % 2  # an even sum: the mean depth is a uint16
+    mean_rgb = ((before_rgb.astype(int) + rgb) // 2).astype(np.uint8)  # exact: every sum is even
+    mean_depth = np.full(depth.shape, (int(depth[0, 0]) + int(before_depth[0, 0])) // 2, np.uint16)
+    settings = view(ipd=0.4, convergence=4.0, fov=60.0, eye_width=160, eye_height=90, ods_height=32)
+
+    def views(r):
+        return [r.eye(settings, "left"), r.eye(settings, "right"), r.render("ods", settings)]
+
+    with Renderer(rgb, depth, METRIC, "keep", ctx=ctx, previous=(before_rgb, before_depth), blend=0.5) as r:
+        blended = views(r)
+        r.set_blend(1.0)
+        new_again = views(r)
+    with Renderer(mean_rgb, mean_depth, METRIC, "keep", ctx=ctx) as r:
+        mean = views(r)
+    with Renderer(rgb, depth, METRIC, "keep", ctx=ctx) as r:
+        alone = views(r)
+    for got, expected in zip(blended, mean):
+        difference = np.abs(got.astype(int) - expected)
+        assert difference.max() <= 1 and difference.mean() < 0.01, (difference.max(), difference.mean())  # rounding
+    assert all(np.array_equal(a, b) for a, b in zip(new_again, alone))
+    assert centroid(blended[0], 1)[0] != pytest.approx(centroid(alone[0], 1)[0], abs=1.0)  # not the new frame's
+
+
 def test_ipd_zero_gives_identical_eyes(ctx):
     from generator.backends.demo import DemoBackend
     from td_bridge.params import validate_generation

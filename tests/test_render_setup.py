@@ -13,8 +13,8 @@ import pytest
 from td_bridge import geometry
 from td_bridge.depth import DepthMapping
 from td_bridge.params import DISPLAY_PARAMS, VIEW_PARAMS, ParamError, defaults
-from td_bridge.render_setup import (EYES, cube_face_size, render_settings, shader_uniforms, window_x, camera,
-                                    clip_range)
+from td_bridge.render_setup import (EYES, blend_factor, cube_face_size, render_settings, shader_uniforms, window_x,
+                                    camera, clip_range)
 
 
 def axis_rotation(axis, degrees):
@@ -134,10 +134,24 @@ def test_shader_uniforms_follow_the_mapping():
                "far": 50.0, "cull_jump": 0.2, "mesh_rows": 100, "mesh_cols": 400}
     uniforms = shader_uniforms(display, "fade", poles=(0.25, 0.75))
     assert uniforms == {"uMapping": (1.0, 10.0, 1.0, 2.0), "uRange": (0.5, 50.0, 0.2, 0.0),
-                        "uPoles": (0.25, 0.75, 0.0, 0.0), "uMeshStep": (1 / 400, 1 / 100, 0.0, 0.0)}
+                        "uPoles": (0.25, 0.75, 0.25, 0.75), "uMeshStep": (1 / 400, 1 / 100, 0.0, 0.0),
+                        "uBlend": (1.0, 0.0, 0.0, 0.0)}  # no blend: the previous poles are the frame's own
     assert shader_uniforms({**defaults(DISPLAY_PARAMS), "mapping": "linear"}, "keep")["uMapping"][::3] == (0.0, 0.0)
     with pytest.raises(ValueError, match="edges"):
         shader_uniforms(defaults(DISPLAY_PARAMS), "blur")
+
+
+def test_shader_uniforms_carry_the_frame_blend():
+    uniforms = shader_uniforms(defaults(DISPLAY_PARAMS), "cull", (0.25, 0.75), previous_poles=(0.5, 0.125), blend=0.25)
+    assert uniforms["uPoles"] == (0.25, 0.75, 0.5, 0.125) and uniforms["uBlend"] == (0.25, 0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="blend must be in"):
+        shader_uniforms(defaults(DISPLAY_PARAMS), "cull", blend=1.5)
+
+
+@pytest.mark.parametrize("elapsed, blend_time, factor", [(0.0, 0.5, 0.0), (0.125, 0.5, 0.25), (0.5, 0.5, 1.0),
+                                                         (2.0, 0.5, 1.0), (0.0, 0.0, 1.0), (-1.0, 0.5, 1.0)])
+def test_the_blend_factor_runs_from_0_to_1_over_blend_time(elapsed, blend_time, factor):
+    assert blend_factor(elapsed, blend_time) == factor
 
 
 def test_render_settings_sizes_and_validation():

@@ -12,7 +12,7 @@ from conftest import SMALL, wait_for
 from generator.backends import DemoBackend
 from generator.backends.demo import scene_for
 from generator.library import FrameLibrary
-from generator.server import MAX_MESSAGE_BYTES
+from generator.serving.server import MAX_MESSAGE_BYTES
 from td_bridge import protocol as wire
 from td_bridge.params import GENERATION_PARAMS
 from td_bridge.receiver import CommandClient, CommandError, FrameReceiver
@@ -245,7 +245,7 @@ def test_history_keeps_only_the_newest_frames(make_server):
     ],
 )
 def test_bind_addresses_are_checked(frames, options, message):
-    from generator.server import GeneratorServer
+    from generator.serving.server import GeneratorServer
 
     with pytest.raises(ValueError, match=message):
         GeneratorServer(DemoBackend(), frames_address=frames, commands_address="tcp://127.0.0.1:*", **options)

@@ -3,6 +3,7 @@ TouchDesigner's built-ins, and the displacement run on Mesa's llvmpipe (moderngl
 td_bridge's numpy reference."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from conftest import ROOT, require_tool
 from generator.render.glsl import POSITION_ATTRIBUTES, pixel_header, vertex_header
 from td_bridge import td_builds
 from td_bridge.depth import DepthMapping
-from td_bridge.geometry import Displacer, discontinuous_triangles, sphere_mesh
+from td_bridge.geometry import Displacer, discontinuous_triangles, displace_blended, sphere_mesh
 from td_bridge.protocol import Frame
 from td_bridge.render_setup import shader_uniforms
 from td_bridge.top_frames import to_top
@@ -28,12 +29,12 @@ TD_VERSION = "#version 460\n"
 # ------------------------------------------------------------------ glslangValidator
 
 
-def validate(tmp_path, vertex, pixel, declared="TDPos()"):
+def validate(tmp_path, vertex, pixel, declared="TDPos()", options=()):
     """glslangValidator on both stages behind a header that declares the ``declared`` position input."""
     tool = require_tool("glslangValidator", "glslang-tools")
     (tmp_path / "df.vert").write_text(vertex_header(declared, TD_VERSION) + vertex, encoding="utf-8")
     (tmp_path / "df.frag").write_text(pixel_header(TD_VERSION) + pixel, encoding="utf-8")
-    return subprocess.run([tool, "-l", "df.vert", "df.frag"], cwd=tmp_path, capture_output=True, text=True)
+    return subprocess.run([tool, "-l", *options, "df.vert", "df.frag"], cwd=tmp_path, capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("position", td_builds.POSITION_INPUTS)
@@ -48,6 +49,16 @@ def test_the_shaders_compile_and_link_for_each_builds_position_input(tmp_path, p
 def test_a_position_input_the_build_lacks_does_not_compile(tmp_path, position, other, message):
     result = validate(tmp_path, shader_source.vertex_source(position), shader_source.pixel_source(), other)
     assert result.returncode != 0 and message in result.stdout, result.stdout
+
+
+def test_the_linked_stages_sample_both_frames_of_a_blend(tmp_path):
+    """glslang's reflection of the linked program (stage bits: 1 vertex, 16 pixel): the previous frame's depth is
+    live in the vertex stage, its colour in the pixel stage, the blend factor in both."""
+    result = validate(tmp_path, shader_source.vertex_source(), shader_source.pixel_source(), options=("-q",))
+    assert result.returncode == 0, result.stdout + result.stderr
+    stages = {name: int(bits) for name, bits in re.findall(r"^(\w+): offset .* stages (\d+)$", result.stdout, re.M)}
+    assert stages["sDepth"] & stages["sDepthPrev"] & 1 and stages["sColor"] & stages["sColorPrev"] & 16, stages
+    assert stages["uBlend"] & 1 and stages["uBlend"] & 16 and stages["uPoles"] & 1, stages
 
 
 def test_the_position_line_is_rewritten_not_duplicated():
@@ -112,20 +123,28 @@ def gl():
     ctx.release()
 
 
-def run_vertex_stage(ctx, mesh, depth16, mapping, cull_jump=0.0):
-    """(positions (N, 3), keep (N,)) from the shader for the mesh's directions."""
+def depth_texture(ctx, depth16):
+    """The texture of a frame's depth as the component's Script TOP holds it, and the frame's pole depths."""
+    top = to_top(Frame(np.zeros(depth16.shape + (3,), np.uint8), depth16, {"frame_id": "t", "seq": 1}))
+    return ctx.texture((depth16.shape[1], depth16.shape[0]), 1, data=top.depth.tobytes(), dtype="nu2"), top.poles
+
+
+def run_vertex_stage(ctx, mesh, depth16, mapping, cull_jump=0.0, previous16=None, blend=1.0):
+    """(positions (N, 3), keep (N,)) from the shader for the mesh's directions; with ``previous16``, blended from
+    that frame's depth at factor ``blend`` (without, the frame's own texture is bound as the previous one)."""
     import moderngl
 
     program = ctx.program(vertex_shader=HARNESS.format(common=shader_source.common_source()),
                           varyings=["outPosition", "outKeep"])
-    top = to_top(Frame(np.zeros(depth16.shape + (3,), np.uint8), depth16, {"frame_id": "t", "seq": 1}))
-    texture = ctx.texture((depth16.shape[1], depth16.shape[0]), 1, data=top.depth.tobytes(), dtype="nu2")
+    texture, poles = depth_texture(ctx, depth16)
+    before, previous_poles = (texture, poles) if previous16 is None else depth_texture(ctx, previous16)
     texture.use(0)
+    before.use(1)
     display = {"mapping": mapping.mode, "radius": mapping.radius, "strength": mapping.strength,
                "near": mapping.near, "far": mapping.far, "cull_jump": cull_jump, "mesh_rows": mesh.rows,
                "mesh_cols": mesh.cols}
-    uniforms = shader_uniforms(display, "keep", top.poles)  # what the component gives the GLSL MAT
-    for name, value in {"sDepth": 0, **uniforms}.items():
+    uniforms = shader_uniforms(display, "keep", poles, previous_poles, blend)  # what the component gives the MAT
+    for name, value in {"sDepth": 0, "sDepthPrev": 1, **uniforms}.items():
         if name in program:  # unused uniforms are compiled away
             program[name].value = value[:program[name].dimension] if isinstance(value, tuple) else value
     vbo = ctx.buffer(np.ascontiguousarray(mesh.directions, dtype="f4").tobytes())
@@ -133,7 +152,7 @@ def run_vertex_stage(ctx, mesh, depth16, mapping, cull_jump=0.0):
     vao = ctx.vertex_array(program, [(vbo, "3f", "P")])
     vao.transform(out, mode=moderngl.POINTS)
     result = np.frombuffer(out.read(), dtype="f4").reshape(-1, 4)
-    for thing in (vao, out, vbo, texture, program):
+    for thing in {vao, out, vbo, texture, before, program}:
         thing.release()
     return result[:, :3], result[:, 3]
 
@@ -242,3 +261,63 @@ def test_depth_edges_are_flagged_where_numpy_culls(gl):
     flagged = keep == 0
     assert flagged.sum() <= 3 * len(np.unique(mesh.triangles[culled]))  # and little else
     assert np.isin(keep, (0.0, 1.0)).all()
+
+
+# ------------------------------------------------------------------ the frame blend (Blend Time)
+
+
+def blend_pair():
+    """Two frames' depth of different sizes, as an upscaled frame following a generated one."""
+    previous = np.round(smooth_depth(128, 256, 7) * 65535).astype(np.uint16)
+    new = np.round(smooth_depth(64, 128, 8) * 65535).astype(np.uint16)
+    return previous, new
+
+
+@pytest.mark.parametrize("mapping", MAPPINGS, ids=MAPPING_IDS)
+@pytest.mark.parametrize("blend", [0.5, 0.25])
+def test_a_blend_displaces_to_the_mapping_of_the_blended_depth(gl, mapping, blend):
+    """td_bridge's definition (depth.blend_depth, geometry.displace_blended): each frame sampled on its own, the
+    depths mixed, then mapped; halfway, the radius of the mean depth."""
+    mesh = sphere_mesh(48, 96)
+    previous, new = blend_pair()
+    expected = displace_blended(mesh, previous, new, blend, mapping)
+    got, keep = run_vertex_stage(gl, mesh, new, mapping, previous16=previous, blend=blend)
+    error = relative_error(got, expected)
+    assert error.max() <= 1e-4, f"max relative error {error.max():.2e} at vertex {error.argmax()}"
+    assert (keep == 1).all()
+    if mapping.mode == "metric":  # not the mean of the two radii: the metric mapping is not affine
+        before = Displacer(mesh, previous.shape).sample(previous)
+        after = Displacer(mesh, new.shape).sample(new)
+        radii = (1 - blend) * mapping(before) + blend * mapping(after)
+        assert relative_error(got, mesh.directions * radii[:, None]).max() > 1e-2
+
+
+def test_blend_1_reads_nothing_of_the_previous_frame(gl):
+    """The single-frame output, bit for bit, whatever the previous texture holds (and blend 0 is the previous
+    frame's own output)."""
+    mesh, mapping = sphere_mesh(48, 96), MAPPINGS[2]
+    previous, new = blend_pair()
+    alone = run_vertex_stage(gl, mesh, new, mapping, cull_jump=0.3)
+    blended = run_vertex_stage(gl, mesh, new, mapping, cull_jump=0.3, previous16=previous, blend=1.0)
+    assert all(np.array_equal(a, b) for a, b in zip(alone, blended))
+    start = run_vertex_stage(gl, mesh, new, mapping, cull_jump=0.3, previous16=previous, blend=0.0)
+    previous_alone = run_vertex_stage(gl, mesh, previous, mapping, cull_jump=0.3)
+    assert relative_error(start[0], previous_alone[0]).max() <= 1e-6 and np.array_equal(start[1], previous_alone[1])
+
+
+def test_the_edge_test_sees_the_blended_surface(gl):
+    """A near box in the previous frame, a flat wall in the new one: halfway, the box stands out half as far in
+    depth and a cull fraction between the two jumps flags its edges at the start only, as numpy does."""
+    mesh = sphere_mesh(48, 96)
+    previous = np.full((128, 256), 0.2)
+    previous[30:90, 60:140] = 0.9
+    previous16 = np.round(previous * 65535).astype(np.uint16)
+    new16 = np.full((128, 256), round(0.2 * 65535), np.uint16)
+    mapping = DepthMapping("metric", near=1.0, far=10.0)  # jumps: 2.25 at the start, 1.13 halfway
+    for blend, flagged in ((0.0, True), (0.5, False)):
+        _, keep = run_vertex_stage(gl, mesh, new16, mapping, cull_jump=1.5, previous16=previous16, blend=blend)
+        radii = np.linalg.norm(displace_blended(mesh, previous16, new16, blend, mapping), axis=1)
+        culled = discontinuous_triangles(mesh.triangles, radii, 1.5)
+        assert bool(culled.any()) is flagged and bool((keep == 0).any()) is flagged, blend
+        if flagged:
+            assert (keep[mesh.triangles[culled]] == 0).any(axis=1).all()

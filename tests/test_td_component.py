@@ -65,7 +65,8 @@ def out_names():
 
 NETWORK = {
     "bridge_source": "baseCOMP", "DepthFusionExt": "textDAT", "rgb_top": "textDAT", "rgb": "scriptTOP",
-    "depth_top": "textDAT", "depth": "scriptTOP", "frames": "executeDAT", "parameters": "parameterexecuteDAT",
+    "depth_top": "textDAT", "depth": "scriptTOP", "rgb_prev_top": "textDAT", "rgb_prev": "scriptTOP",
+    "depth_prev_top": "textDAT", "depth_prev": "scriptTOP", "frames": "executeDAT", "parameters": "parameterexecuteDAT",
     "vertex": "textDAT", "pixel": "textDAT", "displace": "glslMAT", "sphere": "geometryCOMP",
     "cam_left": "cameraCOMP", "cam_right": "cameraCOMP", "render_left": "renderTOP", "render_right": "renderTOP",
     "side_by_side": "layoutTOP", "top_bottom": "layoutTOP", "cam_ods": "cameraCOMP", "render_ods": "renderTOP",
@@ -83,11 +84,11 @@ def test_the_builder_makes_the_documented_network(comp):
     assert [page.name for page in comp.customPages] == ["Connection", "Generate", "LoRA", "Upscale", "Depth", "Sphere",
                                                         "Stereo",
                                                         "Outputs", "OSC", "Diagnose", "Status"]
-    for name in ("rgb", "depth"):
+    for name in ("rgb", "depth", "rgb_prev", "depth_prev"):  # the newest frame, the previous one (Blend Time)
         top = comp.op(name)
         assert top.stub_resolve(top.par.callbacks.eval()) is comp.op(f"{name}_top")
         assert comp.op(f"{name}_top").text == (ROOT / "touchdesigner" / "callbacks" / f"{name}_top.py").read_text()
-    assert (comp.op("rgb").par.format.eval(), comp.op("depth").par.format.eval()) == ("rgba8fixed", "mono16fixed")
+        assert top.par.format.eval() == ("rgba8fixed" if name.startswith("rgb") else "mono16fixed")
     assert comp.op("frames").par.framestart.eval() and comp.op("frames").par.active.eval()
     changes = comp.op("parameters")
     assert changes.stub_resolve(changes.par.op.eval()) is comp and changes.par.onpulse.eval()
@@ -115,9 +116,13 @@ def test_the_sphere_and_its_material(comp):
     assert mat.par.glslversion.eval() == "glsl460" and mat.errors() == ""
     samplers = {mat.par[f"sampler{i}name"].eval(): mat.stub_resolve(mat.par[f"sampler{i}top"].eval())
                 for i in range(mat.seq.sampler.numBlocks)}
-    assert samplers == {"sDepth": comp.op("depth"), "sColor": comp.op("rgb")}
+    assert samplers == {"sDepth": comp.op("depth"), "sColor": comp.op("rgb"), "sDepthPrev": comp.op("depth_prev"),
+                        "sColorPrev": comp.op("rgb_prev")}
     assert mat.par.sampler0filter.eval() == "nearest" and mat.par.sampler0extendu.eval() == "repeat"
-    declared = set(re.findall(r"uniform vec\d (\w+);", shader_source.vertex_source() + shader_source.pixel_source()))
+    assert mat.par.sampler2filter.eval() == "nearest" and mat.par.sampler3filter.eval() == "linear"
+    text = shader_source.vertex_source() + shader_source.pixel_source()
+    assert set(re.findall(r"uniform sampler2D (\w+);", text)) == set(samplers)
+    declared = set(re.findall(r"uniform vec\d (\w+);", text))
     assert {mat.par[f"vec{i}name"].eval() for i in range(mat.seq.vec.numBlocks)} == declared
 
 
@@ -543,3 +548,85 @@ def test_upscale_needs_a_frame_and_an_upscaler(server, comp):
     comp.par.Upscaleafter = True
     comp.par.Generate.pulse()
     Frames().until(lambda: "--upscaler" in comp.par.Lasterror.eval(), "the generator's answer")
+
+
+def vector(comp, name):
+    """The GLSL MAT's Vectors-page values of uniform ``name``, and its x parameter."""
+    mat = comp.op("displace")
+    index = next(i for i in range(mat.seq.vec.numBlocks) if mat.par[f"vec{i}name"].eval() == name)
+    return tuple(mat.par[f"vec{index}value{axis}"].eval() for axis in "xyzw"), mat.par[f"vec{index}valuex"]
+
+
+def test_a_new_frame_crossfades_from_the_previous_one_over_blend_time(server, comp):
+    """Blend Time 0.25 s is 15 frames of the stand-in's absolute time (60 frames a second, td_hand.json), which
+    drives the extension's blend clock here (in TouchDesigner it is the wall clock: absTime pauses with the
+    timeline)."""
+    extension, frames = comp.ext.DepthFusionExt, Frames()
+    extension.clock = lambda: td.absTime.seconds
+    comp.par.Framesaddress, comp.par.Commandsaddress = server.frames, server.commands
+    comp.par.Width, comp.par.Height, comp.par.Steps = SMALL["width"], SMALL["height"], SMALL["steps"]
+    assert comp.par.Blendtime.eval() == 0.0 and comp.par.Blendtime.page.name == "Sphere"
+    comp.par.Blendtime = 0.25
+    comp.par.Connect.pulse()
+    frames.until(lambda: comp.par.Connected.eval(), "connected")
+    _, blend = vector(comp, "uBlend")
+    assert blend.eval() == 1.0
+
+    def arrives(seed):
+        comp.par.Seed = seed
+        comp.par.Generate.pulse()
+        frames.until(lambda: extension.controller.frame is not None
+                     and extension.controller.frame.meta.get("seed") == seed, f"frame {seed}")
+        return extension.controller.frame
+
+    first = arrives(1)  # from the black idle frame the start-up check left on screen
+    assert blend.eval() == 0.0 and np.array_equal(comp.op("rgb_prev").stub_image, np.zeros((8, 16, 3), np.uint8))
+    for _ in range(15):
+        td.simulate_frame()
+    assert blend.eval() == pytest.approx(1.0)
+    td.simulate_frame()
+    assert blend.eval() == 1.0
+
+    second = arrives(2)
+    assert blend.eval() == 0.0  # the arrival frame shows the previous frame; the blend runs from here
+    for name, new, old in (("rgb", second.rgb, first.rgb), ("depth", second.depth, first.depth)):
+        np.testing.assert_array_equal(comp.op(name).stub_image, new)
+        np.testing.assert_array_equal(comp.op(f"{name}_prev").stub_image, old)  # one copy each, at the arrival
+    assert vector(comp, "uPoles")[0] == (*second.poles, *first.poles)
+    cooks = {name: comp.op(name).totalCooks for name in ("rgb", "depth", "rgb_prev", "depth_prev")}
+    seen = []
+    for dropped in (0, 0, 0, 5, 0, 0, 0, 0, 0, 0):  # absolute time decides, dropped frames included
+        td.simulate_frame(dropped)
+        seen.append(blend.eval())
+    elapsed = np.cumsum([1, 1, 1, 6, 1, 1, 1, 1, 1, 1])
+    assert seen == pytest.approx(np.minimum(elapsed / 15, 1.0), abs=1e-9) and seen[-1] == 1.0
+    assert {name: comp.op(name).totalCooks for name in cooks} == cooks  # no per-frame copies, only the uniform
+    blend.val = 0.5  # done: nothing writes it any more
+    for _ in range(5):
+        td.simulate_frame()
+    assert blend.eval() == 0.5
+    blend.val = 1.0
+
+    comp.par.Blendtime = 0.0  # a cut, as before Blend Time existed: the previous frame's TOPs are not touched
+    third = arrives(3)
+    assert blend.eval() == 1.0 and vector(comp, "uPoles")[0] == (*third.poles, *third.poles)
+    assert comp.op("rgb_prev").totalCooks == cooks["rgb_prev"]
+    np.testing.assert_array_equal(comp.op("depth").stub_image, third.depth)
+
+    comp.par.Blendtime = 60.0
+    fourth = arrives(4)
+    td.simulate_frame()
+    assert 0.0 < blend.eval() < 0.01
+    fifth = arrives(5)  # mid-blend: a new blend, from the frame the running one was heading to
+    assert blend.eval() == 0.0 and vector(comp, "uPoles")[0] == (*fifth.poles, *fourth.poles)
+    np.testing.assert_array_equal(comp.op("rgb_prev").stub_image, fourth.rgb)
+    np.testing.assert_array_equal(comp.op("rgb").stub_image, fifth.rgb)
+    td.simulate_frame()
+    comp.Diagnose()  # the geometry check's test frame is a cut, and so is the frame put back after it
+    assert blend.eval() == 1.0
+    for _ in range(GEOMETRY_FRAMES + 1):
+        td.simulate_frame()
+    assert blend.eval() == 1.0 and np.array_equal(comp.op("rgb").stub_image, fifth.rgb)
+    assert "diagnose: 0 problems" in comp.par.Status.eval() and "rgb_prev" not in comp.op("diagnostics").text
+    comp.op("depth_prev").par.format = "rgba8fixed"  # what 'Use Input' may pick: the blend would lose 8 bits of depth
+    assert "depth_prev: pixel format rgba8fixed, not mono16fixed" in comp.Diagnose()

@@ -404,7 +404,7 @@ def test_upscale_over_osc(model, tmp_path):
     upscale of the newest frame with that cue (reply /queued with the upscale seed)."""
     from conftest import RunningServer, free_udp_port, wait_for
     from generator.library import FrameLibrary
-    from generator.osc import OscConfig
+    from generator.serving.osc import OscConfig
     from test_osc import SMALL, OscClient
 
     library = FrameLibrary(tmp_path / "library")

@@ -5,7 +5,17 @@ DAT and promotes it, so ``Connect()``, ``Generate()`` … are methods of the com
 worth testing lives in td_bridge (tests/test_component.py); this file moves values between the
 component's parameters and operators and the controller, on TouchDesigner's main thread:
 the Execute DAT calls ``OnFrameStart`` every frame, the Parameter Execute DAT ``OnPulse`` and
-``OnValueChange``, the Script TOPs ``CookRgb`` / ``CookDepth``, the OSC In DAT ``OnOsc``.
+``OnValueChange``, the Script TOPs ``CookRgb`` / ``CookDepth`` (the newest frame) and ``CookRgbPrev`` /
+``CookDepthPrev`` (the previous one), the OSC In DAT ``OnOsc``.
+
+Frame blend (Blend Time, Sphere page): when a new frame arrives and Blend Time is above 0, the previous-frame
+Script TOPs take the frame on screen until then, the newest-frame TOPs the new one (one ``copyNumpyArray`` each),
+and the GLSL MAT's ``uBlend.x`` runs from 0 to 1 over Blend Time of wall-clock time (``clock``, monotonic:
+TouchDesigner's ``absTime`` pauses with the main timeline, the AbsTime class page says, and a paused timeline
+must not freeze a blend half way): the shader crossfades colour and depth (td_bridge.depth.blend_depth). That one value is all
+``OnFrameStart`` writes while a blend runs, and nothing once it is done. Blend Time 0 cuts, as before the blend
+existed, without touching the previous-frame TOPs. A frame arriving mid-blend starts a new blend from the frame
+the running one was heading to; Diagnose's test frame and the frame put back after it are cuts.
 
 Life cycle: ``__init__`` touches no operator. ``onInitTD`` (called by TouchDesigner from 2025.31550,
 and by a ``run(..., endFrame=True, delayRef=op.TDResources)`` this class schedules on every build — TDResources'
@@ -21,6 +31,7 @@ import functools
 import importlib.abc
 import importlib.util
 import sys
+import time
 from typing import Any
 
 PYZMQ_HELP = ("pyzmq is missing from TouchDesigner's Python. TouchDesigner 2025: create a Python "
@@ -33,7 +44,10 @@ BRIDGE_SOURCE, STAMP = "bridge_source", "VERSION_STAMP"  # td_bridge's sources a
 STATE_PARS = {"Status": "status", "Backend": "backend", "Progress": "progress", "Frameid": "frame_id",
               "Jobid": "job_id", "Lasterror": "last_error", "Connected": "connected", "Depthcheck": "depth_check"}
 PAR_OF = {attribute: par for par, attribute in STATE_PARS.items()}
-SCRIPT_TOP_FORMATS = {"rgb": "rgba8fixed", "depth": "mono16fixed"}  # as build_depthfusion.py sets them
+# As build_depthfusion.py sets them: the newest frame, then the previous one (for the frame blend).
+SCRIPT_TOP_FORMATS = {"rgb": "rgba8fixed", "depth": "mono16fixed",
+                      "rgb_prev": "rgba8fixed", "depth_prev": "mono16fixed"}
+FRAME_TOPS, PREVIOUS_TOPS = ("rgb", "depth"), ("rgb_prev", "depth_prev")
 TEXTURE_LIMIT = 1280  # TouchDesigner Non-Commercial's largest texture side
 DIAGNOSTICS = "diagnostics"
 SHADER_INFO = "shader_info"  # Info DAT on the GLSL MAT
@@ -110,6 +124,11 @@ class DepthFusionExt:
         self.depth_channels = 1  # 3 where this TouchDesigner's Script TOP refuses one channel
         self._plain_status = "disconnected"  # Status without the diagnosis, while there is no controller
         self._poles = (0.5, 0.5)
+        self._previous_poles = self._poles  # uPoles.zw: the previous frame's poles while a blend runs
+        self._blend = 1.0  # uBlend.x: 0 shows the previous frame, 1 the newest (no blend running)
+        self._blend_from = None  # self.clock() when the running blend started; None when none runs
+        self.clock = time.monotonic  # seconds, for the frame blend (the tests drive it with the frame loop)
+        self._previous = None  # the frame in the previous-frame TOPs
         self._controller_error = ""
         self._report = None  # the Diagnose report a running geometry check adds to
         self._test_frame = None  # the geometry check's frame while it is on screen
@@ -346,9 +365,11 @@ class DepthFusionExt:
     def OnFrameStart(self, frame: int) -> None:
         if self.controller is None:
             return
+        self._advance_blend()
+        on_screen = self._frame()
         frame_in = self.controller.update()
         if frame_in is not None and self._test_frame is None:  # a running geometry check shows its own frame
-            self._show_frame(frame_in)
+            self._show_frame(frame_in, on_screen)
         state = self.controller.state
         values = {attribute: getattr(state, attribute) for attribute in STATE_PARS.values() if attribute != "last_error"}
         values["status"] = self._status_line()
@@ -366,9 +387,22 @@ class DepthFusionExt:
     def CookDepth(self, scriptOp: Any) -> None:
         """The frame's 16-bit depth as one channel; as three (same mono16fixed format) where this TouchDesigner
         refuses one (an older Script TOP page allows only 3 or 4 channels)."""
+        self._copy_depth(scriptOp, self._frame())
+
+    @_guarded
+    def CookRgbPrev(self, scriptOp: Any) -> None:
+        """The previous frame's colour (the frame blend's start)."""
+        if self._previous is not None:
+            scriptOp.copyNumpyArray(self._previous.rgb)
+
+    @_guarded
+    def CookDepthPrev(self, scriptOp: Any) -> None:
+        """The previous frame's depth, as CookDepth copies depth."""
+        self._copy_depth(scriptOp, self._previous)
+
+    def _copy_depth(self, scriptOp: Any, frame: Any) -> None:
         import numpy as np
 
-        frame = self._frame()
         if frame is None:
             return
         if self.depth_channels == 1:
@@ -388,10 +422,30 @@ class DepthFusionExt:
             return self.controller.frame
         return self._idle_frame
 
-    def _show_frame(self, frame: Any) -> None:
-        for name in ("rgb", "depth"):
+    def _show_frame(self, frame: Any, previous: Any = None) -> None:
+        """Put ``frame`` into the newest-frame TOPs: a cut, or, given ``previous`` (the frame on screen until now)
+        and a Blend Time above 0, the start of a blend from it (the previous-frame TOPs take it)."""
+
+        blend = previous is not None and previous is not frame and float(self._value("Blendtime")) > 0
+        if blend:
+            self._previous = previous
+            for name in PREVIOUS_TOPS:
+                self.ownerComp.op(name).cook(force=True)
+        for name in FRAME_TOPS:
             self.ownerComp.op(name).cook(force=True)
-        self._set_poles(frame.poles)
+        self._blend_from = self.clock() if blend else None
+        self._set_frame_uniforms(frame.poles, previous.poles if blend else frame.poles, 0.0 if blend else 1.0)
+
+    def _advance_blend(self) -> None:
+        """While a blend runs: its factor from the time since the frame arrived, into uBlend.x (one value)."""
+        if self._blend_from is None:
+            return
+        from td_bridge.render_setup import blend_factor
+
+        self._blend = blend_factor(self.clock() - self._blend_from, float(self._value("Blendtime")))
+        if self._blend >= 1.0:
+            self._blend_from = None
+        self._write_uniforms({"uBlend": (self._blend, 0.0, 0.0, 0.0)})
 
     # ------------------------------------------------------------ settings
 
@@ -408,7 +462,8 @@ class DepthFusionExt:
 
         display, view = self._schema_values(DISPLAY_PARAMS), self._schema_values(VIEW_PARAMS)
         settings = render_settings(display, view, self._build(), self._schema_values(CONVENTION_PARAMS))
-        settings[MATERIAL].update(self._uniform_pars(shader_uniforms(display, view["edges"], self._poles)))
+        settings[MATERIAL].update(self._uniform_pars(shader_uniforms(display, view["edges"], self._poles,
+                                                                     self._previous_poles, self._blend)))
         settings["osc_in"] = {"active": self._value("Oscin"), "port": self._value("Oscport"),
                               "localaddress": self._value("Osclocaladdress")}
         return settings
@@ -477,13 +532,20 @@ class DepthFusionExt:
         return {f"vec{index[name]}value{axis}": float(value)
                 for name, vector in uniforms.items() for axis, value in zip("xyzw", vector)}
 
-    def _set_poles(self, poles: tuple[float, float]) -> None:
+    def _set_frame_uniforms(self, poles: tuple[float, float], previous_poles: tuple[float, float],
+                            blend: float) -> None:
+        self._poles, self._previous_poles, self._blend = poles, previous_poles, blend
+        self._write_uniforms({"uPoles": (*poles, *previous_poles), "uBlend": (blend, 0.0, 0.0, 0.0)})
+
+    def _write_uniforms(self, uniforms: dict[str, tuple[float, ...]]) -> None:
+        """Write the GLSL MAT's vector values that changed (nothing downstream re-cooks for the others)."""
         from td_bridge.render_setup import MATERIAL
 
-        self._poles = poles
         mat = self.ownerComp.op(MATERIAL)
-        for name, value in self._uniform_pars({"uPoles": (*poles, 0.0, 0.0)}).items():
-            mat.par[name].val = value
+        for name, value in self._uniform_pars(uniforms).items():
+            par = mat.par[name]
+            if par.eval() != value:
+                par.val = value
 
     # ------------------------------------------------------------ diagnosis
 
@@ -571,6 +633,8 @@ class DepthFusionExt:
             actual = top.pixelFormatName
             if actual != wanted:
                 report.problem(f"{name}: pixel format {actual}, not {wanted}")
+            if name not in FRAME_TOPS:  # the previous frame's TOPs: their contents change only during a blend
+                continue
             if frame is None:
                 report.note(f"{name}: no frame received yet; its contents are not checked")
                 continue
@@ -643,8 +707,8 @@ class DepthFusionExt:
             self._test_frame = None
             if self.controller is None or self.controller.frame is None:
                 self._idle_frame = _black_frame()  # no frame yet: do not leave the test pattern on screen
-                self._set_poles(self._poles_before_check)
-                for name in ("rgb", "depth"):
+                self._set_frame_uniforms(self._poles_before_check, self._poles_before_check, 1.0)
+                for name in FRAME_TOPS:
                     self.ownerComp.op(name).cook(force=True)
             else:
                 self._show_frame(self.controller.frame)

@@ -12,7 +12,8 @@ against a stand-in for TouchDesigner's ``td`` module (tests/tdstub/td.py), which
 parameter names and signatures.
 
 The network: custom parameters (parameters.py); the extension and the callback DATs; the frame
-Script TOPs ``rgb`` and ``depth``; the sphere (Sphere SOP in a Geometry COMP) with the GLSL MAT
+Script TOPs ``rgb`` and ``depth`` and, for the crossfade from one frame to the next (Blend Time), ``rgb_prev`` and
+``depth_prev`` holding the previous frame; the sphere (Sphere SOP in a Geometry COMP) with the GLSL MAT
 ``displace``; left/right eye cameras and renders, side-by-side and top-bottom layouts; 360° stereo
 (Render TOP ``cubemapods`` → Render Select TOPs → Projection TOPs, equirectangular); a 180° dome
 fisheye (cube map → Projection TOP); Out TOPs (named so that TouchDesigner's alphanumeric connector
@@ -36,7 +37,9 @@ COMPONENT = "DepthFusion"
 PULSES = ["Connect", "Disconnect", "Generate", "Cancel", "Recall", "Depthfromtop", "Upscale", "Diagnose", "Applyfixes"]
 OUTPUTS = ["left", "right", "side_by_side", "top_bottom", "ods", "dome", "rgb", "depth"]  # Out TOPs, in order
 EXTENSION = "op('./DepthFusionExt').module.DepthFusionExt(me)"
-PIXEL_FORMATS = {"rgb": "rgba8fixed", "depth": "mono16fixed"}  # Script TOPs: 16-bit depth stays 16-bit
+# Script TOPs: the newest frame and the previous one (read by the shader only while a frame blend runs); 16-bit
+# depth stays 16-bit
+PIXEL_FORMATS = {"rgb": "rgba8fixed", "depth": "mono16fixed", "rgb_prev": "rgba8fixed", "depth_prev": "mono16fixed"}
 BRIDGE_SOURCE, STAMP = "bridge_source", "VERSION_STAMP"  # as DepthFusionExt reads them (upper case: no module's name); not 'td_bridge', which
 # TouchDesigner's DAT import would find before the package
 # Cached by Python from this repository; dropped before a build imports them, so a rebuild sees edited files.
@@ -46,8 +49,10 @@ REPOSITORY_MODULES = ("build_depthfusion", "parameters", "shader_source", "td_br
 def out_name(index: int, output: str) -> str:
     """Out TOP name; TouchDesigner orders a component's outputs alphanumerically by name."""
     return f"out{index + 1}_{output}"
-UNIFORMS = ["uMapping", "uRange", "uPoles", "uMeshStep"]  # the GLSL MAT's vector uniforms
-SAMPLERS = [("sDepth", "depth", "nearest"), ("sColor", "rgb", "linear")]  # name, TOP, filter
+UNIFORMS = ["uMapping", "uRange", "uPoles", "uMeshStep", "uBlend"]  # the GLSL MAT's vector uniforms
+SAMPLERS = [("sDepth", "depth", "nearest"), ("sColor", "rgb", "linear"),  # name, TOP, filter
+            ("sDepthPrev", "depth_prev", "nearest"), ("sColorPrev", "rgb_prev", "linear")]
+NO_BLEND = {"uBlend": 1.0}  # the x value a uniform starts with (the rest start at 0; ApplySettings writes them all)
 
 
 def _at(node: Any, x: int, y: int) -> Any:
@@ -93,10 +98,10 @@ def _imports(folder: Path) -> tuple[Any, Any, Any, Any, Any]:
 
 
 def _frames(td: Any, comp: Any, read) -> None:
-    """Script TOPs for the newest frame, the per-frame Execute DAT and the parameter callbacks."""
-    for row, name in enumerate(("rgb", "depth")):
-        script = _dat(comp, td.textDAT, f"{name}_top", read(f"callbacks/{name}_top.py"), 0, -150 * row)
-        top = _at(comp.create(td.scriptTOP, name), 200, -150 * row)
+    """Script TOPs for the newest frame and the previous one, and the per-frame Execute DAT."""
+    for row, name in enumerate(PIXEL_FORMATS):
+        script = _dat(comp, td.textDAT, f"{name}_top", read(f"callbacks/{name}_top.py"), 0, 300 - 150 * row)
+        top = _at(comp.create(td.scriptTOP, name), 200, 300 - 150 * row)
         top.par.callbacks = script.name
         top.par.format = PIXEL_FORMATS[name]
     execute = _dat(comp, td.executeDAT, "frames", read("callbacks/execute.py"), -200, -300)
@@ -123,6 +128,8 @@ def _scene(td: Any, comp: Any, shader_source: Any, rs: Any, position: str) -> No
     mat.seq.vec.numBlocks = len(UNIFORMS)
     for index, uniform in enumerate(UNIFORMS):
         mat.par[f"vec{index}name"].val = uniform
+        if uniform in NO_BLEND:
+            mat.par[f"vec{index}valuex"].val = NO_BLEND[uniform]
 
     geo = _at(comp.create(td.geometryCOMP, rs.GEOMETRY), 800, 100)
     for child in geo.findChildren(depth=1):  # a new Geometry COMP holds a torus

@@ -3,8 +3,8 @@
 ``create_parameters(comp)`` runs inside TouchDesigner (from build_depthfusion.py) and in the
 tests against the td stand-in. Pages: Connection, Generate (every generation parameter plus
 Generate / Cancel / Recall, and Depth from TOP with its estimation parameters), LoRA (the LoRA slots of
-the generation parameters), Upscale (ldm3d-sr),
-Depth and Sphere (what the shaders use), Stereo and Outputs (cameras and output sizes), OSC (the
+the generation parameters), Upscale (ldm3d-sr), Depth and Sphere (what the shaders use; Sphere also holds
+Blend Time, the crossfade from one frame to the next), Stereo and Outputs (cameras and output sizes), OSC (the
 component's own OSC In DAT), Diagnose (the self-check, the shader's position input, the convention
 overrides and Apply Fixes) and Status (read-only, written by DepthFusionExt).
 """
@@ -51,7 +51,7 @@ UPSCALE = [
 # page → schema parameters (td_bridge.params DISPLAY_PARAMS and VIEW_PARAMS), in order
 VIEW_PAGES = {
     "Depth": ("mapping", "radius", "strength", "near", "far", "cull_jump", "edges"),
-    "Sphere": ("mesh_rows", "mesh_cols"),
+    "Sphere": ("mesh_rows", "mesh_cols", "blend_time"),
     "Stereo": ("ipd", "convergence", "fov", "head_x", "head_y", "head_z", "yaw", "pitch", "eye_width", "eye_height",
                "packing"),
     "Outputs": ("ods_height", "dome_size", "dome_fov", "dome_tilt"),

@@ -250,9 +250,26 @@ class LDM3DBackend:
             raise ParamError(str(exc)) from exc
         return weights
 
+    def start_noise(self, params: dict[str, Any]) -> torch.Tensor:
+        """The seeded start noise ``generate`` draws for these params (CPU, float32, before the scheduler's
+        init_noise_sigma): what the live session interpolates between two seeds."""
+        factor = self.variant.scale_factor
+        shape = (1, self.unet.config.in_channels, params["height"] // factor, params["width"] // factor)
+        generator = torch.Generator("cpu").manual_seed(params["seed"])
+        return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+    def encode(self, params: dict[str, Any]) -> torch.Tensor:
+        """The text embeddings ``generate`` computes for these params (``[negative, prompt]`` when guidance > 1), with
+        the params' LoRAs active: what the live session interpolates between two prompts."""
+        weights = self.check(params)
+        self.loras.activate(weights)
+        with torch.inference_mode():
+            return self._encode(params["prompt"], params["negative_prompt"], params["guidance"] > 1.0)
+
     def generate(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
-                 latents: torch.Tensor | None = None) -> RGBD:
-        """One RGBD frame from validated params; ``latents`` overrides the seeded start noise."""
+                 latents: torch.Tensor | None = None, embeddings: torch.Tensor | None = None) -> RGBD:
+        """One RGBD frame from validated params; ``latents`` overrides the seeded start noise, ``embeddings`` the
+        prompt's text embeddings (the shape :meth:`encode` returns for these params)."""
         weights = self.check(params)
         width, height, factor = params["width"], params["height"], self.variant.scale_factor
         scheduler = make_scheduler(params["scheduler"], self.scheduler_config, params["spacing"])
@@ -266,7 +283,13 @@ class LDM3DBackend:
             set_seamless(self.vae, params["seamless"])
             if self.decoder is not None:
                 self.decoder.set_seamless(params["seamless"])
-            embeddings = self._encode(params["prompt"], params["negative_prompt"], guided)
+            if embeddings is None:
+                embeddings = self._encode(params["prompt"], params["negative_prompt"], guided)
+            else:
+                expected = (2 if guided else 1, self.tokenizer.model_max_length, self.text_encoder.config.hidden_size)
+                if tuple(embeddings.shape) != expected:
+                    raise ValueError(f"embeddings must have shape {expected}, got {tuple(embeddings.shape)}")
+                embeddings = embeddings.to(self.device, self.dtype)
             shape = (1, self.unet.config.in_channels, height // factor, width // factor)
             generator = torch.Generator("cpu").manual_seed(params["seed"])  # start noise, then lcm/tcd step noise
             if latents is None:

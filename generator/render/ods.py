@@ -18,7 +18,7 @@ import numpy as np
 from td_bridge import geometry as g
 
 from .glsl import common_source
-from .scene import Scene, set_uniforms
+from .scene import UNITS, Scene, set_uniforms
 
 FULL_SCREEN = """
 void main()
@@ -49,7 +49,7 @@ class OdsRenderer:
         self.scene = scene
         self.program = scene.ctx.program(vertex_shader=scene.version + FULL_SCREEN,
                                          fragment_shader=raycast_shader(scene.version))
-        set_uniforms(self.program, {**scene.uniforms, "sOrigin": 2})
+        set_uniforms(self.program, {**scene.uniforms, "sOrigin": UNITS["sOrigin"]})
         self._vao = scene.ctx.vertex_array(self.program, [])
         self._rays: tuple[tuple[int, float], tuple[np.ndarray, np.ndarray]] | None = None
 
@@ -72,6 +72,7 @@ class OdsRenderer:
             raise ValueError(f"ODS needs both eyes inside the nearest surface: head distance + ipd/2 = {reach:g} m, "
                              f"nearest surface {self.scene.radii[0]:g} m from the centre")
         set_uniforms(self.program, {
+            "uBlend": self.scene.uniforms["uBlend"],  # the scene's blend factor, which set_blend may have changed
             "uHeadRotation": g.rotation_matrix(view["yaw"], 0.0), "uHead": tuple(float(x) for x in head),
             "uRadii": self.scene.radii,
             "uSteps": march_steps(reach, self.scene.radii, self.scene.size[0]),
@@ -85,7 +86,7 @@ class OdsRenderer:
             ctx.disable(moderngl.DEPTH_TEST)
             draw.clear(0.0, 0.0, 0.0, 0.0)
             self.scene.bind_textures()
-            texture.use(2)
+            texture.use(UNITS["sOrigin"])
             self._vao.render(moderngl.TRIANGLES, vertices=3)
             images.append(self.scene.read(2 * height, height, samples=1))
             texture.release()

@@ -5,7 +5,6 @@
 // t1 (farthest radius + |o|: outside) the ray is stepped; the first step outside is refined by bisection and
 // a last secant step.
 
-uniform sampler2D sColor;
 uniform sampler2D sOrigin;   // per output pixel: the eye's offset from the head (td_bridge.geometry.ods_rays)
 uniform mat3 uHeadRotation;  // head frame → world (the ODS camera's yaw)
 uniform vec3 uHead;          // head position
@@ -63,7 +62,6 @@ void main()
     float alpha = dfEdgeAlpha(keep);
     if (alpha < 0.0)
         discard;
-    vec2 hitUV = dfImageUV(hit);
-    vec3 color = textureLod(sColor, vec2(hitUV.x, 1.0 - hitUV.y), 0.0).rgb;
+    vec3 color = dfColor(dfImageUV(hit));  // the frame's colour (blended while a frame blend runs)
     fragColor = vec4(color * alpha, alpha);
 }

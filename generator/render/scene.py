@@ -4,6 +4,10 @@ A :class:`Scene` draws the frame as the TouchDesigner component does: td_bridge'
 component's vertex and pixel shaders (generator/render/glsl.py), the uniforms td_bridge.render_setup
 gives the GLSL MAT, and camera matrices from td_bridge.geometry. Images come back as (H, W, 3)
 uint8 with row 0 at the top.
+
+A scene may also hold the frame before it, as the component does during Blend Time: the shader then crossfades
+colour and depth from that frame at the blend factor (td_bridge.depth.blend_depth). Without one, the frame's own
+textures are bound as the previous ones and the factor is 1: the single-frame drawing, exactly.
 """
 
 from __future__ import annotations
@@ -38,15 +42,33 @@ def set_uniforms(program: Any, values: Mapping[str, Any]) -> None:
             program[name].value = value
 
 
+def _textures(ctx: Any, top: Any) -> tuple[Any, Any]:
+    """(depth, colour) textures of a frame in TouchDesigner's layout, sampled as the GLSL MAT's samplers are."""
+    import moderngl
+
+    size = (top.depth.shape[1], top.depth.shape[0])
+    depth = ctx.texture(size, 1, data=top.depth.tobytes(), dtype="nu2")
+    color = ctx.texture(size, 3, data=top.rgb.tobytes())
+    color.repeat_x, color.repeat_y = True, False  # wrap across the seam, clamp at the poles
+    color.filter = (moderngl.LINEAR, moderngl.LINEAR)
+    return depth, color
+
+
+# Texture units: the frame, the ODS renderer's ray origins (generator/render/ods.py), the previous frame.
+UNITS = {"sDepth": 0, "sColor": 1, "sOrigin": 2, "sDepthPrev": 3, "sColorPrev": 4}
+
+
 class Scene:
     """A frame (``rgb`` (H, W, 3) uint8, ``depth`` (H, W) uint16) ready to draw with validated display
-    parameters and an edge mode (td_bridge.params DISPLAY_PARAMS / VIEW_PARAMS ``edges``)."""
+    parameters and an edge mode (td_bridge.params DISPLAY_PARAMS / VIEW_PARAMS ``edges``); optionally blended from
+    a ``previous`` frame ((rgb, depth), any size) at factor ``blend`` (0: the previous frame, 1: this one)."""
 
     def __init__(self, ctx: Any, rgb: np.ndarray, depth: np.ndarray, display: Mapping[str, Any],
-                 edges: str = "cull", samples: int = 4) -> None:
-        import moderngl
-
+                 edges: str = "cull", samples: int = 4, previous: tuple[np.ndarray, np.ndarray] | None = None,
+                 blend: float = 1.0) -> None:
         check_arrays(rgb, depth)
+        if previous is not None:
+            check_arrays(*previous)
         if samples not in (1, 2, 4, 8):
             raise ValueError(f"samples must be 1, 2, 4 or 8, got {samples}")
         self.ctx, self.samples, self.display = ctx, samples, dict(display)
@@ -54,13 +76,17 @@ class Scene:
         self.mapping = DepthMapping.from_params(display)
         top = to_top(Frame(rgb, depth, {}))
         self.size = (depth.shape[1], depth.shape[0])
-        self.depth = ctx.texture(self.size, 1, data=top.depth.tobytes(), dtype="nu2")
-        self.color = ctx.texture(self.size, 3, data=top.rgb.tobytes())
-        self.color.repeat_x, self.color.repeat_y = True, False  # wrap across the seam, clamp at the poles
-        self.color.filter = (moderngl.LINEAR, moderngl.LINEAR)
-        self.uniforms: dict[str, Any] = {"sDepth": 0, "sColor": 1, **shader_uniforms(display, edges, top.poles)}
-        radii = self.mapping(np.array([depth.min(), depth.max()], np.float32) / np.float32(65535))
-        self.radii = (float(radii.min()), float(radii.max()))  # nearest and farthest surface from the centre
+        self.depth, self.color = _textures(ctx, top)
+        before = top if previous is None else to_top(Frame(previous[0], previous[1], {}))
+        # no previous frame: this frame's own textures stand in for it (the shader does not read them at blend 1)
+        self.depth_prev, self.color_prev = (self.depth, self.color) if previous is None else _textures(ctx, before)
+        self.uniforms: dict[str, Any] = {
+            **{name: unit for name, unit in UNITS.items() if name != "sOrigin"},
+            **shader_uniforms(display, edges, top.poles, before.poles, 1.0 if previous is None else blend)}
+        extremes = [depth.min(), depth.max()] + ([] if previous is None else [previous[1].min(), previous[1].max()])
+        radii = self.mapping(np.array(extremes, np.float32) / np.float32(65535))
+        # nearest and farthest surface from the centre (a blended depth lies between the two frames' depths)
+        self.radii = (float(radii.min()), float(radii.max()))
         mesh = sphere_mesh(display["mesh_rows"], display["mesh_cols"])
         self.version = glsl_version(ctx)
         self.program = ctx.program(vertex_shader=vertex_shader(self.version),
@@ -72,9 +98,18 @@ class Scene:
                                      index_buffer=self._ibo, index_element_size=4)
         self._targets: dict[tuple[int, int, int], tuple[Any, Any]] = {}
 
+    def set_blend(self, blend: float) -> None:
+        """Draw at blend factor ``blend`` from now on (0: the previous frame, 1: this one; 1 without a previous)."""
+        if not 0.0 <= blend <= 1.0:
+            raise ValueError(f"blend must be in [0, 1], got {blend}")
+        self.uniforms["uBlend"] = (float(blend) if self.depth_prev is not self.depth else 1.0, 0.0, 0.0, 0.0)
+        set_uniforms(self.program, {"uBlend": self.uniforms["uBlend"]})
+
     def bind_textures(self) -> None:
-        self.depth.use(0)
-        self.color.use(1)
+        self.depth.use(UNITS["sDepth"])
+        self.color.use(UNITS["sColor"])
+        self.depth_prev.use(UNITS["sDepthPrev"])
+        self.color_prev.use(UNITS["sColorPrev"])
 
     def target(self, width: int, height: int, samples: int | None = None) -> tuple[Any, Any]:
         """(draw framebuffer, resolved framebuffer) of this size and multisampling (default: the scene's),
@@ -128,6 +163,7 @@ class Scene:
                     if attachment is not None:
                         attachment.release()
                 fbo.release()
-        for thing in (self._vao, self._ibo, self._vbo, self.program, self.color, self.depth):
+        textures = {self.color, self.depth, self.color_prev, self.depth_prev}
+        for thing in (self._vao, self._ibo, self._vbo, self.program, *textures):
             thing.release()
         self._targets.clear()

@@ -47,16 +47,26 @@ def output_size(name: str, view: Mapping[str, Any]) -> tuple[int, int]:
 
 class Renderer:
     """Renders one frame (rgb (H, W, 3) uint8, depth (H, W) uint16) with display parameters (DISPLAY_PARAMS) and
-    the view parameters' edge mode; each :meth:`render` takes a view name and view parameters (VIEW_PARAMS)."""
+    the view parameters' edge mode; each :meth:`render` takes a view name and view parameters (VIEW_PARAMS).
+
+    With ``previous`` (the frame before it, (rgb, depth) of any size) it draws the component's frame blend at
+    factor ``blend`` (0: the previous frame, 1: this one; :meth:`set_blend` changes it): colour and depth
+    crossfaded, depth before the mapping (td_bridge.depth.blend_depth). VIEW_PARAMS' blend_time, the component's
+    timing of that blend, is not used here."""
 
     def __init__(self, rgb: np.ndarray, depth: np.ndarray, display: Mapping[str, Any] | None = None,
-                 edges: str | None = None, samples: int = 4, ctx: Any = None) -> None:
+                 edges: str | None = None, samples: int = 4, ctx: Any = None,
+                 previous: tuple[np.ndarray, np.ndarray] | None = None, blend: float = 1.0) -> None:
         display, view = validate_all((display or {}, DISPLAY_PARAMS), ({"edges": edges or "cull"}, VIEW_PARAMS))
         self._own_context = ctx is None
         self.ctx = create_context() if ctx is None else ctx
-        self.scene = Scene(self.ctx, rgb, depth, display, view["edges"], samples)
+        self.scene = Scene(self.ctx, rgb, depth, display, view["edges"], samples, previous, blend)
         self._ods: OdsRenderer | None = None
         self._fisheye: cameras.Fisheye | None = None
+
+    def set_blend(self, blend: float) -> None:
+        """Render at blend factor ``blend`` from now on (no effect without a previous frame)."""
+        self.scene.set_blend(blend)
 
     def __enter__(self) -> Renderer:
         return self

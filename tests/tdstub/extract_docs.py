@@ -44,6 +44,7 @@ CLASS_PAGES = {
     "ParGroup": "Python/ParGroup_Class.md", "Page": "Python/Page_Class.md",
     "Connector": "Python/Connector_Class.md", "Sequence": "Python/Sequence_Class.md",
     "SequenceBlock": "Python/SequenceBlock_Class.md", "App": "Python/App_Class.md",
+    "AbsTime": "Python/AbsTime_Class.md",
     "OP": "Python/OP_Class.md", "COMP": "Python/COMP_Class.md", "DAT": "Python/DAT_Class.md",
     "TOP": "Python/TOP_Class.md", "SOP": "Python/SOP_Class.md", "MAT": "Python/MAT_Class.md",
     "baseCOMP": "COMPs/BaseCOMP_Class.md", "geometryCOMP": "COMPs/GeometryCOMP_Class.md",

@@ -8,7 +8,8 @@ AttributeError and ``op.par['name']`` returns None, as TouchDesigner does. Its P
 members the class pages document (tests/test_tdstub.py checks this), plus stand-in controls whose names
 start with ``simulate_`` or ``stub_``.
 
-Modelled TouchDesigner behaviour: builds (``simulate_build``: ``app.build``/``app.version``, the
+Modelled TouchDesigner behaviour: absolute time (``absTime``, advanced by ``simulate_frame`` at the cook rate of
+td_hand.json, dropped frames included), builds (``simulate_build``: ``app.build``/``app.version``, the
 extension hooks — ``__delTD__`` before 2025.31550, ``onInitTD``/``onDestroyTD`` from it — and the GLSL
 MAT's vertex position input), ``COMP.create`` taking the next numbered name, input ``connect()``
 replacing, Parameter Execute ``onValueChange`` once per frame (``simulate_frame``), ``run()`` counting
@@ -64,12 +65,37 @@ class App:
 app = App()
 
 
+class AbsTime:
+    """``td.absTime``: absolute time, counted from the process start (td_hand.json: abstime). The stand-in's
+    process starts with its frame loop: frame 1 (seconds 0) is the first ``simulate_frame``."""
+
+    @property
+    def frame(self) -> float:
+        return float(_world.frame)
+
+    @property
+    def seconds(self) -> float:
+        return (_world.frame - BEHAVIOUR["abstime"]["first_frame"]) / BEHAVIOUR["abstime"]["cook_rate"]
+
+    @property
+    def step(self) -> float:
+        return float(_world.step)
+
+    @property
+    def stepSeconds(self) -> float:
+        return _world.step / BEHAVIOUR["abstime"]["cook_rate"]
+
+
+absTime = AbsTime()
+
+
 class _World:
     """What TouchDesigner's frame loop holds: the frame number, the project timeline, delayed runs, pending
     value changes."""
 
     def __init__(self) -> None:
         self.frame = 0  # absolute frames: TouchDesigner cooks them whether the timeline plays or not
+        self.step = 1  # absolute frames between the start of the previous frame and this one (absTime.step)
         self.timeline_frame, self.playing = 0, True
         self.runs: list[_Run] = []
         self.changes: dict[int, tuple[Par, Any]] = {}
@@ -155,12 +181,14 @@ def debug(*args: Any) -> None:
     print(*args)
 
 
-def simulate_frame() -> int:
-    """One TouchDesigner frame: Execute DATs' onFrameStart, then due ``run`` scripts, then one
-    onValueChange per changed, watched parameter. The timeline advances only while it plays. Returns the
-    absolute frame number."""
-    _world.frame += 1
-    _world.timeline_frame += int(_world.playing)
+def simulate_frame(dropped: int = 0) -> int:
+    """One TouchDesigner frame, ``dropped`` frames after the one before it was due (absolute time and the
+    frame counts jump by 1 + dropped, as when TouchDesigner drops frames): Execute DATs' onFrameStart, then due
+    ``run`` scripts, then one onValueChange per changed, watched parameter. The timeline advances only while it
+    plays. Returns the absolute frame number."""
+    _world.step = 1 + max(0, int(dropped))
+    _world.frame += _world.step
+    _world.timeline_frame += _world.step * int(_world.playing)
     if _world.root is not None:
         for dat in _world.root.stub_descendants(executeDAT):
             if dat.par.active.eval() and dat.par.framestart.eval():
@@ -569,8 +597,8 @@ class DAT(OP):
         are there as in every TouchDesigner script, ``me`` is the DAT."""
         if self._module is None:
             module = types.ModuleType(self.name)
-            module.__dict__.update(me=self, parent=lambda n=1: self.parent(n), op=_OpFinder(self._parent), app=app, run=run,
-                                   debug=debug)
+            module.__dict__.update(me=self, parent=lambda n=1: self.parent(n), op=_OpFinder(self._parent), app=app,
+                                   absTime=absTime, run=run, debug=debug)
             exec(compile(self._text, self.path, "exec"), module.__dict__)
             self._module = module
         return self._module

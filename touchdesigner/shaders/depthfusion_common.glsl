@@ -8,12 +8,24 @@
 // longitude θ = 2πu − π, image v top→bottom over latitude φ = π/2 − πv. The depth texture is
 // stored as TouchDesigner stores images, row 0 at the bottom, one channel, value = d ∈ [0, 1]
 // (relative inverse depth, 1 = near).
+//
+// Frame blend (Blend Time): a new frame crossfades in from the previous one, whose textures stay bound as
+// sDepthPrev / sColorPrev. At blend factor t = uBlend.x (0: the previous frame, 1: the new one) the depth is
+// blended BEFORE the mapping to radius, d = mix(d_prev, d_new, t) with each frame sampled on its own (they may
+// differ in size), so the sphere morphs through the radius of the mean depth; the edge test sees the blended
+// surface; colour is mixed linearly. At t >= 1 nothing of the previous frame is read: the output is the
+// single-frame output exactly. Numpy twins: td_bridge.depth.blend_depth, td_bridge.geometry.displace_blended.
 
 uniform sampler2D sDepth;
+uniform sampler2D sDepthPrev;  // the previous frame's depth (read only while blending)
+uniform sampler2D sColor;      // colour, RGB (dfColor; the vertex stage does not use it)
+uniform sampler2D sColorPrev;  // the previous frame's colour (read only while blending)
 uniform vec4 uMapping;   // x: 0 linear (paper) / 1 metric, y: radius R, z: strength s, w: edge mode
 uniform vec4 uRange;     // x: near, y: far (metric), z: cull jump (fraction; <= 0 keeps every edge)
-uniform vec2 uPoles;     // depth at the north (x) and south (y) pole: the mean of the top/bottom row
+uniform vec4 uPoles;     // depth at the north (x) and south (y) pole, the mean of the top/bottom row; z, w: the
+                         // previous frame's
 uniform vec2 uMeshStep;  // (1/cols, 1/rows) of the sphere, for the edge test
+uniform vec4 uBlend;     // x: blend factor t in [0, 1], 0 shows the previous frame, 1 (no blend) the new one
 
 const float DF_PI = 3.14159265358979;
 
@@ -33,19 +45,17 @@ vec3 dfDirection(vec2 uv)
     return vec3(cos(phi) * sin(theta), sin(phi), -cos(phi) * cos(theta));
 }
 
-float dfTexel(ivec2 size, int x, int y)
+float dfTexel(sampler2D depth, ivec2 size, int x, int y)
 {
     // image row y (0 = top) lives in texture row size.y - 1 - y
-    return texelFetch(sDepth, ivec2(x, size.y - 1 - y), 0).r;
+    return texelFetch(depth, ivec2(x, size.y - 1 - y), 0).r;
 }
 
-// Depth at image (u, v): bilinear between pixel centres, wrapping across the 0°/360° seam and
-// clamping at the top and bottom rows; the poles take uPoles so each stays a single point.
-float dfSampleDepth(vec2 uv, bool pole, bool north)
+// Depth of one frame's texture at image (u, v), away from the poles: bilinear between pixel centres,
+// wrapping across the 0°/360° seam and clamping at the top and bottom rows.
+float dfBilinear(sampler2D depth, vec2 uv)
 {
-    if (pole)
-        return north ? uPoles.x : uPoles.y;
-    ivec2 size = textureSize(sDepth, 0);
+    ivec2 size = textureSize(depth, 0);
     float x = uv.x * float(size.x) - 0.5;
     float y = clamp(uv.y * float(size.y) - 0.5, 0.0, float(size.y - 1));
     float x0f = floor(x);
@@ -56,9 +66,37 @@ float dfSampleDepth(vec2 uv, bool pole, bool north)
     int x1 = (x0 + 1) % size.x;
     int y0 = int(y0f);
     int y1 = min(y0 + 1, size.y - 1);
-    float top = mix(dfTexel(size, x0, y0), dfTexel(size, x1, y0), fx);
-    float bottom = mix(dfTexel(size, x0, y1), dfTexel(size, x1, y1), fx);
+    float top = mix(dfTexel(depth, size, x0, y0), dfTexel(depth, size, x1, y0), fx);
+    float bottom = mix(dfTexel(depth, size, x0, y1), dfTexel(depth, size, x1, y1), fx);
     return mix(top, bottom, fy);
+}
+
+float dfBlendFactor()
+{
+    return clamp(uBlend.x, 0.0, 1.0);
+}
+
+// Depth at image (u, v) (dfBilinear; the poles take uPoles so each stays a single point), blended from the
+// previous frame's while a blend runs.
+float dfSampleDepth(vec2 uv, bool pole, bool north)
+{
+    float d = pole ? (north ? uPoles.x : uPoles.y) : dfBilinear(sDepth, uv);
+    float t = dfBlendFactor();
+    if (t >= 1.0)
+        return d;
+    float before = pole ? (north ? uPoles.z : uPoles.w) : dfBilinear(sDepthPrev, uv);
+    return mix(before, d, t);
+}
+
+// Colour at image (u, v), blended from the previous frame's while a blend runs (row 0 is the bottom in TD).
+vec3 dfColor(vec2 uv)
+{
+    vec2 st = vec2(uv.x, 1.0 - uv.y);
+    vec3 color = textureLod(sColor, st, 0.0).rgb;
+    float t = dfBlendFactor();
+    if (t >= 1.0)
+        return color;
+    return mix(textureLod(sColorPrev, st, 0.0).rgb, color, t);
 }
 
 // Radius for depth d: the paper's linear rule or the metric mapping (non-finite d as numpy does).

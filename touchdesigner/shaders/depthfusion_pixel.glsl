@@ -1,8 +1,7 @@
 // DepthFusion GLSL MAT, pixel stage: the RGB panorama, unlit. Texture coordinates come from the
 // interpolated direction, so the 0°/360° seam and the poles need no special UVs.
-// Edge mode (uMapping.w): 0 keeps rubber sheets, 1 culls them, 2 fades them out (dfEdgeAlpha).
-
-uniform sampler2D sColor;
+// Edge mode (uMapping.w): 0 keeps rubber sheets, 1 culls them, 2 fades them out (dfEdgeAlpha). The colour
+// (sColor, crossfaded from sColorPrev during a frame blend) comes from dfColor.
 
 in DepthFusionVertex {
     vec3 direction;
@@ -17,7 +16,6 @@ void main()
     float alpha = dfEdgeAlpha(iVert.keep);
     if (alpha < 0.0)
         discard;
-    vec2 uv = dfImageUV(normalize(iVert.direction));
-    vec3 color = textureLod(sColor, vec2(uv.x, 1.0 - uv.y), 0.0).rgb;  // row 0 is the bottom in TD
+    vec3 color = dfColor(dfImageUV(normalize(iVert.direction)));
     fragColor = TDOutputSwizzle(vec4(color * alpha, alpha));
 }

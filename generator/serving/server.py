@@ -19,18 +19,19 @@ import zmq
 
 from td_bridge import protocol as wire
 from td_bridge.addresses import check_endpoint
-from td_bridge.params import ParamError, resolve_seed, validate_generation
+from td_bridge.params import Param, ParamError, resolve_seed, validate_generation
 
-from . import __version__
-from .backends.base import Backend, Cancelled
-from .frames import make_frame
+from .. import __version__
+from ..backends.base import Backend, Cancelled
+from ..frames import make_frame
+from ..library import FrameLibrary, LibraryError
+from .live import LiveSession
 from .jobs import CANCELLED, DONE, FAILED, Job, JobQueue, QueueFull
-from .library import FrameLibrary, LibraryError
 from .osc import OscBridge, OscConfig
 from .publisher import FramePublisher
 from .ratelimit import RateLimitedLogger
-from .estimating import UPLOAD_KEY, EstimateJobs
-from .upscaling import FRAME_KEYS, SOURCE_KEY, UpscaleJobs, split_upscale
+from .estimate_jobs import UPLOAD_KEY, EstimateJobs
+from .upscale_jobs import FRAME_KEYS, SOURCE_KEY, UpscaleJobs, split_upscale
 
 log = logging.getLogger("depthfusion.server")
 
@@ -41,6 +42,7 @@ UPLOAD_COMMANDS = ("estimate",)  # the commands whose request carries a second, 
 MAX_ERROR_CHARS = 2000  # a job's error text, so that job summaries stay small
 STATUS_JOBS = 16  # waiting jobs listed in a status event (``queued`` counts them all)
 STATUS_PROMPT_CHARS = 100  # prompts in a status event are cut to this; ``job`` gives them whole
+LIVE_ON = Param("on", bool, None, "The live command's switch: true starts the session, false stops it.")
 NO_UPSCALER = "this generator runs without an upscaler (serve --upscaler Intel/ldm3d-sr)"
 
 
@@ -69,6 +71,7 @@ class GeneratorServer:
         estimator: Callable[[], Any] | None = None,
         depth_check: bool = False,
         defaults: dict[str, Any] | None = None,
+        live: bool | dict[str, Any] = False,
     ) -> None:
         self.backend = backend
         # generation parameters a request leaves out take these (serve's flags, --fast), then the schema's
@@ -79,6 +82,12 @@ class GeneratorServer:
             raise ValueError("history must keep at least one frame")
         self.server_id = secrets.token_hex(4)
         self.jobs = JobQueue(max_waiting=max_waiting)
+        # the live session (generator.serving.live): its frames are made between jobs; live=True or a dict of
+        # generation and live parameters starts it at once (serve --live)
+        self.live = LiveSession(backend, self.defaults)
+        self._live_epoch = 0  # counts stops: a frame made before the last stop is never published
+        if live:
+            self.live.start(live if isinstance(live, dict) else {})
         self.status_interval = status_interval
         self.stall_timeout = stall_timeout
         self.shutdown_grace = shutdown_grace
@@ -90,6 +99,7 @@ class GeneratorServer:
             raise ValueError("the depth check needs an estimator")
         self.depth_check = depth_check
         self._last_depth_check: dict[str, Any] | None = None
+        self._last_live_error: str | None = None
         self._upload: Any = None  # the data part of the request being handled
         self.osc: OscBridge | None = None
         self._history: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
@@ -212,9 +222,12 @@ class GeneratorServer:
         push.connect(self._worker_address)
         try:
             while not self._stop.is_set():
-                job = self.jobs.take(timeout=0.2)
+                wait = self.live.wait_s()  # None: live is off or idle; a queued job always goes first
+                job = self.jobs.take(timeout=0.2 if wait is None else min(0.2, wait))
                 if job is not None:
                     self._run_job(job, push)
+                elif wait is not None and self.live.wait_s() == 0.0:
+                    self._run_live(push)
         finally:
             push.close()
 
@@ -255,6 +268,24 @@ class GeneratorServer:
             self.jobs.finish(job, FAILED, error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
             push.send_multipart([b"changed"])
 
+    def _run_live(self, push: zmq.Socket) -> None:
+        """One live frame from the session's newest parameters, handed to the command loop (never to the library);
+        a stop while it is made cancels it."""
+        epoch = self._live_epoch
+        try:
+            made = self.live.next_frame(lambda step, total: None,
+                                        lambda: self._stop.is_set() or not self.live.on or epoch != self._live_epoch)
+        except Cancelled:
+            return
+        except Exception as exc:  # a bad frame must not stop the worker; the session goes on with the next change
+            log.exception("live frame failed")
+            self._last_live_error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            return
+        if made is not None:
+            header, result = made
+            parts = wire.encode_frame_parts(result.rgb, result.depth, header)
+            push.send_multipart([b"live", str(epoch).encode(), *parts], copy=False)
+
     def _check_depth(self, job: Job, result: Any) -> dict[str, Any]:
         """The live depth check of a generated frame; a failure is reported in it, never fails the frame."""
         try:
@@ -279,6 +310,9 @@ class GeneratorServer:
                 self._publisher.publish_event(wire.TOPIC_PROGRESS, json.loads(parts[1].bytes))
             elif kind == b"result":
                 self._publish_result(parts[1].bytes.decode(), json.loads(parts[2].bytes), parts[3:])
+            elif kind == b"live":  # newest wins: the publisher keeps only the newest frame a slow client has not read
+                if self.live.on and int(parts[1].bytes) == self._live_epoch:  # nothing published after a stop
+                    self._publish(parts[2:])
             elif kind == b"rendered":  # a render command's reply, from the render thread
                 self._send(parts[1].bytes, [b""] if parts[2].bytes else [], *parts[3:])
             else:
@@ -347,7 +381,13 @@ class GeneratorServer:
             "commands_address": self.commands_endpoint,
             "library": None if self.library is None else {"root": str(self.library.root), "frames": len(self.library)},
             "depth_check": self._last_depth_check,
+            "live": self._live_status(),
         }
+
+    def _live_status(self) -> dict[str, Any]:
+        summary = self.live.summary()
+        return {k: summary[k] for k in ("on", "fps", "frames", "idle", "blend", "live_fps", "transition")} | {
+            "error": self._last_live_error}
 
     def _drain_commands(self) -> None:
         while True:
@@ -420,6 +460,7 @@ class GeneratorServer:
             "render": self._cmd_render,
             "upscale": self._cmd_upscale,
             "estimate": self._cmd_estimate,
+            "live": self._cmd_live,
         }
 
     @staticmethod
@@ -450,6 +491,29 @@ class GeneratorServer:
         self._publish_status()
         extra = {"upscale": upscale} if upscale is not None else {}
         return [wire.encode_reply(request_id, {"job_id": job.id, "params": params, **extra})]
+
+    def _cmd_live(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        """Start (``on: true``), stop (``on: false``) or steer the live session: any generation and live parameters
+        apply to the next live frame (validated first: a bad value changes nothing and the session goes on)."""
+        rest = {k: v for k, v in args.items() if k != "on"}
+        on = LIVE_ON.coerce(args["on"]) if "on" in args else None
+        if on is False:
+            self.live.validate(rest)  # a stop with bad values is refused whole, like any request
+            self.live.update(rest)
+            self.live.stop()
+            self._live_epoch += 1
+        elif on:
+            self.live.start(rest)
+        else:
+            self.live.update(rest)
+        if on:
+            self._last_live_error = None
+        self.jobs.wake()  # the worker waits for jobs: a change is made at once
+        summary = self.live.summary()
+        log.info("live %s: %r seed %d", "on" if summary["on"] else "off", summary["params"]["prompt"][:80],
+                 summary["params"]["seed"])
+        self._publish_status()
+        return [wire.encode_reply(request_id, summary)]
 
     def _cmd_cancel(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
         job_id = _job_id_arg(args, required=False)
@@ -593,7 +657,7 @@ class GeneratorServer:
             return [wire.encode_error(request_id, "unavailable", "this generator runs without a depth estimator "
                                       "(serve --estimator MODEL)")]
         rgb = wire.decode_upload(args.get("image"), self._upload)  # sizes checked before the buffer is read
-        from .estimators.inputs import check_size
+        from ..estimators.inputs import check_size
 
         try:
             check_size(rgb.shape[1], rgb.shape[0], "the uploaded image")
@@ -609,7 +673,7 @@ class GeneratorServer:
     def _cmd_render(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
         """Draw a kept frame with the TouchDesigner component's shaders (generator.render) on the render thread;
         the reply, JSON then a PNG, is sent when it is done."""
-        from .render.service import FRAME_KEYS, RenderQueueFull, RenderService, render_request
+        from ..render.service import FRAME_KEYS, RenderQueueFull, RenderService, render_request
 
         frame_id, parts = self._find_frame({k: v for k, v in args.items() if k in FRAME_KEYS}, "render")
         frame = wire.decode_frame_parts([bytes(p) for p in parts])

@@ -1,11 +1,11 @@
 """OSC control surface: show-control software → the generator's command path.
 
 Datagrams arrive on one UDP socket (127.0.0.1:9000 by default). Each is checked by
-:mod:`generator.osc_packet` before python-osc parses it, then turned into the same JSON
+:mod:`generator.serving.osc_packet` before python-osc parses it, then turned into the same JSON
 request a ZeroMQ client sends, over an in-process DEALER to the server's ROUTER: OSC, ZeroMQ
 and the CLI share one validated path. Replies go back to the sender (or to its host at a
 configured reply port); progress, frame and state events go to configured targets. The
-address space and its type tags live in :mod:`generator.osc_space`. One thread, no thread per
+address space and its type tags live in :mod:`generator.serving.osc_space`. One thread, no thread per
 packet, no exception escapes.
 """
 
@@ -25,7 +25,8 @@ from pythonosc.osc_packet import OscPacket
 
 from td_bridge import protocol as wire
 from td_bridge.addresses import is_loopback
-from td_bridge.params import GENERATION_PARAMS, UPSCALE_PARAMS, Param, ParamError, defaults, generation_param
+from td_bridge.params import (GENERATION_PARAMS, LIVE_PARAMS, UPSCALE_PARAMS, Param, ParamError, defaults,
+                              generation_param)
 
 from .osc_packet import MAX_DATAGRAM, OscPacketError, check_datagram, leading_address
 from .osc_space import COMMANDS, INT32_MAX, OSC_PARAMS, PREFIX, param_echo, reply
@@ -83,6 +84,8 @@ class OscBridge:
         self._ctx, self._commands_address, self._frames_address = ctx, commands, frames
         self.params: dict[str, Any] = {**defaults(GENERATION_PARAMS), **(start or {})}  # what /generate uses
         self.upscale_params: dict[str, Any] = defaults(UPSCALE_PARAMS)  # what /upscale uses
+        self.live_params: dict[str, Any] = defaults(LIVE_PARAMS)  # what /live 1 starts with
+        self.live_on = False  # as the generator's status (and our own /live) last said
         self._pending: dict[str, tuple[tuple[str, int], str]] = {}
         self._ids = (f"osc-{n}" for n in itertools.count(1))
         self._last_state: tuple | None = None
@@ -188,7 +191,7 @@ class OscBridge:
         if param is None:
             known = ", ".join([*COMMANDS, *(p.name for p in OSC_PARAMS)])
             return self._error(sender, address, f"unknown address; known: {known}")
-        self._set_param(param, args, sender, address)
+        self._set_param(param, args, sender, address, dealer)
 
     def _command(self, name: str, args: list[Any]) -> tuple[str, dict[str, Any]]:
         if name in ("ping", "status"):
@@ -198,6 +201,10 @@ class OscBridge:
             _expect_args(args, 0, 1, name)
             prompt = {"prompt": generation_param("prompt").coerce(args[0])} if args else {}
             return "generate", {**self.params, **prompt}
+        if name == "live":
+            _expect_args(args, 1, 1, name)
+            on = Param("live", bool, False, "").coerce(args[0])
+            return "live", ({"on": True, **self.params, **self.live_params} if on else {"on": False})
         if name == "cancel":
             _expect_args(args, 0, 1, name)
             return "cancel", {"job_id": str(args[0])} if args else {}
@@ -206,14 +213,18 @@ class OscBridge:
             return "upscale", {"name": str(args[0]), **self.upscale_params}
         return "recall", {"name": str(args[0])}
 
-    def _set_param(self, param: Param, args: list[Any], sender: tuple[str, int], address: str) -> None:
+    def _set_param(self, param: Param, args: list[Any], sender: tuple[str, int], address: str,
+                   dealer: zmq.Socket | None = None) -> None:
         try:
             _expect_args(args, 1, 1, param.name)
-            values = self.upscale_params if param in UPSCALE_PARAMS else self.params
+            values = (self.upscale_params if param in UPSCALE_PARAMS else self.live_params if param in LIVE_PARAMS
+                      else self.params)
             values[param.name] = param.coerce(args[0])
         except ParamError as exc:
             return self._error(sender, address, str(exc))
         self._send(self._reply_to(sender), param_echo(param, values[param.name]))
+        if self.live_on and dealer is not None and param not in UPSCALE_PARAMS:  # steers the next live frame
+            self._request(dealer, sender, address, "live", {param.name: values[param.name]})
 
     def _request(self, dealer: zmq.Socket, sender: tuple[str, int], address: str, cmd: str,
                  args: dict[str, Any]) -> None:
@@ -239,11 +250,19 @@ class OscBridge:
                 error = reply["error"]
                 self._error(sender, address, f"{error['code']}: {error['message']}")
                 continue
-            self._send(self._reply_to(sender), self._success(address, reply["result"]))
+            if address[len(PREFIX):] == "live":
+                self.live_on = bool(reply["result"]["on"])
+            packet = self._success(address, reply["result"])
+            if packet is not None:  # a parameter forwarded to the live session was echoed when it was set
+                self._send(self._reply_to(sender), packet)
 
     @staticmethod
-    def _success(address: str, result: dict[str, Any]) -> bytes:
+    def _success(address: str, result: dict[str, Any]) -> bytes | None:
         name = address[len(PREFIX):]
+        if name == "live":
+            return reply("live", int(bool(result["on"])))
+        if name not in COMMANDS:
+            return None
         if name == "ping":
             return reply("pong")
         if name == "status":
@@ -277,6 +296,7 @@ class OscBridge:
             if topic == wire.TOPIC_PROGRESS:
                 self._broadcast(reply("progress", event["job_id"], event["step"], event["total"]))
             else:
+                self.live_on = bool((event.get("live") or {}).get("on"))
                 state = (event["state"], event["queued"])
                 if state != self._last_state:  # the 1 s heartbeat is not news
                     self._last_state = state

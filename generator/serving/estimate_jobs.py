@@ -19,7 +19,7 @@ import numpy as np
 
 from td_bridge.params import ESTIMATION_PARAMS, defaults, validate
 
-from .backends.base import RGBD, CancelledFn, ProgressFn
+from ..backends.base import RGBD, CancelledFn, ProgressFn
 from .jobs import QueueFull
 
 UPLOAD_KEY = "estimate_upload"  # the job param naming its stashed image
@@ -57,7 +57,7 @@ class EstimateJobs:
     def run(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
             job_id: str) -> tuple[dict[str, Any], RGBD]:
         """On the worker thread: the estimated frame of the job's image."""
-        from .estimators.frame import estimated_frame
+        from ..estimators.frame import estimated_frame
 
         with self._lock:
             rgb = self._images.pop(params[UPLOAD_KEY], None)
@@ -70,8 +70,8 @@ class EstimateJobs:
 
     def depth_check(self, result: RGBD) -> dict[str, Any]:
         """How well a generated frame's depth agrees with the estimator's depth of its RGB."""
-        from .estimators.alignment import consistency
-        from .estimators.frame import estimate_rgbd
+        from ..estimators.alignment import consistency
+        from ..estimators.frame import estimate_rgbd
 
         started = time.perf_counter()
         model = self.model()
@@ -79,19 +79,3 @@ class EstimateJobs:
         check = consistency(estimate.depth.astype(np.float64) / 65535.0, result.depth.astype(np.float64) / 65535.0)
         return {"model": model.model, "abs_rel": round(check.abs_rel, 6), "delta1": round(check.delta1, 6),
                 "pixels": check.pixels, "seconds": round(time.perf_counter() - started, 3)}
-
-
-def estimate_into_library(model: Any, params: dict[str, Any], library: Any) -> Any:
-    """An image cue (generator.cues) estimated straight into the library; returns its entry."""
-    import hashlib
-    from pathlib import Path
-
-    from .estimators.frame import estimated_frame
-    from .estimators.inputs import ImageError, read_image
-
-    path = Path(params["image"])
-    if hashlib.sha256(path.read_bytes()).hexdigest() != params["image_sha256"]:
-        raise ImageError(f"{path} changed while the cue list ran; run pregenerate again")
-    rgb, info = read_image(path)
-    header, result = estimated_frame(model, rgb, params, source=info)
-    return library.save(header, result.rgb, result.depth)

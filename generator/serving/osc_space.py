@@ -12,10 +12,10 @@ from typing import Any
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from td_bridge.params import GENERATION_PARAMS, UPSCALE_PARAMS, Param
+from td_bridge.params import GENERATION_PARAMS, LIVE_PARAMS, UPSCALE_PARAMS, Param
 
 PREFIX = "/depthfusion/"
-OSC_PARAMS = GENERATION_PARAMS + UPSCALE_PARAMS  # every parameter with an address
+OSC_PARAMS = GENERATION_PARAMS + UPSCALE_PARAMS + LIVE_PARAMS  # every parameter with an address
 INT32_MAX = 2**31 - 1
 COMMANDS = {
     "generate": "[prompt] — queue a generation with the current parameters (and, for this one only, this prompt)",
@@ -23,6 +23,8 @@ COMMANDS = {
     "recall": "frame_id or cue — publish a kept frame (the newest with that cue) again, without the model",
     "upscale": "frame_id or cue — upscale a kept frame with the current `upscale_*` parameters (the generator needs "
                "`--upscaler`); reply `/depthfusion/queued` with the upscale seed",
+    "live": "1 or 0 — start the live session with the current parameters (frames back to back, paced to "
+            "`live_fps`; docs/live.md), or stop it (the last frame stays on screen); reply `/depthfusion/live`",
     "status": "— reply `/depthfusion/status`",
     "ping": "— reply `/depthfusion/pong`",
 }
@@ -33,6 +35,7 @@ REPLIES = {
     "queued": ("si", "job id, the seed it uses (a random one resolved)"),
     "cancelled": ("is*", "how many, then each cancelled job id"),
     "recalled": ("s", "frame id"),
+    "live": ("i", "1 when the live session runs, 0 when it is stopped"),
     "error": ("ss", "the address it answers (`\"\"` when a packet had none), what is wrong"),
 }
 EVENTS = {
@@ -89,7 +92,7 @@ def reference() -> str:
     lines = [
         "# OSC address space",
         "",
-        "Generated from `td_bridge/params.py` and `generator/osc_space.py` by `python -m generator osc-doc`;",
+        "Generated from `td_bridge/params.py` and `generator/serving/osc_space.py` by `python -m generator osc-doc`;",
         "do not edit by hand.",
         "",
         "The generator listens on UDP `127.0.0.1:9000` (`--osc-port`, `--osc-host`; a LAN address needs",
@@ -135,10 +138,16 @@ def reference() -> str:
         "- `/depthfusion/cue NAME` sticks like every parameter: **every later generation** is filed under that",
         "  cue (and `/depthfusion/recall NAME` brings back the newest of them) until `/depthfusion/cue \"\"`.",
         "  A fixed `/depthfusion/seed` sticks too: set `-1` to draw a new one for each generation.",
+        "- **While live** (`/depthfusion/live 1`, `serve --live` or the ZeroMQ `live` command), a generation",
+        "  parameter or `live_fps`/`transition` set over OSC also steers the live session: it applies to the next",
+        "  live frame (a new prompt, negative prompt or seed blends in over `transition` seconds). A value the",
+        "  session refuses is answered with `/depthfusion/error`. `/depthfusion/live 1` starts it with every",
+        "  parameter set so far.",
         "",
         "## Parameters",
         "",
-        "Each sets the value the next `/depthfusion/generate` (the `upscale_*` ones: `/depthfusion/upscale`) uses",
+        "Each sets the value the next `/depthfusion/generate` (the `upscale_*` ones: `/depthfusion/upscale`;",
+        "`live_fps` and `transition`: the live session) uses",
         "and is echoed back as coerced.",
         "Ints accept integral floats, int64 and numeric strings; floats accept ints and doubles; bools accept",
         "T/F, 0/1 (int or float) and true/false/on/off.",

@@ -60,6 +60,11 @@ class JobQueue:
             self._cond.notify()
             return job
 
+    def wake(self) -> None:
+        """Wake a worker waiting in :meth:`take` (it returns None): something besides a job wants it."""
+        with self._cond:
+            self._cond.notify_all()
+
     def take(self, timeout: float) -> Job | None:
         """The next waiting job, now running; None after ``timeout`` seconds without one."""
         with self._cond:
