@@ -72,14 +72,20 @@ def make_frame(backend: Backend, params: dict[str, Any], progress: ProgressFn, c
     header's size: a frame that no conforming client could read fails here (ProtocolError)."""
     started = time.perf_counter()
     result = backend.generate(params, progress, cancelled)
+    return frame_for(backend, params, result, time.perf_counter() - started, job_id=job_id), result
+
+
+def frame_for(backend: Backend, params: dict[str, Any], result: RGBD, generate_s: float,
+              job_id: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The header of a made frame (a new frame id; ``extra`` joins its metadata). Arrays are checked first, and the
+    header's size: a frame that no conforming client could read fails here (ProtocolError)."""
     check_arrays(result.rgb, result.depth)
     micros = _creation_micros()
-    meta = frame_meta(backend, params, result, generate_s=time.perf_counter() - started, job_id=job_id,
-                      created_at=micros / 1e6)
-    header = frame_header(result.rgb, result.depth, frame_id=new_frame_id(micros), seq=0, meta=meta,
-                          near=result.near, far=result.far)
+    meta = frame_meta(backend, params, result, generate_s=generate_s, job_id=job_id, created_at=micros / 1e6)
+    header = frame_header(result.rgb, result.depth, frame_id=new_frame_id(micros), seq=0,
+                          meta={**meta, **(extra or {})}, near=result.near, far=result.far)
     encode_header(header, reserve=STAMP_BYTES)
-    return header, result
+    return header
 
 
 def generate_into_library(backend: Backend, params: dict[str, Any], library: FrameLibrary) -> Entry:

@@ -21,12 +21,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from td_bridge.depth import blend_depth
 from td_bridge.params import (GENERATION_PARAMS, LIVE_PARAMS, ParamError, RANDOM_SEED, defaults, resolve_seed,
                               validate_all)
 
 from ..backends.base import RGBD, Backend, CancelledFn, ProgressFn
-from ..frames import _creation_micros, frame_meta, new_frame_id
-from td_bridge.protocol import STAMP_BYTES, check_arrays, encode_header, frame_header
+from ..frames import frame_for
 
 ENDS = ("prompt", "negative_prompt", "seed")  # what a transition blends; every other parameter applies at once
 LIVE_NAMES = frozenset(p.name for p in LIVE_PARAMS)
@@ -176,7 +176,6 @@ class LiveSession:
                 result = self._blend_inside(transition.source, params, factor, progress, cancelled)
             else:
                 result = self._crossfade(transition.source, params, factor, progress, cancelled)
-            check_arrays(result.rgb, result.depth)
             made = True
         finally:
             with self._lock:  # counted and no longer making in one step: idle is never reported in between
@@ -185,15 +184,9 @@ class LiveSession:
                     self.frames += 1
                     self._times.append(self.clock())
                 frames = self.frames
-        micros = _creation_micros()
-        meta = frame_meta(self.backend, params, result, generate_s=time.perf_counter() - started,
-                          created_at=micros / 1e6)
-        meta["live"] = {"frame": frames, "blend": round(factor, 6) if transition is not None else None,
-                        "from": {k: transition.source[k] for k in ENDS} if transition is not None else None}
-        header = frame_header(result.rgb, result.depth, frame_id=new_frame_id(micros), seq=0, meta=meta,
-                              near=result.near, far=result.far)
-        encode_header(header, reserve=STAMP_BYTES)
-        return header, result
+        live = {"frame": frames, "blend": round(factor, 6) if transition is not None else None,
+                "from": {k: transition.source[k] for k in ENDS} if transition is not None else None}
+        return frame_for(self.backend, params, result, time.perf_counter() - started, extra={"live": live}), result
 
     def _end(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn) -> RGBD:
         if _blends_inside(self.backend):
@@ -225,7 +218,7 @@ class LiveSession:
         old = self._cached(("frame", _key(old_params)), lambda: self.backend.generate(old_params, progress, cancelled))
         new = self._cached(("frame", _key(target)), lambda: self.backend.generate(target, progress, cancelled))
         rgb = np.clip(np.rint(lerp(old.rgb.astype(np.float32), new.rgb.astype(np.float32), t)), 0, 255)
-        depth = np.clip(np.rint(lerp(old.depth.astype(np.float64), new.depth.astype(np.float64), t)), 0, 65535)
+        depth = np.clip(np.rint(blend_depth(old.depth, new.depth, t)), 0, 65535)  # td_bridge's frame blend
         near = new.near if old.near == new.near else None  # mixed depth has no single metric range otherwise
         far = new.far if old.far == new.far else None
         return RGBD(rgb.astype(np.uint8), depth.astype(np.uint16), near=near, far=far,
