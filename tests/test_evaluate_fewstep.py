@@ -86,9 +86,11 @@ def world(tmp_path_factory):
     torch.manual_seed(4)
     vgg = root / "vgg16.safetensors"  # random weights in torchvision's layout: the real run's loading path
     save_file({f"features.{k}": v.contiguous() for k, v in VGG16Features().features.state_dict().items()}, str(vgg))
+    lin = root / "vgg.pth"  # random per-channel weights in LPIPS's layout
+    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(VGG16Features.channels)}, lin)
     return {"root": root, "model": model, "captions": captions, "clip": tiny_clip.build(root / "clip"),
             "lora": write_lora(model / "unet", root / "distilled.safetensors"),
-            "decoder": write_decoder(model, root / "tiny-decoder"), "vgg": vgg}
+            "decoder": write_decoder(model, root / "tiny-decoder"), "vgg": vgg, "lin": lin}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,8 @@ def cli_run(world):
     code = main(["evaluate", "fewstep", "--model", str(world["model"]), "--captions", str(world["captions"]),
                  "--fast", "lcm", "--lora", f"lcm={world['lora']}", "--steps", "1,2", "--decoder",
                  str(world["decoder"]), "--teacher-steps", "4", "--size", "64", "--seeds", "11,5", "--clip-model",
-                 str(world["clip"]), "--perceptual", str(world["vgg"]), "--device", "cpu", "-o", str(out)])
+                 str(world["clip"]), "--perceptual", str(world["vgg"]), "--perceptual-lin", str(world["lin"]),
+                 "--device", "cpu", "-o", str(out)])
     assert code == 0
     return out, json.loads((out / "fewstep.json").read_text(encoding="utf-8"))
 
@@ -125,7 +128,7 @@ def test_the_command_writes_the_report_the_plot_and_the_frames(cli_run, world):
     (lora,) = result["fast"]["loras"]
     assert lora["name"] == "lcm" and lora["file"] == "distilled.safetensors" and result["teacher"]["loras"] == []
     assert result["fast"]["params"] == {"scheduler": "lcm", "guidance": 0.0, "spacing": "auto"}
-    assert result["machine"]["device"] == "cpu" and result["perceptual_model"] == str(world["vgg"])
+    assert result["machine"]["device"] == "cpu" and result["perceptual_model"] == f"{world['vgg']} + {world['lin']}"
     assert len(result["frames"]) == 6 and all((out / f["frame"] / "metadata.json").is_file()
                                               for f in result["frames"])
     markdown = (out / "fewstep.md").read_text(encoding="utf-8")
@@ -148,7 +151,7 @@ def test_the_metrics_are_what_the_metric_functions_give_for_the_written_frames(c
     a, b = (torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].double() / 255 for x in (rgb, t_rgb))
     assert record["psnr"] == float(psnr(a, b)[0])
     assert record["ssim"] == pytest.approx(float(ssim(a, b)[0]), rel=1e-9, abs=1e-15)  # conv rounding by layout
-    network = fewstep.PerceptualDistance(load_perceptual(str(world["vgg"])), "again")
+    network = fewstep.PerceptualDistance(load_perceptual(str(world["vgg"]), str(world["lin"])), "again")
     assert record["perceptual"] == pytest.approx(network(rgb, t_rgb), rel=1e-5)
     clip = ClipScorer.load(str(world["clip"]), device="cpu")
     assert record["clip"] == pytest.approx(float(clip.scores([rgb], [CAPTIONS[1]])[0]), abs=1e-4)

@@ -122,6 +122,21 @@ def test_inception_score_matches_its_definition_on_random_logits():
     assert mean == pytest.approx(np.mean(expected), rel=1e-12) and std == pytest.approx(np.std(expected), rel=1e-9)
 
 
+def test_inception_score_splits_at_the_original_boundaries_when_n_does_not_divide():
+    """The original code and torch-fidelity cut N = 13 into 4 parts at k·13 // 4 = 0, 3, 6, 9, 13 (np.array_split
+    would give 4, 3, 3, 3)."""
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(13, 6)) * 2
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    expected = []
+    for start, stop in ((0, 3), (3, 6), (6, 9), (9, 13)):
+        part = p[start:stop]
+        marginal = part.mean(0)
+        expected.append(np.exp(np.mean([np.sum(row * np.log(row / marginal)) for row in part])))
+    mean, std = inception_score(logits, splits=4)
+    assert mean == pytest.approx(np.mean(expected), rel=1e-12) and std == pytest.approx(np.std(expected), rel=1e-9)
+
+
 def test_inception_score_bad_inputs():
     with pytest.raises(ValueError, match="splits"):
         inception_score(np.zeros((5, 3)), splits=10)
@@ -135,6 +150,33 @@ def test_inception_score_bad_inputs():
 def reference_depth(seed: int = 4) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.uniform(0.5, 8.0, size=(24, 32))  # metres, inside NYU's range
+
+
+def marigold_errors(pred: np.ndarray, truth: np.ndarray, space: str = "disparity", low: float = 1e-3,
+                    high: float = 10.0) -> tuple[float, float, float, int]:
+    """(AbsRel, RMSE, δ1, pixels) by Marigold's protocol, written out here from its description: reference pixels
+    strictly inside (low, high); the least-squares fit (np.linalg.lstsq) over those where pred > 0; in disparity the
+    aligned value floored at 1e-3 and inverted; in depth space s/pred + t, a pred ≤ 0 at infinity; then the depth
+    clipped to the range."""
+    valid = (truth > low) & (truth < high)
+    fit = valid & (pred > 0)
+    x, y = (pred[fit], 1 / truth[fit]) if space == "disparity" else (1 / pred[fit], truth[fit])
+    (s, t), *_ = np.linalg.lstsq(np.stack([x, np.ones_like(x)], axis=1), y, rcond=None)
+    if space == "disparity":
+        depth = 1 / np.maximum(s * pred + t, 1e-3)
+    else:
+        depth = np.full(pred.shape, np.inf)
+        depth[pred > 0] = s / pred[pred > 0] + t
+    d, g = np.clip(depth, low, high)[valid], truth[valid]
+    return (float(np.mean(np.abs(d - g) / g)), float(np.sqrt(np.mean((d - g) ** 2))),
+            float(np.mean(np.maximum(d / g, g / d) < 1.25)), int(valid.sum()))
+
+
+def assert_marigold(pred: np.ndarray, truth: np.ndarray, space: str) -> None:
+    errors = depth_errors(pred, truth, space)
+    abs_rel, rmse, delta1, pixels = marigold_errors(pred, truth, space)
+    assert errors.abs_rel == pytest.approx(abs_rel, rel=1e-9) and errors.rmse == pytest.approx(rmse, rel=1e-9)
+    assert errors.delta1 == pytest.approx(delta1, abs=1e-12) and errors.pixels == pixels
 
 
 def test_disparity_alignment_undoes_a_scale_and_shift_of_disparity_exactly():
@@ -160,6 +202,57 @@ def test_depth_errors_of_a_known_mismatch():
     pred = 1.0 / (truth * np.where(np.arange(truth.size).reshape(truth.shape) % 2, 1.5, 1.0))
     errors = depth_errors(pred, truth, "depth")  # half the pixels 50 % too far before the fit
     assert 0.0 < errors.abs_rel < 0.5 and 0.0 < errors.rmse and 0.0 < errors.delta1 < 1.0
+
+
+def zeroed(pred: np.ndarray, where: np.ndarray) -> np.ndarray:
+    out = pred.copy()
+    out[where] = 0.0
+    return out
+
+
+def test_zero_predictions_in_depth_space_are_scored_at_the_far_end():
+    """A 0 in relative inverse depth is infinitely far: left out of the fit and scored at the far clip (10 m), never
+    at s·1 + t. The rest is exactly affine, so the expected errors come only from those pixels."""
+    truth = reference_depth()
+    zeros = np.random.default_rng(7).random(truth.shape) < 0.05
+    errors = depth_errors(zeroed(1.0 / (2.0 * truth + 3.0), zeros), truth, "depth")
+    assert errors.scale == pytest.approx(0.5) and errors.shift == pytest.approx(-1.5)
+    assert errors.abs_rel == pytest.approx(np.sum(np.abs(10.0 - truth[zeros]) / truth[zeros]) / truth.size, rel=1e-9)
+    assert errors.rmse == pytest.approx(np.sqrt(np.sum((10.0 - truth[zeros]) ** 2) / truth.size), rel=1e-9)
+    assert errors.delta1 == pytest.approx(1 - zeros.mean(), abs=1e-12)  # every true depth is < 8 m: 10/D ≥ 1.25
+
+
+def test_zero_predictions_are_left_out_of_the_disparity_fit():
+    """The farthest 5 % predicted 0: the fit over the rest is exact (s = 1/0.37, t = 0.02/0.37), and the zeros are
+    scored where it sends them: disparity t, 18.5 m, clipped to 10 m."""
+    truth = reference_depth()
+    far = truth > np.quantile(truth, 0.95)
+    errors = depth_errors(zeroed(0.37 / truth - 0.02, far), truth, "disparity")
+    assert errors.scale == pytest.approx(1 / 0.37) and errors.shift == pytest.approx(0.02 / 0.37)
+    assert errors.abs_rel == pytest.approx(np.sum(np.abs(10.0 - truth[far]) / truth[far]) / truth.size, rel=1e-9)
+    assert errors.delta1 == pytest.approx(1 - far.mean(), abs=1e-12)
+
+
+def test_references_at_the_ends_of_the_range_are_not_compared():
+    """A reference clipped at the maximum (10 m) or sitting at the minimum is left out, as Marigold's strict mask."""
+    truth = reference_depth()
+    pred = 1 / truth
+    truth.flat[::16] = 10.0  # 1/16 of the pixels clipped at the maximum
+    truth.flat[1] = 1e-3
+    errors = depth_errors(pred, truth)
+    assert errors.pixels == truth.size - truth.flat[::16].size - 1 and errors.abs_rel < 1e-12
+
+
+@pytest.mark.parametrize("space", ["disparity", "depth"])
+def test_noisy_predictions_with_zeros_and_clipped_references_follow_marigold(space):
+    rng = np.random.default_rng(11)
+    truth = reference_depth(12)
+    truth.flat[::16] = 10.0
+    truth.flat[3::40] = 1e-3
+    disparity = 0.37 / truth * (1 + 0.15 * rng.standard_normal(truth.shape)) + 0.02
+    pred = zeroed(np.abs(disparity), rng.random(truth.shape) < 0.05)
+    pred.flat[5::50] = -0.01  # non-positive predictions are left out of the fit alike
+    assert_marigold(pred, truth, space)
 
 
 def test_depth_range_and_bad_inputs():

@@ -240,7 +240,8 @@ def test_bad_configs_get_clear_errors(world, tmp_path, monkeypatch):
             "--base", str(tmp_path / "nowhere"), "--steps", "1"]
     assert main(args) == 2
     assert main(["train", "autoencoder", "--dataset", str(world["train"]), "--output", str(tmp_path / "h"),
-                 "--vae", str(world["sd"]), "--perceptual", str(tmp_path / "missing.safetensors"), "--offline"]) == 2
+                 "--vae", str(world["sd"]), "--perceptual", str(tmp_path / "missing.safetensors"),
+                 "--perceptual-lin", "equal", "--offline"]) == 2
 
 
 def test_options_bf16_checkpointing_min_snr_run_a_step(world):
@@ -290,8 +291,84 @@ def test_perceptual_loads_vgg16_weights_and_passes_gradient_to_depth(tmp_path):
     assert perceptual(x[:, :3], x[:, :3]).item() == 0
     save_file({"head.weight": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ConfigError, match="no `features.N` keys"):
-        load_perceptual(str(tmp_path / "other.safetensors"))
+        load_perceptual(str(tmp_path / "other.safetensors"), "equal")
     assert load_perceptual("none") is None
+
+
+def write_lin(path, channels, seed=0):
+    """Per-channel weights in LPIPS's vgg.pth layout (lin<k>.model.1.weight of shape (1, C, 1, 1))."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    table = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=generator) for k, c in enumerate(channels)}
+    torch.save(table, path)
+    return table
+
+
+@pytest.fixture
+def no_lpips(tmp_path, monkeypatch):
+    """No lpips package importable and an empty DepthFusion cache: LPIPS's vgg.pth is nowhere at hand."""
+    monkeypatch.setenv("DEPTHFUSION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "lpips", None)
+    return tmp_path / "cache" / "lpips" / "vgg.pth"
+
+
+def test_the_perceptual_default_is_lpips_and_says_where_to_get_its_weights(world, tmp_path, no_lpips, caplog):
+    from generator.train.losses import LPIPS_URL, layer_weights
+    from generator.train.options import TINY_DECODER
+
+    assert ae_config(world, tmp_path / "a").perceptual_lin == "lpips"
+    assert resolve({"model": "m", "dataset": "d", "output": "o"}, TINY_DECODER).perceptual_lin == "lpips"
+    with pytest.raises(ConfigError) as error:
+        layer_weights("lpips", 2)
+    for part in ("vgg.pth) were not found", "pip install --no-deps lpips", LPIPS_URL, str(no_lpips),
+                 "--perceptual-lin FILE", "--perceptual-lin equal"):
+        assert part in str(error.value)
+    # the trainer checks it first: no VAE is loaded (this one does not exist) and no VGG16 is fetched
+    with pytest.raises(ConfigError, match="vgg.pth"):
+        AutoencoderTrainer(ae_config(world, tmp_path / "b", vae=str(tmp_path / "nowhere"))).setup()
+    caplog.clear()
+    assert main(["train", "autoencoder", "--dataset", str(world["train"]), "--output", str(tmp_path / "c"),
+                 "--vae", str(world["sd"]), "--offline"]) == 2
+    assert "vgg.pth) were not found" in caplog.text
+
+
+def test_lpips_weights_come_from_the_package_or_the_cache_and_weigh_the_distance(tmp_path, no_lpips, monkeypatch):
+    from generator.train.losses import layer_weights
+
+    torch.manual_seed(2)
+    features = tiny_train.TinyFeatures()
+    x, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    cached = write_lin(no_lpips, features.channels, seed=1)
+    weights = layer_weights("lpips", 2)
+    for got, (_name, want) in zip(weights, sorted(cached.items())):
+        assert torch.equal(got, want.flatten())
+    lpips, equal = Perceptual(features, weights), Perceptual(features)
+    taps = [torch.nn.functional.normalize(f, dim=1, eps=1e-10).chunk(2) for f in
+            features((torch.cat([x, y]) - lpips.shift) / lpips.scale)]
+    by_hand = sum(((a - b) ** 2 * w.reshape(1, -1, 1, 1)).sum(1).mean((1, 2)) for (a, b), w in zip(taps, weights))
+    torch.testing.assert_close(lpips(x, y), by_hand, rtol=1e-5, atol=0)
+    assert not torch.allclose(lpips(x, y), equal(x, y))
+    site = tmp_path / "site"  # an installed lpips package wins over the cache, and is found without importing it
+    (site / "lpips").mkdir(parents=True)
+    (site / "lpips" / "__init__.py").write_text("raise ImportError('lpips must not be imported')\n")
+    packaged = write_lin(site / "lpips" / "weights" / "v0.1" / "vgg.pth", features.channels, seed=2)
+    monkeypatch.delitem(sys.modules, "lpips")
+    monkeypatch.syspath_prepend(str(site))
+    assert torch.equal(layer_weights("lpips", 2)[1], packaged["lin1.model.1.weight"].flatten())
+    assert torch.equal(layer_weights(str(no_lpips), 2)[0], cached["lin0.model.1.weight"].flatten())  # a file
+    with pytest.raises(ConfigError, match="no LPIPS layer weight 'lin2.model.1.weight'"):
+        layer_weights("lpips", 3)
+
+
+def test_equal_perceptual_weights_are_an_explicit_choice_with_a_warning(caplog):
+    from generator.train.losses import layer_weights
+
+    caplog.set_level("WARNING", logger="depthfusion.train.losses")
+    assert layer_weights("equal", 2) is None
+    assert "equal channel weights: this is not LPIPS" in caplog.text and "--perceptual-weight" in caplog.text
+    features = tiny_train.TinyFeatures()
+    equal = Perceptual(features, layer_weights("equal", 2))
+    assert [w.flatten().tolist() for w in equal.weights] == [[1 / c] * c for c in features.channels]
 
 
 def test_cli_trains_both_stages_from_a_toml_config(world, tmp_path, capsys):

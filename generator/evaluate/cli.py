@@ -117,8 +117,10 @@ def _add_fewstep(kinds: Any) -> None:
     fs.add_argument("--clip-model", default=DEFAULT_CLIP, help=f"CLIP for the scores, or none ({DEFAULT_CLIP})")
     fs.add_argument("--perceptual", default=DEFAULT_PERCEPTUAL, metavar="WEIGHTS|none",
                     help=f"VGG16 weights (file or hub id) of the LPIPS-style distance, or none ({DEFAULT_PERCEPTUAL})")
-    fs.add_argument("--perceptual-lin", default=None, metavar="FILE",
-                    help="LPIPS' per-channel layer weights (its vgg.pth); default: equal weights")
+    fs.add_argument("--perceptual-lin", default="lpips", metavar="lpips|equal|FILE",
+                    help="per-channel weights of the distance: lpips (LPIPS's learned ones, its vgg.pth: from an "
+                    "installed lpips package or the cache's lpips/vgg.pth), a vgg.pth file or hub id REPO:FILE, or "
+                    "equal (not LPIPS: smaller distances) (lpips)")
     fs.add_argument("-o", "--output", required=True, type=Path, help="report folder: fewstep.json, fewstep.md, "
                     "fewstep.png and frames/")
     fs.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps, cpu")
@@ -262,9 +264,7 @@ def run_fewstep(args: argparse.Namespace) -> int:
         from ..train.losses import load_perceptual
 
         network = load_perceptual(args.perceptual, args.perceptual_lin)
-        perceptual = PerceptualDistance(network, args.perceptual + (" + " + args.perceptual_lin
-                                                                    if args.perceptual_lin else ""),
-                                        pick_device(args.device))
+        perceptual = PerceptualDistance(network, f"{args.perceptual} + {args.perceptual_lin}", pick_device(args.device))
     clip = None if args.clip_model == "none" else ClipScorer.load(args.clip_model, device=args.device,
                                                                   local_files_only=args.offline)
     common = {"device": args.device, "dtype": args.dtype, "revision": None, "local_files_only": args.offline,

@@ -1,9 +1,13 @@
 """CLIP similarity of images and their captions (transformers' CLIPModel and CLIPProcessor).
 
-Score = max(100 · cos(E_image, E_text), 0) per image, averaged over the set: the convention of CLIPScore in
-torchmetrics, whose default model we take: ``openai/clip-vit-large-patch14`` (ViT-L/14 at 224 px). The LDM3D
-paper reports "CLIP similarity" 26.61 without naming the CLIP model in what we read; another model gives other
-numbers, so the report records the one used. Captions longer than the model's 77 tokens are cut.
+Score = max(100 · cos(E_image, E_text), 0) per image, averaged over the set, with torchmetrics' default model
+``openai/clip-vit-large-patch14`` (ViT-L/14 at 224 px). Two conventions differ from torchmetrics' CLIPScore:
+it clamps the *mean* at 0 rather than each image (the same number unless some image scores below 0), and a
+caption over CLIP's 77 tokens is cut here by the tokenizer, which keeps the end token the text embedding is
+read at, while torchmetrics cuts the token ids after it and so loses it (a long caption can score far apart).
+torchmetrics 1.9's CLIPScore does not run under transformers 5.x, so it is not used. The LDM3D paper reports
+"CLIP similarity" 26.61 without naming the CLIP model in what we read; another model gives other numbers, so
+the report records the one used.
 """
 
 from __future__ import annotations

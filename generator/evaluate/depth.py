@@ -1,15 +1,19 @@
 """Depth of a generated image against a reference estimator's depth of the same image (numpy only).
 
 LDM3D's depth is relative inverse depth (disparity up to an unknown scale and shift), a reference like
-ZoeDepth-N (``Intel/zoedepth-nyu``) gives metres. Before comparing, the prediction is aligned by least squares
-(generator.estimators.alignment.fit_scale_shift):
+ZoeDepth-N (``Intel/zoedepth-nyu``) gives metres. The masking and alignment are those of Marigold's evaluation
+(Ke et al. 2024; prs-eth/Marigold ``eval.py``, ``src/util/alignment.py``, ``src/util/metric.py``):
 
-- ``disparity`` (the default, MiDaS' protocol, matching what LDM3D predicts): s·d + t ≈ 1 / D_ref;
-  the predicted depth is 1 / (s·d + t);
-- ``depth``: s·(1/d) + t ≈ D_ref, over the pixels where d > 0.
+- compared: the reference pixels strictly inside ``depth_range`` (NYU's evaluation range, 1e-3 … 10 m, by
+  default: a reference clipped at either end is left out);
+- the least-squares fit (generator.estimators.alignment.fit_scale_shift) uses the compared pixels whose
+  prediction is positive: a 0 in relative inverse depth means "infinitely far" and carries no scale;
+- ``disparity`` (the default, MiDaS' protocol, matching what LDM3D predicts): s·d + t ≈ 1 / D_ref; every
+  compared pixel's depth is 1 / (s·d + t), an aligned disparity ≤ 0 counting as the far end (Marigold floors it
+  at 1e-3, which the clip below turns into the same far end);
+- ``depth``: s·(1/d) + t ≈ D_ref; a pixel with d ≤ 0 lies at infinity, so it is scored at the far end.
 
-Predicted depths are then clipped to ``depth_range`` (NYU's evaluation range, 1e-3 … 10 m, by default; an
-aligned disparity ≤ 0 counts as the far end) and only reference pixels inside the range are compared:
+Predicted depths are then clipped to ``depth_range`` and compared over all compared pixels:
 AbsRel = mean |D̂ − D| / D, RMSE = √mean (D̂ − D)² in metres, δ1 = share with max(D̂/D, D/D̂) < 1.25.
 
 MARE (panoramas, as ldm3d-pano's card reports it; the card does not define it, so this is ours): the mean
@@ -59,16 +63,16 @@ def depth_errors(pred_disparity: np.ndarray, reference_depth: np.ndarray, space:
     if not 0 < low < high:
         raise ValueError(f"depth range must satisfy 0 < min < max, got {depth_range}")
     pred, reference = _checked(pred_disparity, reference_depth)
-    compared = np.isfinite(pred) & np.isfinite(reference) & (reference >= low) & (reference <= high)
+    compared = np.isfinite(pred) & np.isfinite(reference) & (reference > low) & (reference < high)
+    fitted = compared & (pred > 0)
     if space == "disparity":
-        scale, shift = fit_scale_shift(pred, 1.0 / np.where(compared, reference, 1.0), compared)
+        scale, shift = fit_scale_shift(pred, 1.0 / np.where(fitted, reference, 1.0), fitted)
         aligned = scale * pred + shift
         depth = np.where(aligned > 0, 1.0 / np.maximum(aligned, 1e-12), high)
     else:
-        fitted = compared & (pred > 0)
         raw = 1.0 / np.where(fitted, pred, 1.0)
         scale, shift = fit_scale_shift(raw, reference, fitted)
-        depth = scale * raw + shift
+        depth = np.where(pred > 0, scale * raw + shift, high)
     depth, truth = np.clip(depth[compared], low, high), reference[compared]
     ratio = np.maximum(depth / truth, truth / depth)
     return DepthErrors(abs_rel=float(np.mean(np.abs(depth - truth) / truth)),

@@ -17,7 +17,8 @@ Per caption, the fast frame against the teacher's frame:
   autoencoder`` uses; pixels whose teacher disparity is at most 0.01 of the range are not compared). No metric
   reference exists here: the teacher's depth is relative too, so the metre range of depth.py does not apply.
 - RGB: PSNR (dB on [0, 1]; identical frames give 100 dB, the MSE floor of ssim.py) and SSIM (ssim.py).
-- perceptual: the LPIPS-style distance of generator/train/losses.py (0 = identical), on RGB in [-1, 1].
+- perceptual: LPIPS as generator/train/losses.py computes it (0 = identical), on RGB in [-1, 1]; equal channel
+  weights instead only when asked (``--perceptual-lin equal``).
 - CLIP: each side's own CLIP score against the caption (clip.py, max(100·cos, 0)).
 - time per frame: wall clock of one whole generate call (prompt encoding, denoising, decoding, RGB and depth on the
   host), after one untimed warm-up call per configuration; the median over captions, and the mean.

@@ -4,7 +4,8 @@ The network is the TensorFlow "2015-12-05" Inception-v3 that FID was defined wit
 torch-fidelity use: torchvision's Inception-v3 layout with 1008 output classes, no auxiliary classifier, and
 TensorFlow's pooling quirks (the 3×3 average pools in the A, C and first E blocks leave the zero padding out of
 the average; the last E block, Mixed_7c, max-pools instead). Inputs in [0, 1] are resized to 299×299
-(bilinear) and scaled to [-1, 1], as pytorch-fid does.
+(bilinear) and scaled to [-1, 1] by 2x − 1, as pytorch-fid does; torch-fidelity and torchmetrics scale uint8 by
+(x − 128)/128 after their own resize (TensorFlow-style, or antialiased), so our FID and IS are pytorch-fid's.
 
 State-dict names (what ``pt_inception-2015-12-05-6726825d.pth`` holds; 94 convolutions):
 ``<block>.conv.weight`` and ``<block>.bn.{weight,bias,running_mean,running_var}`` for the stem blocks

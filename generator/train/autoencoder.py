@@ -117,12 +117,12 @@ class AutoencoderTrainer(Trainer):
         channels = check_channels(config.channels or RGBDDataset(Path(config.dataset)).channels)
         self.dataset = RGBDDataset(Path(config.dataset), channels)
         self.val = RGBDDataset(Path(config.val_dataset), channels) if config.val_dataset else None
+        perceptual = self._perceptual if self._perceptual is not None else \
+            load_perceptual(config.perceptual, config.perceptual_lin)  # before the VAE: a missing file fails fast
+        self.perceptual = perceptual.to(self.device) if perceptual is not None else None
         vae = self._vae if self._vae is not None else load_vae(config.vae, revision=config.revision,
                                                                 offline=config.offline)
         model = Reconstruct(widen(vae, channels).train())
-        perceptual = self._perceptual if self._perceptual is not None else \
-            load_perceptual(config.perceptual, config.perceptual_lin)
-        self.perceptual = perceptual.to(self.device) if perceptual is not None else None
         smallest = 3 * 2 ** config.disc_layers  # each stride-2 layer halves, the last two 4×4 layers take 1 px each
         if min(self.dataset.size) < smallest:
             raise ConfigError(f"a {config.disc_layers}-layer PatchGAN needs images of at least {smallest} px; the "

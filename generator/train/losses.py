@@ -3,10 +3,12 @@
 Written here from the published descriptions (no torchvision, which cannot sit beside the CPU test torch):
 
 - Perceptual: the LPIPS recipe (Zhang et al. 2018): features of a fixed network at several depths, each
-  unit-normalised over channels, squared differences weighted per channel (learned 1×1 weights when given,
-  else the channel mean), averaged over space, summed over depths. The network is any module returning a list of
-  feature maps with a ``channels`` attribute; :class:`VGG16Features` is VGG16's convolutional trunk (taps after
-  relu1_2, relu2_2, relu3_3, relu4_3, relu5_3) loading torchvision-layout ``features.N.*`` weights. Input
+  unit-normalised over channels, squared differences weighted per channel, averaged over space, summed over
+  depths. The channel weights are LPIPS's learned 1×1 ones (its ``vgg.pth``) by default; equal weights (the
+  channel mean) are an explicit choice: distances then come out several times smaller (8–10× in a comparison
+  with the ``lpips`` package), so a loss weight set for LPIPS means less. The network is any module returning a
+  list of feature maps with a ``channels`` attribute; :class:`VGG16Features` is VGG16's convolutional trunk (taps
+  after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3) loading torchvision-layout ``features.N.*`` weights. Input
   scaling constants: LPIPS's ScalingLayer (shift −0.030, −0.088, −0.188; scale 0.458, 0.448, 0.450 on [-1, 1]
   input), from github.com/richzhang/PerceptualSimilarity.
 - Discriminator: the PatchGAN of pix2pix / taming-transformers' NLayerDiscriminator (4×4 convolutions, 64
@@ -17,6 +19,8 @@ Written here from the published descriptions (no torchvision, which cannot sit b
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from pathlib import Path
 
 import torch
@@ -25,9 +29,16 @@ from torch import nn
 
 from .options import ConfigError
 
+log = logging.getLogger("depthfusion.train.losses")
+
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 VGG16_TAPS = (3, 8, 15, 22, 29)  # indices of the ReLUs after conv1_2, conv2_2, conv3_3, conv4_3, conv5_3
 SHIFT, SCALE = (-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)
+LPIPS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"
+EQUAL_WARNING = ("perceptual distance with equal channel weights: this is not LPIPS. Its distances are several "
+                 "times smaller than LPIPS's (8-10x in a comparison with the lpips package), so a "
+                 "--perceptual-weight set for LPIPS (the CompVis recipe) weighs it less, and its values are not "
+                 "LPIPS numbers")
 
 
 class VGG16Features(nn.Module):
@@ -57,7 +68,9 @@ class VGG16Features(nn.Module):
 
 
 class Perceptual(nn.Module):
-    """LPIPS-style distance between two batches of 3-channel images in [-1, 1]: (B,) tensor. Frozen."""
+    """LPIPS-style distance between two batches of 3-channel images in [-1, 1]: (B,) tensor. Frozen.
+
+    ``weights``: one per-channel weight vector per tap (LPIPS's, see :func:`layer_weights`); None: equal weights."""
 
     def __init__(self, features: nn.Module, weights: list[torch.Tensor] | None = None) -> None:
         super().__init__()
@@ -84,29 +97,69 @@ class Perceptual(nn.Module):
         return total
 
 
-def load_perceptual(spec: str, lin: str | None = None) -> Perceptual | None:
+def lpips_cache_path() -> Path:
+    """Where DepthFusion looks for a copy of LPIPS's vgg.pth: lpips/vgg.pth under its cache folder."""
+    from ..evaluate.cache import default_cache
+
+    return default_cache() / "lpips" / "vgg.pth"
+
+
+def lpips_weights_file() -> Path | None:
+    """LPIPS's vgg.pth if it is at hand: inside an installed ``lpips`` package (found, not imported), else at
+    :func:`lpips_cache_path`."""
+    try:
+        spec = importlib.util.find_spec("lpips")
+    except ValueError:  # a module of that name without a spec
+        spec = None
+    folders = (spec.submodule_search_locations or []) if spec is not None else []
+    places = [Path(folder) / "weights" / "v0.1" / "vgg.pth" for folder in folders] + [lpips_cache_path()]
+    return next((p for p in places if p.is_file()), None)
+
+
+def layer_weights(choice: str, taps: int) -> list[torch.Tensor] | None:
+    """The per-channel weights of a perceptual network with ``taps`` taps. ``lpips`` (the default): LPIPS's learned
+    ones from its vgg.pth (:func:`lpips_weights_file`; an error saying where to get it when there is none);
+    ``equal``: None, with a warning that this is not LPIPS; else a file or hub id (``REPO:FILE``) in vgg.pth's
+    layout (keys ``lin0.model.1.weight`` …)."""
+    if choice == "equal":
+        log.warning(EQUAL_WARNING)
+        return None
+    if choice == "lpips":
+        path = lpips_weights_file()
+        if path is None:
+            raise ConfigError(f"LPIPS's learned layer weights (its vgg.pth) were not found. Install the lpips package "
+                              f"(`pip install --no-deps lpips` is enough: the file ships inside it), or download "
+                              f"{LPIPS_URL} (BSD licence) to {lpips_cache_path()}, or pass the file with "
+                              "--perceptual-lin FILE. --perceptual-lin equal uses equal channel weights instead "
+                              "(not LPIPS: smaller distances)")
+        log.info("perceptual: LPIPS layer weights from %s", path)
+    else:
+        path = _weights_file(choice, "perceptual layer weights", "vgg.pth", "a vgg.pth file, lpips or equal")
+    table = _load_file(path)
+    try:
+        return [table[f"lin{k}.model.1.weight"].flatten() for k in range(taps)]
+    except KeyError as exc:
+        raise ConfigError(f"{path}: no LPIPS layer weight {exc} (keys lin0.model.1.weight … lin{taps - 1})") from None
+
+
+def load_perceptual(spec: str, lin: str = "lpips") -> Perceptual | None:
     """``none``; a VGG16 weights file (.safetensors, .pth/.bin) with torchvision's ``features.N`` keys; or a hub
-    id (``timm/vgg16.tv_in1k``, optionally ``REPO:FILE``) holding one. ``lin``: LPIPS's per-channel layer
-    weights (its ``vgg.pth``, keys ``lin0.model.1.weight`` … ``lin4``), else equal weights."""
+    id (``timm/vgg16.tv_in1k``, optionally ``REPO:FILE``) holding one. ``lin``: the channel weights, as
+    :func:`layer_weights` takes them."""
     if spec == "none":
         return None
+    weights = layer_weights(lin, len(VGG16Features.channels))  # first: a missing vgg.pth costs no VGG16 download
     features = VGG16Features()
-    state = _features_state(_weights_file(spec))
+    state = _features_state(_weights_file(spec, "perceptual weights", "model.safetensors",
+                                          "a local VGG16 weights file or --perceptual none"))
     missing, _unexpected = features.load_state_dict(state, strict=False)
     if missing:
         raise ConfigError(f"perceptual weights {spec}: missing {', '.join(missing[:4])}… (expected VGG16 "
                           "`features.N.weight/bias` keys, torchvision's layout)")
-    weights = None
-    if lin is not None:
-        table = _load_file(_weights_file(lin))
-        try:
-            weights = [table[f"lin{k}.model.1.weight"].flatten() for k in range(5)]
-        except KeyError as exc:
-            raise ConfigError(f"{lin}: no LPIPS layer weight {exc} (keys lin0.model.1.weight … lin4)") from None
     return Perceptual(features, weights)
 
 
-def _weights_file(spec: str) -> Path:
+def _weights_file(spec: str, what: str, default_name: str, instead: str) -> Path:
     path = Path(spec).expanduser()
     if path.is_file():
         return path
@@ -115,10 +168,9 @@ def _weights_file(spec: str) -> Path:
 
     repo, _, filename = spec.partition(":")
     try:
-        return Path(hf_hub_download(repo, filename or "model.safetensors"))
+        return Path(hf_hub_download(repo, filename or default_name))
     except (LocalEntryNotFoundError, HfHubHTTPError, ValueError, OSError) as exc:
-        raise ConfigError(f"perceptual weights {spec!r}: not a file, and the hub gave none ({exc}); pass a local "
-                          "VGG16 weights file or --perceptual none") from None
+        raise ConfigError(f"{what} {spec!r}: not a file, and the hub gave none ({exc}); pass {instead}") from None
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:

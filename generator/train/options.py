@@ -83,6 +83,9 @@ COMMON: tuple[Option, ...] = (
 )
 
 SD14 = "CompVis/stable-diffusion-v1-4"  # the paper's starting point for both stages
+PERCEPTUAL_LIN = Option("perceptual_lin", "lpips", "per-channel weights of the perceptual distance: lpips (LPIPS's "
+                        "learned ones, its vgg.pth: from an installed lpips package or the cache's lpips/vgg.pth), a "
+                        "vgg.pth file or hub id REPO:FILE, or equal (not LPIPS: smaller distances; logs a warning)")
 
 AUTOENCODER: tuple[Option, ...] = COMMON + (
     Option("vae", SD14, "autoencoder to start from: hub id or folder (a diffusers model folder, its vae/ is used)"),
@@ -92,7 +95,7 @@ AUTOENCODER: tuple[Option, ...] = COMMON + (
     Option("val_dataset", None, "held-out dataset folder: depth and RGB reconstruction error at each validation"),
     Option("rec_loss", "l1", "pixel loss", choices=("l1", "l2")),
     Option("perceptual", "timm/vgg16.tv_in1k", "VGG16 weights for the perceptual loss (file, hub id or none)"),
-    Option("perceptual_lin", None, "LPIPS per-channel layer weights file (lpips' vgg.pth); default equal weights"),
+    PERCEPTUAL_LIN,
     Option("perceptual_weight", 1.0, "weight of the perceptual terms", float, 0, 1e3),
     Option("kl_weight", 1e-6, "weight of the KL term", float, 0, 1),
     Option("disc_start", 50001, "step from which the discriminator trains and weighs in", int, 0, 1e9),
@@ -178,7 +181,7 @@ TINY_DECODER: tuple[Option, ...] = tuple(
     Option("decoder_blocks", 3, "residual blocks per upsampling stage; the last stage has 1 (TAESD: 3)", int, 1, 16),
     Option("perceptual", "timm/vgg16.tv_in1k", "VGG16 weights for the perceptual loss on RGB (file, hub id or "
            "none)"),
-    Option("perceptual_lin", None, "LPIPS per-channel layer weights file (lpips' vgg.pth); default equal weights"),
+    PERCEPTUAL_LIN,
     Option("perceptual_weight", 1.0, "weight of the perceptual term (RGB)", float, 0, 1e3),
     Option("depth_weight", 1.0, "weight of the depth terms (L1 + gradient)", float, 0, 1e3),
     Option("gradient_weight", 1.0, "weight of the depth gradient term within them", float, 0, 1e3),

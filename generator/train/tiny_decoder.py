@@ -156,6 +156,9 @@ class TinyDecoderTrainer(Trainer):
 
     def setup(self) -> None:
         config = self.config
+        perceptual = self._perceptual if self._perceptual is not None else \
+            load_perceptual(config.perceptual, config.perceptual_lin)  # first: a missing file fails before sampling
+        self.perceptual = perceptual.to(self.device) if perceptual is not None else None
         self.teacher = self._load_teacher()
         channels, scale = self.teacher.config.out_channels, vae_scale_factor(self.teacher)
         if config.resolution % scale:
@@ -177,9 +180,6 @@ class TinyDecoderTrainer(Trainer):
         set_seamless(tiny, self.seamless)
         tiny.encoder.requires_grad_(False)  # a placeholder: decode only
         tiny.decoder.train()
-        perceptual = self._perceptual if self._perceptual is not None else \
-            load_perceptual(config.perceptual, config.perceptual_lin)
-        self.perceptual = perceptual.to(self.device) if perceptual is not None else None
         model = Decode(tiny)
         betas = (config.adam_beta1, config.adam_beta2)
         opt = torch.optim.AdamW(tiny.decoder.parameters(), config.lr, betas, config.adam_eps, config.weight_decay)
