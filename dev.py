@@ -102,7 +102,8 @@ TD_NUMPY = "numpy==1.24.1"
 TD_SIDE_TESTS = ["tests/test_protocol.py", "tests/test_depth.py", "tests/test_geometry.py", "tests/test_params.py",
                  "tests/test_receiver.py", "tests/test_top_frames.py", "tests/test_component.py",
                  "tests/test_td_component.py", "tests/test_tdstub.py", "tests/test_render_setup.py",
-                 "tests/test_component_osc.py", "tests/test_td_startup.py"]
+                 "tests/test_component_osc.py", "tests/test_td_startup.py", "tests/test_component_live.py",
+                 "tests/test_td_live.py"]
 TD_SIDE_PACKAGES = [TD_NUMPY, "pyzmq", "pytest>=8", "hypothesis>=6.100", "python-osc>=1.8", "Pillow>=10",
                     "platformdirs>=3"]
 TEST_INSTALLS = [[TEST_TORCH], ["-e", ".[generator,test]"]]

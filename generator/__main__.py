@@ -268,6 +268,15 @@ def _generation_setup(args: argparse.Namespace) -> tuple[dict[str, Any], list[st
     return with_preset(getattr(args, "fast", None), _given_params(args), args.lora)
 
 
+def _take_defaults(args: argparse.Namespace, backend: Any) -> dict[str, Any]:
+    """A live take's full quality: serve's own flags, without the --fast preset's sampler, steps and LoRA."""
+    from .fast import take_defaults
+
+    loras = getattr(backend, "loras", None)
+    loaded = {name: lora.scale for name, lora in loras.loaded.items()} if loras is not None else {}
+    return take_defaults(getattr(args, "fast", None), _given_params(args), loaded)
+
+
 def _backend(args: argparse.Namespace, loras: Sequence[str] | None = None):
     from .backends import load_backend
 
@@ -298,7 +307,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = GeneratorServer(backend, frames_address=args.frames, commands_address=args.commands,
                              allow_lan=args.allow_lan, history=args.history, max_waiting=args.queue_size, osc=osc,
                              library=library, upscaler=_lazy_upscaler(args), estimator=_lazy_estimator(args),
-                             depth_check=args.depth_check, defaults=given, live=bool(getattr(args, "live", False)))
+                             depth_check=args.depth_check, defaults=given, live=bool(getattr(args, "live", False)),
+                             take_defaults=_take_defaults(args, backend))
     server.bind()
     log.info("backend %s (model %s)", backend.name, backend.model)
     log.info("frames on %s, commands on %s", server.frames_endpoint, server.commands_endpoint)

@@ -17,6 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from td_bridge.params import LORA_NONE, LORA_SLOTS
+
+# what a live take (generator.serving.live) renders at full quality: serve's own flags, else the schema's defaults
+TAKE_QUALITY = ("steps", "guidance", "scheduler", "spacing", "eta")
+
 
 @dataclass(frozen=True)
 class FastPreset:
@@ -64,3 +69,16 @@ def with_preset(name: str | None, given: Mapping[str, Any], loras: list[str]) ->
     chosen = preset(name)
     own = any(spec.split("=", 1)[0] == chosen.name for spec in loras)
     return {**chosen.params, **given}, (list(loras) if own else [chosen.lora_spec(), *loras])
+
+
+def take_defaults(name: str | None, given: Mapping[str, Any], loaded: Mapping[str, float]) -> dict[str, Any]:
+    """A live take's full-quality parameters: the TAKE_QUALITY flags given to serve (not the preset's), and under
+    preset ``name`` the LoRA slots naming every loaded LoRA (name → scale) but the preset's own."""
+    quality = {k: v for k, v in given.items() if k in TAKE_QUALITY}
+    if not name:
+        return quality
+    others = [(lora, scale) for lora, scale in loaded.items() if lora != preset(name).name]
+    if len(others) > LORA_SLOTS:
+        raise ValueError(f"a take can name at most {LORA_SLOTS} LoRAs besides --fast's; {len(others)} are loaded")
+    slots = {f"lora_{i}": lora for i, (lora, _) in enumerate(others, start=1)} or {"lora_1": LORA_NONE}
+    return {**quality, **slots, **{f"lora_{i}_scale": scale for i, (_, scale) in enumerate(others, start=1)}}

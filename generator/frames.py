@@ -76,14 +76,14 @@ def make_frame(backend: Backend, params: dict[str, Any], progress: ProgressFn, c
 
 
 def frame_for(backend: Backend, params: dict[str, Any], result: RGBD, generate_s: float,
-              job_id: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The header of a made frame (a new frame id; ``extra`` joins its metadata). Arrays are checked first, and the
+              job_id: str | None = None, extra: dict[str, Any] | None = None, kind: str = "frame") -> dict[str, Any]:
+    """The header of a made frame (a new frame id; ``extra`` joins its metadata; ``kind`` live for a live frame). Arrays are checked first, and the
     header's size: a frame that no conforming client could read fails here (ProtocolError)."""
     check_arrays(result.rgb, result.depth)
     micros = _creation_micros()
     meta = frame_meta(backend, params, result, generate_s=generate_s, job_id=job_id, created_at=micros / 1e6)
     header = frame_header(result.rgb, result.depth, frame_id=new_frame_id(micros), seq=0,
-                          meta={**meta, **(extra or {})}, near=result.near, far=result.far)
+                          meta={**meta, **(extra or {})}, near=result.near, far=result.far, kind=kind)
     encode_header(header, reserve=STAMP_BYTES)
     return header
 

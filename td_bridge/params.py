@@ -186,6 +186,15 @@ LIVE_PARAMS: tuple[Param, ...] = (
     Param("transition", float, 2.0, "Live: seconds over which a new prompt, negative prompt or seed blends in "
           "(LDM3D: text embeddings linearly, start noise by spherical interpolation; the demo backend crossfades "
           "the two ends' frames); 0 cuts.", minimum=0.0, maximum=600.0, unit="s"),
+    Param("input_strength", float, 0.6, "Live input (img2img): how far each input frame is noised before it is "
+          "denoised with the prompt (LDM3D runs that share of the steps, at least one); 0 keeps the input as it is, "
+          "1 only takes its composition.", minimum=0.0, maximum=1.0),
+    Param("input_similarity", float, 0.98, "Live input: an input frame at least this similar to the one the last "
+          "live frame was made from makes no new frame (idle is free); 1 counts every changed input frame.",
+          minimum=0.0, maximum=1.0),
+    Param("stream_batch", bool, False, "Live, LDM3D: denoise as many frames at once as there are steps, each at its "
+          "own step (one U-Net call per frame out): more frames per second, a change takes that many frames "
+          "longer to show."),
 )
 
 

@@ -2,7 +2,8 @@
 
 Every ZeroMQ message is multipart; part 0 names its kind:
 
-* ``frame``    -> [b"frame", header JSON, RGB bytes, depth bytes]
+* ``frame``    -> [b"frame", header JSON, RGB bytes, depth bytes]; the header's ``kind`` is ``frame``, or
+  ``live`` for a frame of the live session (never in the frame library)
 * ``progress`` -> [b"progress", event JSON]
 * ``status``   -> [b"status", event JSON]
 
@@ -38,6 +39,7 @@ MAX_PIXELS = 8192 * 8192
 MAX_ID_LENGTH = 64
 MAX_UPLOAD_PIXELS = 8192 * 4096  # an image sent with a request (estimate): up to an 8K panorama
 UPLOAD_FORMAT = "rgb8"  # (H, W, 3) uint8, rows top first, no padding
+FRAME_KINDS = ("frame", "live")  # a frame header's kind: a kept frame, or a live session's frame
 
 DEPTH_ENCODING = "inverse_relative"
 DEPTH_MAX = 65535
@@ -70,6 +72,11 @@ class Frame:
     @property
     def seq(self) -> int:
         return self.meta["seq"]
+
+    @property
+    def live(self) -> bool:
+        """A frame of the live session (not in the frame library: Keep stores it)."""
+        return self.meta.get("kind") == "live"
 
     @property
     def width(self) -> int:
@@ -148,13 +155,17 @@ def frame_header(
     meta: dict[str, Any] | None = None,
     near: float | None = None,
     far: float | None = None,
+    kind: str = "frame",
 ) -> dict[str, Any]:
-    """Build a frame header; ``near``/``far`` give the metric range of the depth when known."""
+    """Build a frame header (``kind``: one of FRAME_KINDS); ``near``/``far`` give the metric range of the depth
+    when known."""
+    if kind not in FRAME_KINDS:
+        raise ValueError(f"a frame's kind is one of {FRAME_KINDS}, got {kind!r}")
     height, width = depth.shape
     header: dict[str, Any] = dict(meta or {})
     header.update(
         protocol=PROTOCOL_VERSION,
-        kind="frame",
+        kind=kind,
         frame_id=frame_id,
         seq=seq,
         width=width,
@@ -229,7 +240,9 @@ def decode_frame_parts(parts: Sequence[Any]) -> Frame:
     header_raw, rgb_raw, depth_raw = (memoryview(p) for p in parts)
     header = _load_json_object(header_raw.tobytes(), "frame header", MAX_HEADER_BYTES)
     check_version(header, "frame")
-    _expect(header, "kind", "frame", "frame header")
+    if header.get("kind") not in FRAME_KINDS:
+        raise ProtocolError(f"frame header field 'kind' must be one of {', '.join(FRAME_KINDS)}, "
+                            f"got {header.get('kind')!r}")
     if not is_valid_id(header.get("frame_id")):
         raise ProtocolError(f"frame header field 'frame_id' is not a valid id: {header.get('frame_id')!r}")
     _int_field(header, "seq", 0, 2**63 - 1, "frame header")

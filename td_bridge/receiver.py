@@ -274,6 +274,26 @@ class CommandClient:
         parameters; returns the session's state and parameters in force."""
         return self.request("live", params if on is None else {"on": on, **params})[0]
 
+    def live_input(self, rgb: Any = None, **params: Any) -> dict[str, Any]:
+        """Hand the live session its newest input frame, an (H, W, 3) uint8 image (rows top first), with optional
+        live parameters (input_strength, input_similarity…); ``rgb=None`` removes the input (back to text only).
+        Returns {"accepted": whether it makes a new frame, "similarity": to the input last used or null}."""
+        if rgb is None:
+            return self.request("live_input", {**params, "clear": True})[0]
+        image, data = wire.encode_upload(rgb)
+        return self.request("live_input", {**params, "image": image}, data=data)[0]
+
+    def keep(self, frame_id: str = "latest", *, cue: str | None = None) -> dict[str, Any]:
+        """Store a frame the generator published (a live frame on screen, by default the newest) in the frame
+        library exactly as shown; returns {"frame_id", "cue"} of the kept frame."""
+        return self.request("keep", {"frame_id": frame_id, **({"cue": cue} if cue is not None else {})})[0]
+
+    def take(self, frame_id: str = "latest", **params: Any) -> dict[str, Any]:
+        """Queue a full-quality render of a live frame (by default the newest): its prompt, seed, transition state
+        and input with the full steps, guidance and decoder; ``params`` override generation parameters and may ask
+        for ``upscale``. Returns {"job_id", "params"} like generate."""
+        return self.request("take", {"frame_id": frame_id, **params})[0]
+
     def cancel(self, job_id: str | None = None) -> list[str]:
         """Cancel one job, or all waiting and running jobs; returns the cancelled ids."""
         return self.request("cancel", {} if job_id is None else {"job_id": job_id})[0]["cancelled"]

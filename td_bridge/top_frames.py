@@ -4,7 +4,8 @@ TouchDesigner images start at the bottom-left; on the wire row 0 is the top. ``t
 the rows and makes each array C-contiguous, with the channel axis ``copyNumpyArray`` expects
 ((H, W, C), C = 1..4). Give it to ``FrameReceiver(prepare=to_top)`` and the copies happen on
 the receiver's thread: TouchDesigner's main thread only picks up finished arrays. ``poles``
-are the shader's ``uPoles`` uniform (touchdesigner/shaders/depthfusion_common.glsl).
+are the shader's ``uPoles`` uniform (touchdesigner/shaders/depthfusion_common.glsl). ``from_top`` goes the
+other way: a TOP's ``numpyArray()`` image as an upload (Depth from TOP, the live session's input).
 """
 
 from __future__ import annotations
@@ -31,3 +32,14 @@ def to_top(frame: Frame) -> TopFrame:
     scale = np.float32(1.0 / 65535.0)  # as td_bridge.geometry.Displacer samples uint16 depth
     poles = tuple(float((frame.depth[row].astype(np.float32) * scale).mean()) for row in (0, -1))
     return TopFrame(rgb, depth, frame.meta, poles)
+
+
+def from_top(pixels: np.ndarray) -> np.ndarray:
+    """A TOP's image as ``numpyArray()`` gives it (float in [0, 1], (H, W, C) with C = 1..4, row 0 at the bottom)
+    as an upload: (H, W, 3) uint8, rows top first. One or two channels become grey from the first; alpha is
+    dropped."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 3 or not 1 <= pixels.shape[2] <= 4:
+        raise ValueError(f"a TOP's image is (H, W, 1-4), got shape {pixels.shape}")
+    pixels = np.repeat(pixels[..., :1], 3, axis=2) if pixels.shape[2] < 3 else pixels[..., :3]
+    return np.ascontiguousarray(np.round(np.clip(pixels[::-1], 0.0, 1.0) * 255.0).astype(np.uint8))

@@ -87,7 +87,7 @@ def test_a_live_frame_is_published_with_its_live_header_and_is_the_demo_frame(li
     state = live_client.live(True, prompt="a gallery interior", seed=3, transition=0, **LIVE)
     assert state["on"] is True and state["params"]["seed"] == 3
     frame = wait_for(lambda: frames.frames and frames.frames[-1], what="a live frame")
-    assert frame.meta["kind"] == "frame" and frame.meta["live"]["frame"] >= 1
+    assert frame.meta["kind"] == "live" and frame.live and frame.meta["live"]["frame"] >= 1
     assert frame.meta["job_id"] is None and frame.meta["prompt"] == "a gallery interior"
     end = demo_end("a gallery interior", 3)
     np.testing.assert_array_equal(frame.rgb, end.rgb)

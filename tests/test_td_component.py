@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, SMALL, wait_for
 from generator.backends.demo import DemoBackend
 from td_bridge import stamp, td_builds
-from td_bridge.params import DISPLAY_PARAMS, GENERATION_PARAMS, VIEW_PARAMS, defaults, td_name
+from td_bridge.params import DISPLAY_PARAMS, GENERATION_PARAMS, LIVE_PARAMS, VIEW_PARAMS, defaults, td_name
 from td_bridge.render_setup import render_settings, shader_uniforms
 
 sys.path[:0] = [str(ROOT / "tests" / "tdstub"), str(ROOT / "touchdesigner")]
@@ -81,9 +81,8 @@ NETWORK = {
 def test_the_builder_makes_the_documented_network(comp):
     assert comp.path == "/project1/DepthFusion"
     assert {child.name: child.OPType for child in comp.children} == NETWORK
-    assert [page.name for page in comp.customPages] == ["Connection", "Generate", "LoRA", "Upscale", "Depth", "Sphere",
-                                                        "Stereo",
-                                                        "Outputs", "OSC", "Diagnose", "Status"]
+    assert [page.name for page in comp.customPages] == ["Connection", "Generate", "LoRA", "Live", "Upscale", "Depth",
+                                                        "Sphere", "Stereo", "Outputs", "OSC", "Diagnose", "Status"]
     for name in ("rgb", "depth", "rgb_prev", "depth_prev"):  # the newest frame, the previous one (Blend Time)
         top = comp.op(name)
         assert top.stub_resolve(top.par.callbacks.eval()) is comp.op(f"{name}_top")
@@ -360,7 +359,7 @@ def test_osc_in_is_off_by_default_and_drives_the_component(server, comp):
 
 
 def test_custom_parameters_follow_the_schema(comp):
-    for param in GENERATION_PARAMS + DISPLAY_PARAMS + VIEW_PARAMS:
+    for param in GENERATION_PARAMS + LIVE_PARAMS + DISPLAY_PARAMS + VIEW_PARAMS:
         par = comp.par[td_name(param.name)]
         assert par.isCustom and par.default == param.default and par.eval() == param.default
         if param.choices:

@@ -8,7 +8,7 @@ import pytest
 from conftest import SMALL, wait_for
 from td_bridge.protocol import Frame
 from td_bridge.receiver import CommandClient, FrameReceiver
-from td_bridge.top_frames import TopFrame, to_top
+from td_bridge.top_frames import TopFrame, from_top, to_top
 
 
 def test_to_top_flips_rows_and_adds_the_channel_axis():
@@ -23,6 +23,19 @@ def test_to_top_flips_rows_and_adds_the_channel_axis():
     np.testing.assert_array_equal(top.depth[:, :, 0], depth[::-1])
     assert (top.frame_id, top.seq, top.width, top.height) == ("f", 3, 6, 4)
     assert top.poles == pytest.approx((depth[0].mean() / 65535, depth[-1].mean() / 65535), rel=1e-6)
+
+
+def test_from_top_turns_a_tops_image_into_an_upload():
+    rgba = np.zeros((3, 4, 4), np.float32)  # numpyArray(): float, row 0 at the bottom
+    rgba[..., 0] = np.array([0.0, 0.5, 1.0], np.float32)[:, None]
+    rgba[..., 1], rgba[..., 2], rgba[..., 3] = -0.5, 2.0, 0.25  # out of [0, 1]: clipped; alpha dropped
+    rgb = from_top(rgba)
+    assert rgb.shape == (3, 4, 3) and rgb.dtype == np.uint8 and rgb.flags.c_contiguous
+    assert rgb[:, 0].tolist() == [[255, 0, 255], [128, 0, 255], [0, 0, 255]]  # rows top first
+    grey = from_top(rgba[..., :1])
+    assert grey[:, 0].tolist() == [[255] * 3, [128] * 3, [0] * 3]
+    with pytest.raises(ValueError, match=r"\(H, W, 1-4\)"):
+        from_top(np.zeros((3, 4), np.float32))
 
 
 def test_the_receiver_prepares_frames_on_its_own_thread(server):

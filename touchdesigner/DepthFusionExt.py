@@ -8,6 +8,13 @@ the Execute DAT calls ``OnFrameStart`` every frame, the Parameter Execute DAT ``
 ``OnValueChange``, the Script TOPs ``CookRgb`` / ``CookDepth`` (the newest frame) and ``CookRgbPrev`` /
 ``CookDepthPrev`` (the previous one), the OSC In DAT ``OnOsc``.
 
+Live page: the Live toggle starts and stops the generator's live session with the Generate, LoRA and Live pages'
+parameters (at its value change). Once a start went out, the generation and live parameters that changed
+(``OnValueChange`` collects their names) go to it as one steering request at the next ``OnFrameStart``, and there
+the Input TOP's image is read (``numpyArray``) at most Live FPS times a second, only when the TOP cooked since the
+last one sent (td_bridge.component.InputPacer), and handed to the controller, whose worker thread converts and
+sends it (newest wins). Keep and Take name the frame on screen (Frame ID). Live frames show like any other frame.
+
 Frame blend (Blend Time, Sphere page): when a new frame arrives and Blend Time is above 0, the previous-frame
 Script TOPs take the frame on screen until then, the newest-frame TOPs the new one (one ``copyNumpyArray`` each),
 and the GLSL MAT's ``uBlend.x`` runs from 0 to 1 over Blend Time of wall-clock time (``clock``, monotonic:
@@ -42,7 +49,8 @@ BRIDGE_SOURCE, STAMP = "bridge_source", "VERSION_STAMP"  # td_bridge's sources a
 
 # Custom parameters that show the controller's state (read-only, set by this extension).
 STATE_PARS = {"Status": "status", "Backend": "backend", "Progress": "progress", "Frameid": "frame_id",
-              "Jobid": "job_id", "Lasterror": "last_error", "Connected": "connected", "Depthcheck": "depth_check"}
+              "Jobid": "job_id", "Lasterror": "last_error", "Connected": "connected", "Depthcheck": "depth_check",
+              "Liveon": "live_on", "Liverate": "live_rate", "Liveframes": "live_frames", "Liveidle": "live_idle"}
 PAR_OF = {attribute: par for par, attribute in STATE_PARS.items()}
 # As build_depthfusion.py sets them: the newest frame, then the previous one (for the frame blend).
 SCRIPT_TOP_FORMATS = {"rgb": "rgba8fixed", "depth": "mono16fixed",
@@ -109,8 +117,8 @@ def _guarded(method):
 
 
 class DepthFusionExt:
-    """Promoted methods: Connect, Disconnect, Generate, Cancel, Recall, DepthFromTop, Upscale, ApplySettings,
-    Diagnose."""
+    """Promoted methods: Connect, Disconnect, Generate, Cancel, Recall, DepthFromTop, Upscale, Live, Keep, Take,
+    ApplySettings, Diagnose."""
 
     def __init__(self, ownerComp: Any) -> None:
         self.ownerComp = ownerComp
@@ -134,6 +142,10 @@ class DepthFusionExt:
         self._test_frame = None  # the geometry check's frame while it is on screen
         self._idle_frame = None  # shown when no frame has arrived (black after a geometry check)
         self._poles_before_check = self._poles
+        self._live = False  # a live start went to the generator (and no stop since): steering and input follow
+        self._steering: set[str] = set()  # schema names of the live parameters changed since the last frame start
+        self._pacer = None  # td_bridge.component.InputPacer: when the Input TOP's image is read and sent
+        self._input_sent = False  # an input image went to the generator and was not cleared since
         try:
             import td  # TouchDesigner's module (the stand-in in the tests)
 
@@ -165,14 +177,14 @@ class DepthFusionExt:
         self.bridge = True
         self.ApplySettings()
         try:
-            from td_bridge.component import ComponentController
+            from td_bridge.component import ComponentController, InputPacer
         except ImportError as exc:
             missing = "zmq" in str(exc)
             self._plain_status = "pyzmq missing" if missing else "td_bridge missing"
             self._show(status=self._plain_status,
                        last_error=PYZMQ_HELP if missing else f"cannot import td_bridge: {exc}")
         else:
-            self.controller = ComponentController()
+            self.controller, self._pacer = ComponentController(), InputPacer()
             if self._value("Autoconnect"):
                 self.Connect()
         self.Diagnose()
@@ -211,7 +223,10 @@ class DepthFusionExt:
 
     @_guarded
     def Connect(self) -> None:
+        """Connect; with Live on, start the live session there too (e.g. after the generator restarted)."""
         self._run(lambda c: c.connect(self._value("Framesaddress"), self._value("Commandsaddress")))
+        if self.controller is not None and self.controller.is_connected and self._value("Live"):
+            self.Live()
 
     @_guarded
     def Disconnect(self) -> None:
@@ -247,23 +262,50 @@ class DepthFusionExt:
     @_guarded
     def DepthFromTop(self, top: Any = None) -> None:
         """Send a TOP's image (default: the Depth Source TOP parameter) to the generator's depth model."""
-        import numpy as np
-        from td_bridge.params import ESTIMATION_PARAMS, td_name
+        from td_bridge.params import ESTIMATION_PARAMS
+        from td_bridge.top_frames import from_top
 
-        source = self._value("Depthtop") if top is None else top
-        if isinstance(source, str):
-            source = self.ownerComp.op(source) if source.strip() else None
-        if source is None or not hasattr(source, "numpyArray"):
+        source = self._top(self._value("Depthtop") if top is None else top)
+        if source is None:
             self._error("Depth from TOP: set Depth Source TOP to a TOP")
             return
         pixels = source.numpyArray()  # float32 in [0, 1], rows bottom first as TouchDesigner stores them
         if pixels is None or pixels.ndim != 3:
             self._error(f"Depth from TOP: {source.name} has no image yet")
             return
-        pixels = np.repeat(pixels[..., :1], 3, axis=2) if pixels.shape[2] < 3 else pixels[..., :3]
-        rgb = np.ascontiguousarray(np.round(np.clip(pixels[::-1], 0.0, 1.0) * 255.0).astype(np.uint8))
-        values = {p.name: self._value(td_name(p.name)) for p in ESTIMATION_PARAMS}
+        rgb = from_top(pixels)
+        values = self._schema_values(ESTIMATION_PARAMS)
         self._run(lambda c: c.estimate(rgb, values))
+
+    @_guarded
+    def Live(self) -> None:
+        """Start or stop the generator's live session as the Live toggle says; it starts with the Generate, LoRA
+        and Live pages' parameters (and the Input TOP's image at the next frame)."""
+        from td_bridge.params import GENERATION_PARAMS, LIVE_PARAMS
+
+        on = bool(self._value("Live"))
+        self._steering.clear()  # a start sends every value
+        if on and self._pacer is not None:
+            self._pacer.reset()
+        values = self._schema_values(GENERATION_PARAMS + LIVE_PARAMS) if on else None
+        self._live = self._run(lambda c: c.live(on, values)) and on
+
+    @_guarded
+    def Keep(self, frame_id: str | None = None) -> None:
+        """Store a frame (default: the one on screen) in the generator's library as shown, under the Cue if set."""
+        frame = self._value("Frameid") if frame_id is None else frame_id
+        cue = self._value("Cue")
+        self._run(lambda c: c.keep(frame, cue))
+
+    @_guarded
+    def Take(self, frame_id: str | None = None) -> None:
+        """Queue a full-quality render of a live frame (default: the one on screen); with Take Upscale on, upscaled
+        with the Upscale page's parameters."""
+        from td_bridge.params import UPSCALE_PARAMS
+
+        frame = self._value("Frameid") if frame_id is None else frame_id
+        upscale = self._schema_values(UPSCALE_PARAMS) if self._value("Takeupscale") else None
+        self._run(lambda c: c.take(frame, upscale))
 
     @_guarded
     def ApplySettings(self) -> None:
@@ -302,6 +344,7 @@ class DepthFusionExt:
                 for path, name, value, reason in self._check(settings):
                     report.problem(f"{path}.{name} = {value!r}: {reason}")
                 report.note(f"parameters written: {sum(len(v) for v in settings.values())} checked")
+        self._diagnose_live(report)
         self._diagnose_shader(report)
         self._diagnose_tops(report)
         self._report = report
@@ -328,14 +371,28 @@ class DepthFusionExt:
     def OnPulse(self, par: Any) -> None:
         actions = {"Connect": self.Connect, "Disconnect": self.Disconnect, "Generate": self.Generate,
                    "Cancel": self.Cancel, "Recall": self.Recall, "Depthfromtop": self.DepthFromTop,
-                   "Upscale": self.Upscale, "Diagnose": self.Diagnose, "Applyfixes": self.ApplyFixes}
+                   "Upscale": self.Upscale, "Diagnose": self.Diagnose, "Applyfixes": self.ApplyFixes,
+                   "Keep": self.Keep, "Take": self.Take}
         if par.name in actions:
             actions[par.name]()
 
     @_guarded
     def OnValueChange(self, par: Any) -> None:
-        """The Parameter Execute DAT watches only the parameters ApplySettings reads."""
-        self.ApplySettings()
+        """Live starts or stops the live session; a generation or live parameter, changed while Live is on, steers
+        it at the next frame start; the other watched parameters are the ones ApplySettings reads."""
+        if not self.bridge:
+            return
+        from td_bridge.params import GENERATION_PARAMS, LIVE_PARAMS, td_name
+
+        steering = {td_name(p.name): p.name for p in GENERATION_PARAMS + LIVE_PARAMS}
+        if par.name == "Live":
+            if bool(par.eval()) != self._live:  # not when Connect already started it
+                self.Live()
+        elif par.name in steering:
+            if self._live:
+                self._steering.add(steering[par.name])
+        else:
+            self.ApplySettings()
 
     @_guarded
     def OnOsc(self, address: str, args: list[Any]) -> None:
@@ -370,6 +427,9 @@ class DepthFusionExt:
         frame_in = self.controller.update()
         if frame_in is not None and self._test_frame is None:  # a running geometry check shows its own frame
             self._show_frame(frame_in, on_screen)
+        if self.controller.is_connected and self._live:
+            self._steer()
+            self._feed_input()
         state = self.controller.state
         values = {attribute: getattr(state, attribute) for attribute in STATE_PARS.values() if attribute != "last_error"}
         values["status"] = self._status_line()
@@ -413,6 +473,41 @@ class DepthFusionExt:
                 self.depth_channels = 3
                 self._error(f"depth: a 1-channel copy was refused ({exc}); sending 3 channels")
         scriptOp.copyNumpyArray(np.ascontiguousarray(np.repeat(frame.depth, 3, axis=2)))
+
+    # ------------------------------------------------------------ live session (while Live is on)
+
+    def _steer(self) -> None:
+        """The live parameters changed since the last frame start, in one request."""
+        if not self._steering:
+            return
+        from td_bridge.params import td_name
+
+        names, self._steering = self._steering, set()
+        values = {name: self._value(td_name(name)) for name in names}
+        self._run(lambda c: c.steer(values))
+
+    def _feed_input(self) -> None:
+        """The Input TOP's image to the live session when the pacer says (at most Live FPS a second, only when the
+        TOP cooked since the last one sent); an Input TOP emptied clears the input. ``cook()`` cooks only if
+        required (a playing movie or a camera; a still image does not), so a TOP nothing else cooks still updates."""
+        top = self._top(self._value("Inputtop"))
+        if top is None:
+            if self._input_sent:
+                self._input_sent = False
+                self._run(lambda c: c.live_input(None))
+            return
+        now = self.clock()
+        if not self._pacer.due(now, float(self._value("Livefps"))):
+            return
+        top.cook()
+        if not self._pacer.changed(top.totalCooks):
+            return
+        pixels = top.numpyArray()  # float32, rows bottom first; converted on the controller's worker thread
+        if pixels is None:
+            return
+        self._pacer.sent(now, top.totalCooks)
+        self._input_sent = True
+        self._run(lambda c: c.live_input(pixels))
 
     def _frame(self) -> Any:
         """The frame the Script TOPs show: the geometry check's test frame while it runs, else the newest."""
@@ -601,6 +696,20 @@ class DepthFusionExt:
             report.warning(f"another td_bridge on the path ({folder}) is version {theirs}, the embedded copy "
                            f"in use {ours}: code importing td_bridge from elsewhere may not match this component")
 
+    def _diagnose_live(self, report: Any) -> None:
+        """The live session, when the Live toggle or the generator says it is on."""
+        state = self.controller.state if self.controller is not None else None
+        if not self._value("Live") and not (state is not None and state.live_on):
+            return
+        generator = "not connected" if state is None or not state.connected else (
+            f"on, {state.live_rate:.1f} fps, {state.live_frames} frames{', idle' if state.live_idle else ''}"
+            if state.live_on else "off")
+        value = self._value("Inputtop")
+        top = self._top(value)
+        source = top.path if top is not None else f"{value!r} is not a TOP" if str(value or "").strip() else "none"
+        report.note(f"live: toggle {'on' if self._value('Live') else 'off'}, generator {generator}; "
+                    f"Input TOP: {source}")
+
     def _diagnose_shader(self, report: Any) -> None:
         from td_bridge.render_setup import MATERIAL, render
 
@@ -752,20 +861,29 @@ class DepthFusionExt:
             raise LookupError(f"the component has no parameter {name!r} (an older .tox? build it again)")
         return par.eval()
 
+    def _top(self, value: Any) -> Any:
+        """A TOP parameter's operator: TouchDesigner evaluates it to the OP; a path is found from the component.
+        None when empty or not a TOP."""
+        if isinstance(value, str):
+            value = self.ownerComp.op(value) if value.strip() else None
+        return value if hasattr(value, "numpyArray") else None
+
     def _schema_values(self, params: Any) -> dict[str, Any]:
         """{schema name: value} of the custom parameters made from td_bridge.params ``params``."""
         from td_bridge.params import td_name
 
         return {p.name: self._value(td_name(p.name)) for p in params}
 
-    def _run(self, action) -> None:
-        """Run a controller call; a bad value or a missing connection shows in Last Error."""
+    def _run(self, action) -> bool:
+        """Run a controller call; a bad value or a missing connection shows in Last Error. True when it ran."""
         if self.controller is None:
-            return
+            return False
         try:
             action(self.controller)
         except (ValueError, ConnectionError) as exc:  # ParamError is a ValueError
             self._error(str(exc))
+            return False
+        return True
 
     def _error(self, text: str) -> None:
         try:

@@ -34,7 +34,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 COMPONENT = "DepthFusion"
-PULSES = ["Connect", "Disconnect", "Generate", "Cancel", "Recall", "Depthfromtop", "Upscale", "Diagnose", "Applyfixes"]
+PULSES = ["Connect", "Disconnect", "Generate", "Cancel", "Recall", "Depthfromtop", "Upscale", "Diagnose",
+          "Applyfixes", "Keep", "Take"]
 OUTPUTS = ["left", "right", "side_by_side", "top_bottom", "ods", "dome", "rgb", "depth"]  # Out TOPs, in order
 EXTENSION = "op('./DepthFusionExt').module.DepthFusionExt(me)"
 # Script TOPs: the newest frame and the previous one (read by the shader only while a frame blend runs); 16-bit
@@ -249,7 +250,7 @@ def build(td: Any, parent: Any, folder: Path) -> Any:
     changes.par.op = ".."
     changes.par.custom = True
     changes.par.onpulse = changes.par.valuechange = True
-    changes.par.pars = " ".join(PULSES + parameters.SETTINGS_PARS)
+    changes.par.pars = " ".join(PULSES + parameters.SETTINGS_PARS + parameters.LIVE_PARS)
     changes.par.active = True
     osc = _dat(comp, td.textDAT, "osc_callbacks", read("callbacks/osc_in.py"), -200, -450)
     osc_in = _at(comp.create(td.oscinDAT, "osc_in"), 0, -450)

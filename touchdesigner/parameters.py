@@ -3,7 +3,8 @@
 ``create_parameters(comp)`` runs inside TouchDesigner (from build_depthfusion.py) and in the
 tests against the td stand-in. Pages: Connection, Generate (every generation parameter plus
 Generate / Cancel / Recall, and Depth from TOP with its estimation parameters), LoRA (the LoRA slots of
-the generation parameters), Upscale (ldm3d-sr), Depth and Sphere (what the shaders use; Sphere also holds
+the generation parameters), Live (the generator's live session: the Live toggle, the live parameters, an Input
+TOP, Keep and Take), Upscale (ldm3d-sr), Depth and Sphere (what the shaders use; Sphere also holds
 Blend Time, the crossfade from one frame to the next), Stereo and Outputs (cameras and output sizes), OSC (the
 component's own OSC In DAT), Diagnose (the self-check, the shader's position input, the convention
 overrides and Apply Fixes) and Status (read-only, written by DepthFusionExt).
@@ -15,7 +16,8 @@ from typing import Any
 
 from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES
 from td_bridge.params import (BASE_GENERATION_PARAMS, CONVENTION_PARAMS, DISPLAY_PARAMS, ESTIMATION_PARAMS,
-                              LORA_PARAMS, UPSCALE_PARAMS, VIEW_PARAMS, find_param, td_name, td_parameter_specs)
+                              GENERATION_PARAMS, LIVE_PARAMS, LORA_PARAMS, UPSCALE_PARAMS, VIEW_PARAMS, find_param,
+                              td_name, td_parameter_specs)
 from td_bridge.td_builds import POSITION_MENU
 
 # name, style, label, default, help
@@ -48,6 +50,24 @@ UPSCALE = [
     ("Upscale", "Pulse", "Upscale", None, "Upscale the frame on screen with the parameters above (the generator "
      "needs --upscaler). Over 1280x1280 needs a Commercial licence to show."),
 ]
+# The Live page: the toggle, then the live parameters (td_bridge.params LIVE_PARAMS), then these.
+LIVE = ("Live", "Toggle", "Live", False, "Run the generator's live session: frames back to back from the Generate "
+        "and LoRA pages' parameters and the ones below. While on, every change of those is sent to it, at most once "
+        "a frame.")
+LIVE_ACTIONS = [
+    ("Inputtop", "TOP", "Input TOP", "", "A TOP (a camera, a movie, a render) whose image each live frame starts "
+     "from (img2img, Input Strength): sent at most Live FPS times a second, and only when the TOP cooked since the "
+     "last one sent. Empty: text only."),
+    ("Keep", "Pulse", "Keep", None, "Store the frame on screen in the generator's frame library exactly as shown (a "
+     "live frame is not stored otherwise), under the Generate page's Cue if set."),
+    ("Take", "Pulse", "Take", None, "Queue a full-quality render of the live frame on screen (its prompt, seed and "
+     "input, the full steps and decoder); it arrives like a generated frame."),
+    ("Takeupscale", "Toggle", "Take Upscale", False, "Take also upscales its render with the Upscale page's "
+     "parameters (the generator needs --upscaler)."),
+]
+# Parameters whose change the live session hears about (DepthFusionExt.OnValueChange): Live starts or stops it, the
+# generation and live parameters steer it while it runs.
+LIVE_PARS = ["Live"] + [td_name(p.name) for p in GENERATION_PARAMS + LIVE_PARAMS]
 # page → schema parameters (td_bridge.params DISPLAY_PARAMS and VIEW_PARAMS), in order
 VIEW_PAGES = {
     "Depth": ("mapping", "radius", "strength", "near", "far", "cull_jump", "edges"),
@@ -87,6 +107,11 @@ STATUS = [
     ("Lasterror", "Str", "Last Error", "", "The last problem, in words."),
     ("Depthcheck", "Str", "Depth Check", "", "How well the frame's depth agrees with the generator's depth model "
      "(serve --depth-check): AbsRel (0 = perfect) and delta1 (1 = perfect) after scale/shift alignment."),
+    ("Liveon", "Toggle", "Live On", False, "The generator's live session is running."),
+    ("Liverate", "Float", "Live Rate", 0.0, "Live frames a second, measured by the generator."),
+    ("Liveframes", "Int", "Live Frames", 0, "Live frames the generator made since it started."),
+    ("Liveidle", "Toggle", "Live Idle", False, "Live is on but nothing changed: no frames are made, the last one "
+     "stays on screen."),
 ]
 
 
@@ -137,6 +162,9 @@ def create_parameters(comp: Any) -> None:
     _add_group(generate, BASE_GENERATION_PARAMS, ACTIONS)
     _add_group(generate, ESTIMATE_PARAMS, DEPTH_FROM_TOP)
     _add_specs(comp.appendCustomPage("LoRA"), td_parameter_specs(LORA_PARAMS, "LoRA"))
+    live = comp.appendCustomPage("Live")
+    _add(live, *LIVE)
+    _add_group(live, LIVE_PARAMS, LIVE_ACTIONS)
     _add_group(comp.appendCustomPage("Upscale"), UPSCALE_PARAMS, UPSCALE)
     view_params = DISPLAY_PARAMS + VIEW_PARAMS
     for page, names in VIEW_PAGES.items():

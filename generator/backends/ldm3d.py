@@ -149,6 +149,27 @@ def step_options(name: str, params: dict[str, Any], generator: torch.Generator) 
     return {}
 
 
+def start_step(steps: int, strength: float) -> int:
+    """The step img2img starts at: it runs ``strength`` of the steps (diffusers' img2img rounding down), at least
+    one."""
+    return steps - min(steps, max(1, int(steps * strength)))
+
+
+@dataclass
+class DenoiseState:
+    """One frame's denoising state (:meth:`LDM3DBackend.prepare`)."""
+
+    params: dict[str, Any]
+    scheduler: Any
+    timesteps: torch.Tensor  # the steps still to run
+    embeddings: torch.Tensor
+    latents: torch.Tensor
+    guided: bool
+    options: dict[str, Any]  # of the scheduler's step
+    weights: dict[str, float]  # LoRA weights
+    strength: float | None  # img2img's, None without an input image
+
+
 class LDM3DBackend:
     """Our own LDM3D pipeline: encode prompt → denoise latents → decode RGB + depth."""
 
@@ -267,47 +288,89 @@ class LDM3DBackend:
             return self._encode(params["prompt"], params["negative_prompt"], params["guidance"] > 1.0)
 
     def generate(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
-                 latents: torch.Tensor | None = None, embeddings: torch.Tensor | None = None) -> RGBD:
+                 latents: torch.Tensor | None = None, embeddings: torch.Tensor | None = None,
+                 image: RGBD | None = None, strength: float = 1.0, full_decoder: bool = False) -> RGBD:
         """One RGBD frame from validated params; ``latents`` overrides the seeded start noise, ``embeddings`` the
-        prompt's text embeddings (the shape :meth:`encode` returns for these params)."""
+        prompt's text embeddings (the shape :meth:`encode` returns for these params). With ``image`` (an RGBD of the
+        params' size) the frame starts from it (img2img): its latents are noised to ``strength`` and that share of
+        the steps denoises them. ``full_decoder`` decodes with the model's VAE even when a tiny decoder is loaded."""
+        with torch.inference_mode():
+            frame = self.prepare(params, latents=latents, embeddings=embeddings, image=image, strength=strength)
+            latents = self._denoise(frame, progress, cancelled)
+            decoded = self._decode(latents, full=full_decoder)
+        return self.result(frame, decoded, full_decoder=full_decoder)
+
+    def prepare(self, params: dict[str, Any], *, latents: torch.Tensor | None = None,
+                embeddings: torch.Tensor | None = None, image: RGBD | None = None,
+                strength: float = 1.0) -> DenoiseState:
+        """Everything one frame's denoising needs, with the params' LoRAs active and seamless set (call under
+        ``torch.inference_mode``); see :meth:`generate` for the arguments."""
         weights = self.check(params)
         width, height, factor = params["width"], params["height"], self.variant.scale_factor
         scheduler = make_scheduler(params["scheduler"], self.scheduler_config, params["spacing"])
         scheduler.set_timesteps(params["steps"], device=self.device)  # before init_noise_sigma, which it sets
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(0)  # else the first step searches its index on the device
         guided = params["guidance"] > 1.0
-        self.loras.activate(weights)  # before the prompt is encoded: a LoRA may change the text encoder
-        with torch.inference_mode():
-            set_seamless(self.unet, params["seamless"])
-            set_seamless(self.vae, params["seamless"])
-            if self.decoder is not None:
-                self.decoder.set_seamless(params["seamless"])
-            if embeddings is None:
-                embeddings = self._encode(params["prompt"], params["negative_prompt"], guided)
-            else:
-                expected = (2 if guided else 1, self.tokenizer.model_max_length, self.text_encoder.config.hidden_size)
-                if tuple(embeddings.shape) != expected:
-                    raise ValueError(f"embeddings must have shape {expected}, got {tuple(embeddings.shape)}")
-                embeddings = embeddings.to(self.device, self.dtype)
-            shape = (1, self.unet.config.in_channels, height // factor, width // factor)
-            generator = torch.Generator("cpu").manual_seed(params["seed"])  # start noise, then lcm/tcd step noise
-            if latents is None:
-                latents = torch.randn(shape, generator=generator, dtype=torch.float32)
-            elif tuple(latents.shape) != shape:
-                raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        self.apply(weights, params["seamless"])  # before the prompt is encoded: a LoRA may change the text encoder
+        if embeddings is None:
+            embeddings = self._encode(params["prompt"], params["negative_prompt"], guided)
+        else:
+            expected = (2 if guided else 1, self.tokenizer.model_max_length, self.text_encoder.config.hidden_size)
+            if tuple(embeddings.shape) != expected:
+                raise ValueError(f"embeddings must have shape {expected}, got {tuple(embeddings.shape)}")
+            embeddings = embeddings.to(self.device, self.dtype)
+        shape = (1, self.unet.config.in_channels, height // factor, width // factor)
+        generator = torch.Generator("cpu").manual_seed(params["seed"])  # start noise, then lcm/tcd step noise
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        first = 0
+        if image is None:
             latents = latents.to(self.device, self.dtype) * scheduler.init_noise_sigma
-            options = step_options(params["scheduler"], params, generator)
-            latents = self._denoise(latents, embeddings, scheduler, params, progress, cancelled, guided, options)
-            image = self._decode(latents)
+        else:
+            first = start_step(params["steps"], strength) * scheduler.order
+            start = scheduler.timesteps[first:first + 1]
+            latents = scheduler.add_noise(self.encode_image(image, params), latents.to(self.device, self.dtype),
+                                          start)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(first)  # else the first step searches its index on the device
+        return DenoiseState(params, scheduler, scheduler.timesteps[first:], embeddings, latents, guided,
+                     step_options(params["scheduler"], params, generator), weights, strength if image else None)
+
+    def apply(self, weights: dict[str, float], seamless: bool) -> None:
+        """The models' frame-wide settings: LoRA weights, and seamless on the U-Net and decoders (set every time:
+        trainers and decoder swaps change them behind the backend's back)."""
+        self.loras.activate(weights)
+        set_seamless(self.unet, seamless)
+        set_seamless(self.vae, seamless)
+        if self.decoder is not None:
+            self.decoder.set_seamless(seamless)
+
+    def encode_image(self, image: RGBD, params: dict[str, Any]) -> torch.Tensor:
+        """The VAE latents (the mean, scaled) of an RGBD image of the params' size: where img2img starts."""
+        from ..train.packing import pack
+
+        if image.rgb.shape[:2] != (params["height"], params["width"]):
+            raise ValueError(f"the input image is {image.rgb.shape[1]}x{image.rgb.shape[0]}; "
+                             f"this frame is {params['width']}x{params['height']}")
+        pixels = pack(image.rgb, image.depth, self.variant.channels)[None].to(self.device, self.vae_dtype)
+        latents = self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
+        return latents.to(self.dtype)
+
+    def result(self, frame: DenoiseState, image: np.ndarray, *, full_decoder: bool = False) -> RGBD:
+        """The RGBD of a decoded (H, W, C) image in [0, 1] made from ``frame``."""
+        params = frame.params
         rgb = np.clip(np.round(image[..., :3] * 255.0), 0, 255).astype(np.uint8)
-        return RGBD(rgb, self.variant.decode_depth(image), info={
-            "decoder": "full" if self.decoder is None else self.decoder.name,
+        info = {
+            "decoder": "full" if self.decoder is None or full_decoder else self.decoder.name,
             "vae_channels": self.variant.channels, "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."), "scheduler": params["scheduler"],
-            "timestep_spacing": scheduler.config.get("timestep_spacing"), "seamless": params["seamless"],
-            "loras": self.loras.records(weights), "loras_fused": self.loras.fused is not None,
-        })
+            "timestep_spacing": frame.scheduler.config.get("timestep_spacing"), "seamless": params["seamless"],
+            "loras": self.loras.records(frame.weights), "loras_fused": self.loras.fused is not None,
+        }
+        if frame.strength is not None:
+            info.update(input_strength=frame.strength, steps_run=len(frame.timesteps) // frame.scheduler.order)
+        return RGBD(rgb, self.variant.decode_depth(image), info=info)
 
     def _encode(self, prompt: str, negative: str, guided: bool) -> torch.Tensor:
         """Text embeddings, ``[negative, prompt]`` when guided. Each text is encoded as its own batch of one, as
@@ -324,26 +387,33 @@ class LDM3DBackend:
         tokens = self.tokenizer(text, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
         return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
 
-    def _denoise(self, latents: torch.Tensor, embeddings: torch.Tensor, scheduler: Any, params: dict[str, Any],
-                 progress: ProgressFn, cancelled: CancelledFn, guided: bool, options: dict[str, Any]) -> torch.Tensor:
+    def _denoise(self, frame: DenoiseState, progress: ProgressFn, cancelled: CancelledFn) -> torch.Tensor:
         # The U-Net takes each timestep as a device tensor, the scheduler as a host number: a scheduler indexing
         # its tables with a device tensor makes the host wait for the GPU at every step.
-        timesteps = scheduler.timesteps
+        latents, scheduler, timesteps = frame.latents, frame.scheduler, frame.timesteps
         for step, (t, t_host) in enumerate(zip(timesteps, timesteps.tolist()), start=1):
             if cancelled():
                 raise Cancelled()
-            model_input = torch.cat([latents] * 2) if guided else latents
-            model_input = scheduler.scale_model_input(model_input, t_host)
-            noise = self.unet(model_input, t, encoder_hidden_states=embeddings).sample
-            if guided:
-                uncond, cond = noise.chunk(2)
-                noise = uncond + params["guidance"] * (cond - uncond)
-            latents = scheduler.step(noise, t_host, latents, **options).prev_sample
+            noise = self.predict(torch.cat([latents] * 2) if frame.guided else latents, t, t_host, frame)
+            latents = scheduler.step(noise, t_host, latents, **frame.options).prev_sample
             progress(step, len(timesteps))
         return latents
 
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        if self.decoder is not None:  # a tiny RGBD decoder, returning the same layout as the VAE's path below
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, t_host: float, frame: DenoiseState) -> torch.Tensor:
+        """The guided noise prediction for ``latents`` (doubled when guided) at timestep t."""
+        model_input = frame.scheduler.scale_model_input(latents, t_host)
+        return self.guide(self.unet(model_input, t, encoder_hidden_states=frame.embeddings).sample, frame)
+
+    @staticmethod
+    def guide(noise: torch.Tensor, frame: DenoiseState) -> torch.Tensor:
+        """Classifier-free guidance of a frame's noise prediction ([unconditional, prompt] rows when guided)."""
+        if not frame.guided:
+            return noise
+        uncond, cond = noise.chunk(2)
+        return uncond + frame.params["guidance"] * (cond - uncond)
+
+    def _decode(self, latents: torch.Tensor, *, full: bool = False) -> np.ndarray:
+        if self.decoder is not None and not full:  # a tiny RGBD decoder, returning the same layout as the VAE's path below
             return self.decoder.decode(latents)
         latents = latents.to(self.vae_dtype) / self.vae.config.scaling_factor
         image = self.vae.decode(latents).sample

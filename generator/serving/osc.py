@@ -208,6 +208,12 @@ class OscBridge:
         if name == "cancel":
             _expect_args(args, 0, 1, name)
             return "cancel", {"job_id": str(args[0])} if args else {}
+        if name == "keep":
+            _expect_args(args, 0, 1, name)
+            return "keep", {"frame_id": "latest", **({"cue": generation_param("cue").coerce(args[0])} if args else {})}
+        if name == "take":
+            _expect_args(args, 0, 0, name)
+            return "take", {"frame_id": "latest"}
         _expect_args(args, 1, 1, name)
         if name == "upscale":
             return "upscale", {"name": str(args[0]), **self.upscale_params}
@@ -271,6 +277,10 @@ class OscBridge:
             return reply("queued", result["job_id"], result["params"]["seed"])
         if name == "upscale":
             return reply("queued", result["job_id"], result["params"]["upscale_seed"])
+        if name == "take":
+            return reply("queued", result["job_id"], result["params"]["seed"])
+        if name == "keep":
+            return reply("kept", result["frame_id"])
         if name == "cancel":
             return reply("cancelled", len(result["cancelled"]), *result["cancelled"])
         return reply("recalled", result["frame_id"])

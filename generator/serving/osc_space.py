@@ -25,6 +25,10 @@ COMMANDS = {
                "`--upscaler`); reply `/depthfusion/queued` with the upscale seed",
     "live": "1 or 0 — start the live session with the current parameters (frames back to back, paced to "
             "`live_fps`; docs/live.md), or stop it (the last frame stays on screen); reply `/depthfusion/live`",
+    "keep": "[cue] — store the newest frame (the live frame on screen) in the frame library exactly as shown, "
+            "under this cue; reply `/depthfusion/kept`",
+    "take": "— re-render the newest live frame at full quality (its prompt, seed and blend; the full steps and "
+            "decoder) as a job that is kept and published; reply `/depthfusion/queued`",
     "status": "— reply `/depthfusion/status`",
     "ping": "— reply `/depthfusion/pong`",
 }
@@ -35,6 +39,7 @@ REPLIES = {
     "queued": ("si", "job id, the seed it uses (a random one resolved)"),
     "cancelled": ("is*", "how many, then each cancelled job id"),
     "recalled": ("s", "frame id"),
+    "kept": ("s", "frame id"),
     "live": ("i", "1 when the live session runs, 0 when it is stopped"),
     "error": ("ss", "the address it answers (`\"\"` when a packet had none), what is wrong"),
 }

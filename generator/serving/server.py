@@ -19,13 +19,14 @@ import zmq
 
 from td_bridge import protocol as wire
 from td_bridge.addresses import check_endpoint
-from td_bridge.params import Param, ParamError, resolve_seed, validate_generation
+from td_bridge.params import GENERATION_PARAMS, Param, ParamError, find_param, resolve_seed, validate_generation
 
 from .. import __version__
+from ..fast import TAKE_QUALITY
 from ..backends.base import Backend, Cancelled
 from ..frames import make_frame
 from ..library import FrameLibrary, LibraryError
-from .live import LiveSession
+from .live import TAKE_KEY, LiveSession
 from .jobs import CANCELLED, DONE, FAILED, Job, JobQueue, QueueFull
 from .osc import OscBridge, OscConfig
 from .publisher import FramePublisher
@@ -38,12 +39,15 @@ log = logging.getLogger("depthfusion.server")
 # ZeroMQ drops a peer that sends a bigger message part: the largest image an estimate request uploads, plus room.
 # A request's JSON part has its own, smaller limit (td_bridge.protocol.MAX_REQUEST_BYTES: an error reply).
 MAX_MESSAGE_BYTES = wire.MAX_UPLOAD_PIXELS * 3 + 1024 * 1024
-UPLOAD_COMMANDS = ("estimate",)  # the commands whose request carries a second, data part
+UPLOAD_COMMANDS = ("estimate", "live_input")  # the commands whose request carries a second, data part
 MAX_ERROR_CHARS = 2000  # a job's error text, so that job summaries stay small
 STATUS_JOBS = 16  # waiting jobs listed in a status event (``queued`` counts them all)
 STATUS_PROMPT_CHARS = 100  # prompts in a status event are cut to this; ``job`` gives them whole
 LIVE_ON = Param("on", bool, None, "The live command's switch: true starts the session, false stops it.")
 NO_UPSCALER = "this generator runs without an upscaler (serve --upscaler Intel/ldm3d-sr)"
+NO_LIBRARY = "this generator runs without a frame library (serve without --no-library)"
+LIVE_HISTORY = 16  # live frames kept in memory for get_frame, keep and take, apart from the other frames
+CUE = find_param("cue", GENERATION_PARAMS)
 
 
 class NotFound(Exception):
@@ -72,10 +76,15 @@ class GeneratorServer:
         depth_check: bool = False,
         defaults: dict[str, Any] | None = None,
         live: bool | dict[str, Any] = False,
+        take_defaults: dict[str, Any] | None = None,
     ) -> None:
         self.backend = backend
         # generation parameters a request leaves out take these (serve's flags, --fast), then the schema's
         self.defaults = dict(validate_generation(defaults or {}))
+        # a take's full quality: the schema's steps, guidance and sampler under serve's own flags, not a --fast
+        # preset's (take_defaults also names which LoRAs a take uses: serve leaves the preset's out)
+        full = validate_generation(take_defaults or {})
+        self.take_defaults = {**{k: full[k] for k in TAKE_QUALITY}, **(take_defaults or {})}
         self.frames_address = check_endpoint(frames_address, bind=True, allow_lan=allow_lan)
         self.commands_address = check_endpoint(commands_address, bind=True, allow_lan=allow_lan)
         if history < 1:
@@ -103,6 +112,7 @@ class GeneratorServer:
         self._upload: Any = None  # the data part of the request being handled
         self.osc: OscBridge | None = None
         self._history: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
+        self._live_history: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()  # never evicts those
         self._history_size = history
         self._last_published: str | None = None  # what "latest" means: the frame on screen now
         self._seq = 0
@@ -239,7 +249,9 @@ class GeneratorServer:
 
         push.send_multipart([b"changed"])  # clients see "generating" now, not at the next heartbeat
         try:
-            if SOURCE_KEY in job.params:
+            if TAKE_KEY in job.params:
+                header, result = self.live.take(job.params, progress, job.cancel_event.is_set, job.id)
+            elif SOURCE_KEY in job.params:
                 header, result = self.upscales.run(job.params, progress, job.cancel_event.is_set, job.id)
             elif UPLOAD_KEY in job.params:
                 header, result = self.estimates.run(job.params, progress, job.cancel_event.is_set, job.id)
@@ -312,7 +324,7 @@ class GeneratorServer:
                 self._publish_result(parts[1].bytes.decode(), json.loads(parts[2].bytes), parts[3:])
             elif kind == b"live":  # newest wins: the publisher keeps only the newest frame a slow client has not read
                 if self.live.on and int(parts[1].bytes) == self._live_epoch:  # nothing published after a stop
-                    self._publish(parts[2:])
+                    self._publish(parts[2:], live=True)
             elif kind == b"rendered":  # a render command's reply, from the render thread
                 self._send(parts[1].bytes, [b""] if parts[2].bytes else [], *parts[3:])
             else:
@@ -339,14 +351,19 @@ class GeneratorServer:
             return
         log.info("job %s queued: upscale %s", job.id, frame_id)
 
-    def _remember(self, frame_id: str, parts: list[Any]) -> None:
-        """Keep a frame in memory for get_frame/recall; the least recently used goes first."""
-        self._history[frame_id] = parts
-        self._history.move_to_end(frame_id)
-        while len(self._history) > self._history_size:
-            self._history.popitem(last=False)
+    def _remember(self, frame_id: str, parts: list[Any], *, live: bool = False) -> None:
+        """Keep a frame in memory for get_frame/recall; the least recently used goes first. Live frames have their
+        own LIVE_HISTORY, so that a live session never pushes the other frames out."""
+        history, size = (self._live_history, LIVE_HISTORY) if live else (self._history, self._history_size)
+        history[frame_id] = parts
+        history.move_to_end(frame_id)
+        while len(history) > size:
+            history.popitem(last=False)
 
-    def _publish(self, frame_parts: list[Any], **extra: Any) -> dict[str, Any]:
+    def _in_memory(self, frame_id: str) -> list[Any] | None:
+        return self._history.get(frame_id) or self._live_history.get(frame_id)
+
+    def _publish(self, frame_parts: list[Any], *, live: bool = False, **extra: Any) -> dict[str, Any]:
         """Stamp [header, rgb, depth] with the next seq and the send time, publish it and keep the
         stamped parts for get_frame; returns the header."""
         header = json.loads(bytes(frame_parts[0]))
@@ -355,7 +372,7 @@ class GeneratorServer:
         parts = [wire.encode_header(header), *frame_parts[1:]]
         self._publisher.publish_frame(parts)
         self._last_published = header["frame_id"]
-        self._remember(header["frame_id"], parts)
+        self._remember(header["frame_id"], parts, live=live)
         return header
 
     def _publish_status(self) -> None:
@@ -386,7 +403,8 @@ class GeneratorServer:
 
     def _live_status(self) -> dict[str, Any]:
         summary = self.live.summary()
-        return {k: summary[k] for k in ("on", "fps", "frames", "idle", "blend", "live_fps", "transition")} | {
+        return {k: summary[k] for k in ("on", "fps", "frames", "idle", "blend", "input", "live_fps",
+                                        "transition")} | {
             "error": self._last_live_error}
 
     def _drain_commands(self) -> None:
@@ -461,6 +479,9 @@ class GeneratorServer:
             "upscale": self._cmd_upscale,
             "estimate": self._cmd_estimate,
             "live": self._cmd_live,
+            "live_input": self._cmd_live_input,
+            "keep": self._cmd_keep,
+            "take": self._cmd_take,
         }
 
     @staticmethod
@@ -515,6 +536,80 @@ class GeneratorServer:
         self._publish_status()
         return [wire.encode_reply(request_id, summary)]
 
+    def _cmd_live_input(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        """The live session's newest input frame (args 'image' + any live or generation parameters, data part: the
+        RGB bytes), or ``clear: true`` (no data) to go back to text only; newest wins, one frame is kept."""
+        clear = args.get("clear", False)
+        if clear is not True and clear is not False:
+            raise wire.ProtocolError("'clear' must be true or false")
+        rest = {k: v for k, v in args.items() if k not in ("image", "clear")}
+        if clear:
+            if "image" in args or self._upload is not None:
+                raise wire.ProtocolError("live_input with clear takes no image")
+            rgb = None
+        else:
+            rgb = wire.decode_upload(args.get("image"), self._upload)  # sizes checked before the buffer is read
+        reply = self.live.set_input(rgb, rest)
+        if reply["accepted"]:
+            self.jobs.wake()
+        return [wire.encode_reply(request_id, reply)]
+
+    def _cmd_keep(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        """Store a published frame (a live frame on screen, by default the newest frame) in the library exactly as
+        it was shown: the same pixels and frame id, kind "frame", with the cue given."""
+        if self.library is None:
+            return [wire.encode_error(request_id, "unavailable", NO_LIBRARY)]
+        unknown = set(args) - {"frame_id", "cue"}
+        if unknown:
+            raise wire.ProtocolError(f"keep takes 'frame_id' and 'cue', got {', '.join(sorted(map(str, unknown)))}")
+        cue = CUE.coerce(args["cue"]) if "cue" in args else None
+        frame_id, parts = self._find_frame({"frame_id": args.get("frame_id", "latest")}, "keep")
+        frame = wire.decode_frame_parts([bytes(p) for p in parts])
+        if self.library.get(frame_id) is not None:
+            return [wire.encode_reply(request_id, {"frame_id": frame_id, "cue": frame.meta.get("cue"),
+                                                   "saved": False})]  # kept already
+        header = {k: v for k, v in frame.meta.items() if k not in ("server_id", "sent_at", "recalled_at")}
+        header.update(kind="frame", seq=0, kept_at=time.time())  # saved as a job's frame is: before publishing
+        if cue is not None:
+            header["cue"] = cue
+            header["params"] = {**header.get("params", {}), "cue": cue}
+        try:
+            self.library.save(header, frame.rgb, frame.depth)
+        except LibraryError as exc:
+            return [wire.encode_error(request_id, "internal", f"not saved to the library: {exc}")]
+        self._live_history.pop(frame_id, None)  # get_frame and recall now read the kept frame
+        self._history.pop(frame_id, None)
+        log.info("frame %s kept%s", frame_id, f" as cue {cue!r}" if cue else "")
+        return [wire.encode_reply(request_id, {"frame_id": frame_id, "cue": header.get("cue"), "saved": True})]
+
+    def _cmd_take(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        """Queue a full-quality render of a live frame (frame_id, by default the newest live frame): its prompt,
+        seed, transition state and input image with take_defaults' steps, guidance and sampler, the model's full
+        decoder and any generation parameters given; ``upscale`` as generate. An ordinary job: saved and
+        published when ready."""
+        upscale, args = split_upscale(args)
+        if upscale is not None and self.upscales is None:
+            return [wire.encode_error(request_id, "unavailable", NO_UPSCALER)]
+        frame_id = args.get("frame_id", "latest")
+        if not wire.is_valid_id(frame_id):
+            raise wire.ProtocolError(f"'frame_id' must be an id or 'latest', got {frame_id!r}")
+        if frame_id == "latest":
+            frame_id = self.live.latest()
+            if frame_id is None:
+                raise NotFound("no live frame has been made yet")
+        overrides = {**self.take_defaults, **{k: v for k, v in args.items() if k != "frame_id"}}
+        try:
+            params = self.live.take_params(frame_id, overrides)
+        except KeyError:
+            raise NotFound(f"frame {frame_id} is not one of the newest {LIVE_HISTORY} live frames") from None
+        job = self.jobs.submit(params)
+        if upscale is not None:
+            self.upscales.chain(job.id, upscale)
+        log.info("job %s queued: take of live frame %s", job.id, frame_id)
+        self._publish_status()
+        extra = {"upscale": upscale} if upscale is not None else {}
+        return [wire.encode_reply(request_id, {"job_id": job.id, "params": params, **extra})]
+
     def _cmd_cancel(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
         job_id = _job_id_arg(args, required=False)
         cancelled = self.jobs.cancel(job_id)
@@ -557,8 +652,8 @@ class GeneratorServer:
                 raise wire.ProtocolError(f"'frame_id' must be an id or 'latest', got {frame_id!r}")
             if frame_id == "latest":
                 frame_id = self._latest_id()
-        if frame_id in self._history:
-            return frame_id, self._history[frame_id]
+        if self._in_memory(frame_id) is not None:
+            return frame_id, self._in_memory(frame_id)
         if self.library is None or self.library.get(frame_id) is None:
             raise NotFound(f"frame {frame_id} is neither in memory nor in the library")
         try:
@@ -573,7 +668,7 @@ class GeneratorServer:
         """Whether a frame with this id is in memory or in the library."""
         if not wire.is_valid_id(name):
             return False
-        return name in self._history or (self.library is not None and self.library.get(name) is not None)
+        return self._in_memory(name) is not None or (self.library is not None and self.library.get(name) is not None)
 
     def _latest_id(self) -> str:
         """What "latest" means: the frame this run published last; before it has published any

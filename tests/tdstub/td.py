@@ -12,8 +12,9 @@ Modelled TouchDesigner behaviour: absolute time (``absTime``, advanced by ``simu
 td_hand.json, dropped frames included), builds (``simulate_build``: ``app.build``/``app.version``, the
 extension hooks — ``__delTD__`` before 2025.31550, ``onInitTD``/``onDestroyTD`` from it — and the GLSL
 MAT's vertex position input), ``COMP.create`` taking the next numbered name, input ``connect()``
-replacing, Parameter Execute ``onValueChange`` once per frame (``simulate_frame``), ``run()`` counting
-``delayFrames`` on ``delayRef``'s time (the project timeline, which ``simulate_timeline`` pauses, or
+replacing, ``cook()`` cooking only when forced or required (what requires a cook is not modelled: a test says it
+with ``stub_cook_required``), Parameter Execute ``onValueChange`` once per frame (``simulate_frame``), ``run()``
+counting ``delayFrames`` on ``delayRef``'s time (the project timeline, which ``simulate_timeline`` pauses, or
 ``op.TDResources``' independent time) with ``endFrame``, Out TOP connectors sorted by name, TOP sizes (custom
 resolution, Layout TOP scale resolution, inputs), Script TOP pixel formats and ``copyNumpyArray``'s checks (1–4
 channels, or 3–4 as the older page reads: ``simulate_script_top_channels``), a GLSL MAT that compiles when a
@@ -499,6 +500,7 @@ class OP:
 
     OPType = "OP"
     stub_inputs = 0  # input connectors
+    stub_cook_required = True  # False: nothing new to cook (a still image), so cook() without force does nothing
 
     def __init__(self, name: str, parent: COMP | None) -> None:
         self.name, self._parent = name, parent
@@ -550,7 +552,15 @@ class OP:
         return node
 
     def cook(self, force: bool = False, recurse: bool = False, includeUtility: bool = False) -> None:
+        self._cooks(force)
+
+    def _cooks(self, force: bool) -> bool:
+        """Whether ``cook(force)`` cooks: forced, or a cook is required (``stub_cook_required``; td_hand.json:
+        cook_if_required); a cook counts in ``totalCooks``."""
+        if not (force or self.stub_cook_required):
+            return False
         self.totalCooks += 1
+        return True
 
     def errors(self, recurse: bool = False) -> str:
         return "\n".join(self._errors)
@@ -815,7 +825,8 @@ class glslMAT(MAT):
         self.stub_log: list[str] = []  # the last compile's messages
 
     def cook(self, force: bool = False, recurse: bool = False, includeUtility: bool = False) -> None:
-        super().cook(force=force, recurse=recurse, includeUtility=includeUtility)
+        if not self._cooks(force):
+            return
         vertex = self.stub_resolve(self.par.vdat.eval())
         if vertex is None:
             self.stub_log = ["Vertex shader DAT not found"]
@@ -876,7 +887,8 @@ class scriptTOP(TOP):
         self.stub_image: np.ndarray | None = None  # what copyNumpyArray last received (the texture, here)
 
     def cook(self, force: bool = False, recurse: bool = False, includeUtility: bool = False) -> None:
-        super().cook(force=force, recurse=recurse, includeUtility=includeUtility)
+        if not self._cooks(force):
+            return
         dat = self.stub_resolve(self.par.callbacks.eval())
         if dat is None:
             raise RuntimeError(f"{self.path}: callbacks DAT {self.par.callbacks.eval()!r} not found")
@@ -929,7 +941,8 @@ class renderTOP(TOP):
     stub_inputs = 0
 
     def cook(self, force: bool = False, recurse: bool = False, includeUtility: bool = False) -> None:
-        super().cook(force=force, recurse=recurse, includeUtility=includeUtility)
+        if not self._cooks(force):
+            return
         geometry = self.stub_resolve(self.par.geometry.eval())
         material = geometry.par.material.eval() if geometry is not None else None
         if isinstance(material, MAT):
