@@ -438,3 +438,25 @@ def test_the_measured_rate_holds_at_slow_rates_and_falls_to_zero_when_frames_sto
     assert live.summary()["fps"] == pytest.approx(1 / 3.0, rel=1e-3)  # within twice the interval: still running
     clock.now += 2.0
     assert live.summary()["fps"] == 0.0
+
+
+def test_the_tiny_ldm3d_served_live_publishes_frames_steadily_never_faster_than_the_target(make_server,
+                                                                                           tiny_backend):
+    srv = make_server(tiny_backend, defaults={"steps": 2, "width": 64, "height": 64, "seamless": False})
+    collector = Collector(srv.frames)
+    try:
+        with CommandClient(srv.commands, timeout=5.0) as client:
+            client.live(True, prompt="a room", seed=1, transition=0, live_fps=8)
+            wait_for(lambda: collector.frames, what="the first live frame", timeout=10)
+            client.live(prompt="a misty forest", transition=600)  # a long blend: a new frame at every tick
+            wait_for(lambda: len(collector.frames) >= 8, what="8 live frames", timeout=20)
+            client.live(False)
+        started = [f.meta["created_at"] - f.meta["timings"]["generate_s"] for f in collector.frames
+                   if f.meta["live"]["blend"] is not None]
+        assert len(started) >= 5 and all(f.meta["backend"] == "ldm3d" for f in collector.frames)
+        gaps = np.diff(started)
+        assert gaps.min() >= 1 / 8 - 0.005, gaps  # paced: frames start never faster than live_fps
+        blends = [f.meta["live"]["blend"] for f in collector.frames if f.meta["live"]["blend"] is not None]
+        assert blends == sorted(blends)  # the blend moves on from frame to frame
+    finally:
+        collector.close()
