@@ -22,6 +22,7 @@ from .library import LibraryError
 from .render.video import PATHS
 from .upscaling import DEFAULT_UPSCALER, UPSCALE_PARAMS, upscale_frame, upscale_params
 from .render.views import VIEWS
+from .sharding import Shard, join
 from .train import cli as train_cli
 from .evaluate import cli as evaluate_cli
 
@@ -70,11 +71,15 @@ def _library(args: argparse.Namespace, *, verify: bool = False):
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="auto",
-                        help="auto (LDM3D if its weights load, else demo), demo, or an LDM3D hub id / local folder")
+                        help="auto (LDM3D if its weights load, else demo), demo, an LDM3D hub id / local folder, a "
+                        "diffusers text-to-image pipeline (SD 1.x/2.x, SDXL, Z-Image: the panorama backend, depth from "
+                        "--estimator) or preset:NAME (docs/models.md)")
     parser.add_argument("--demo-step-delay", type=float, default=0.0, metavar="SECONDS",
                         help="demo backend: pause per step to rehearse with model-like timing (0-10)")
     ldm3d = parser.add_argument_group("LDM3D options")
-    ldm3d.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu")
+    ldm3d.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu; "
+                       "serve also takes a comma list (cuda:0,cuda:1: one worker and model copy each; cpu may "
+                       "repeat) or all (every CUDA GPU), docs/devices.md")
     ldm3d.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"],
                        help="weights precision; auto = fp16 on a GPU, fp32 on the CPU")
     ldm3d.add_argument("--revision", default=None, help="hub branch, tag or commit of the model")
@@ -102,6 +107,14 @@ def _add_fast_flag(parser: argparse.ArgumentParser) -> None:
                         "guidance its model card documents (docs/fast.md); flags given beside it win")
 
 
+def _add_licence_flags(parser: argparse.ArgumentParser, estimator: bool) -> None:
+    parser.add_argument("--commercial", action="store_true", help="refuse, before anything loads, any model, LoRA or "
+                        "depth model whose licence does not allow commercial use or is not known (docs/models.md)")
+    if estimator:
+        parser.add_argument("--estimator", default=DEFAULT_ESTIMATOR, metavar="MODEL", help="depth model of the "
+                            f"panorama backend (--model PIPELINE or preset:NAME; default {DEFAULT_ESTIMATOR})")
+
+
 def _add_upscaler_flags(parser: argparse.ArgumentParser, device_flags: bool = False) -> None:
     group = parser.add_argument_group("upscaler")
     group.add_argument("--upscaler", default=DEFAULT_UPSCALER, help=f"ldm3d-sr hub id or local folder "
@@ -123,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve frames over ZeroMQ")
     _add_model_flags(serve)
     _add_fast_flag(serve)
+    _add_licence_flags(serve, estimator=False)  # serve's --estimator (below) serves both
     serve.add_argument("--frames", default=DEFAULT_FRAMES,
                        help=f"publisher endpoint for frames and events ({DEFAULT_FRAMES})")
     serve.add_argument("--commands", default=DEFAULT_COMMANDS,
@@ -161,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_library_flags(gen)
     _add_model_flags(gen)
     _add_fast_flag(gen)
+    _add_licence_flags(gen, estimator=True)
     _add_param_flags(gen, GENERATION_PARAMS, "generation parameters", skip=("prompt",))
     gen.add_argument("--upscale", action="store_true", help="then upscale the frame with ldm3d-sr (the --upscale-* "
                      "flags); the output folder gets the upscaled frame, the library both")
@@ -262,10 +277,35 @@ def _generation_setup(args: argparse.Namespace) -> tuple[dict[str, Any], list[st
     """(generation parameters given, LoRA arguments), with the --fast preset under them (serve and generate)."""
     from .fast import preset, with_preset
 
+    from .backends.pano_presets import with_preset as with_pano_preset
+
     if getattr(args, "fast", None):
         chosen = preset(args.fast)
         log.info("--fast %s: LoRA %s (licence: %s; %s)", chosen.name, chosen.lora, chosen.licence, chosen.card)
-    return with_preset(getattr(args, "fast", None), _given_params(args), args.lora)
+    given, loras = with_pano_preset(args.model, _given_params(args), args.lora)
+    given, loras = with_preset(getattr(args, "fast", None), given, loras)
+    if getattr(args, "commercial", False):
+        _check_commercial(args, loras)
+    return given, loras
+
+
+def _check_commercial(args: argparse.Namespace, loras: Sequence[str]) -> None:
+    """--commercial: refuse every component whose licence does not allow commercial use, before anything loads."""
+    from .backends.ldm3d_files import CHECKPOINTS
+    from .backends.licences import commercial_problems
+    from .backends.lora import parse
+    from .backends.pano_presets import is_preset, preset
+
+    models = {"demo": [], "auto": list(CHECKPOINTS)}.get(args.model, [args.model])  # auto may load any of them
+    if is_preset(args.model):
+        models = list(preset(args.model).components())
+    estimator = getattr(args, "estimator", "none")
+    upscaler = getattr(args, "upscaler", None) if getattr(args, "upscale", True) else None
+    components = [*models, *(parse(spec).source for spec in loras), *([estimator] if estimator != "none" else []),
+                  *([upscaler] if upscaler else [])]
+    problems = commercial_problems(components)
+    if problems:
+        raise ValueError("--commercial: " + "; ".join(problems))
 
 
 def _take_defaults(args: argparse.Namespace, backend: Any) -> dict[str, Any]:
@@ -277,14 +317,18 @@ def _take_defaults(args: argparse.Namespace, backend: Any) -> dict[str, Any]:
     return take_defaults(getattr(args, "fast", None), _given_params(args), loaded)
 
 
-def _backend(args: argparse.Namespace, loras: Sequence[str] | None = None):
+def _backend(args: argparse.Namespace, loras: Sequence[str] | None = None, device: str | None = None):
+    """The backend the model flags name, on ``device`` (default --device)."""
     from .backends import load_backend
 
     loras = list(args.lora if loras is None else loras)
     if args.fuse_lora and not loras:
         raise ValueError("--fuse-lora needs --lora (or --fast)")
-    return load_backend(args.model, demo_step_delay=args.demo_step_delay, device=args.device, dtype=args.dtype,
+    estimator = getattr(args, "estimator", None)
+    return load_backend(args.model, demo_step_delay=args.demo_step_delay, device=device or args.device,
+                        dtype=args.dtype,
                         revision=args.revision, local_files_only=args.offline, compile=args.compile,
+                        **({"estimator": estimator} if estimator else {}),  # none: the panorama backend refuses
                         **({"decoder": args.decoder} if args.decoder != "full" else {}),
                         **({"loras": tuple(loras), "fuse_loras": args.fuse_lora} if loras else {}))
 
@@ -292,9 +336,11 @@ def _backend(args: argparse.Namespace, loras: Sequence[str] | None = None):
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serving.osc import OscConfig
     from .serving.server import GeneratorServer
+    from .serving.workers import device_name, parse_devices
 
     _check_range("--history", args.history, 1, 1000)
     _check_range("--queue-size", args.queue_size, 1, 1000)
+    devices = parse_devices(args.device)
     given, loras = _generation_setup(args)
     startup = validate_generation(given)
     osc = None
@@ -303,14 +349,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         reply_port=args.osc_reply_port, targets=args.osc_target)
         osc.check()  # before the model loads: a typo should not cost a minute
     library = _library(args)
-    backend = _backend(args, loras)
-    server = GeneratorServer(backend, frames_address=args.frames, commands_address=args.commands,
+    backends = [_backend(args, loras, device) for device in devices]  # one copy of the model per worker
+    names = [device_name(b) if d == "auto" else d for b, d in zip(backends, devices)]
+    backend = backends[0]
+    server = GeneratorServer(backends, frames_address=args.frames, commands_address=args.commands,
                              allow_lan=args.allow_lan, history=args.history, max_waiting=args.queue_size, osc=osc,
                              library=library, upscaler=_lazy_upscaler(args), estimator=_lazy_estimator(args),
                              depth_check=args.depth_check, defaults=given, live=bool(getattr(args, "live", False)),
-                             take_defaults=_take_defaults(args, backend))
+                             take_defaults=_take_defaults(args, backend), devices=names)
     server.bind()
-    log.info("backend %s (model %s)", backend.name, backend.model)
+    log.info("backend %s (model %s) on %s", backend.name, backend.model, ", ".join(names))
     log.info("frames on %s, commands on %s", server.frames_endpoint, server.commands_endpoint)
     if args.generate:
         job = server.jobs.submit(resolve_seed(startup))
@@ -391,25 +439,26 @@ def _upscaler(args: argparse.Namespace, **options: Any):
 
 
 def _lazy_estimator(args: argparse.Namespace):
-    """What loads the --estimator (serve: on the worker, at its first use), or None for --estimator none."""
+    """What loads the --estimator on a device (serve: each worker its own copy, at its first use), or None for
+    --estimator none."""
     if args.estimator.lower() == "none":
         if getattr(args, "depth_check", False):
             raise SystemExit("serve: --depth-check needs an --estimator")
         return None
 
-    def load():
+    def load(device: str) -> Any:
         from .estimators.model import DepthModel  # torch and transformers only when an estimate comes
 
-        return DepthModel.load(args.estimator, device=args.device, local_files_only=args.offline)
+        return DepthModel.load(args.estimator, device=device, local_files_only=args.offline)
 
     return load
 
 
 def _lazy_upscaler(args: argparse.Namespace):
-    """serve: what loads the --upscaler (on the worker, at the first upscale command), or None."""
+    """serve: what loads the --upscaler on a device (each worker its own copy, at its first upscale), or None."""
     if args.upscaler is None:
         return None
-    return lambda: _upscaler(args, revision=None)
+    return lambda device: _upscaler(argparse.Namespace(**{**vars(args), "device": device}), revision=None)
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
@@ -486,17 +535,28 @@ def cmd_library(args: argparse.Namespace) -> int:
 
 
 def cmd_pregenerate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .cues import is_image_cue, pending_cues, read_cues
-    from .frames import estimate_into_library, generate_into_library
+    from .cues import read_cues
 
     library = _library(args, verify=True)  # a broken frame does not count as done
     if library is None:
         raise ValueError("pregenerate fills the frame library; drop --no-library")
     cues = read_cues(args.cues)
-    backend = _backend(args) if any(not is_image_cue(params) for _, params in cues) else None
-    todo = pending_cues(cues, library, backend.model if backend else "", args.upscaler, args.estimator)
+    with join() as shard:  # under accelerate launch or torchrun, cue i is made by process i % processes
+        args.device = shard.device(args.device)
+        _pregenerate(args, library, shard, cues)
+    return 0
+
+
+def _pregenerate(args: argparse.Namespace, library: Any, shard: Shard, cues: list) -> None:
+    """Make this process's share of the cues that are not in the library yet (all of them in one process)."""
+    from tqdm import tqdm
+
+    from .cues import is_image_cue, pending_cues
+    from .frames import estimate_into_library, generate_into_library
+
+    mine = shard.mine(cues)
+    backend = _backend(args) if any(not is_image_cue(params) for _, params in mine) else None
+    todo = pending_cues(mine, library, backend.model if backend else "", args.upscaler, args.estimator)
     problems = []
     for name, params in todo:  # what the model cannot make (an unknown LoRA, say) before the first frame
         try:
@@ -506,14 +566,16 @@ def cmd_pregenerate(args: argparse.Namespace) -> int:
             problems.append(f"cue {name}: {exc}")
     if problems:
         raise ParamError("; ".join(problems))
-    print(f"{len(cues)} cues, {len(cues) - len(todo)} already in {library.root}")
+    share = f"{shard.describe()}: {len(mine)} of " if shard.sharded else ""
+    print(f"{share}{len(cues)} cues, {len(mine) - len(todo)} already in {library.root}")
     upscaler = _upscaler(args, revision=None) if any("upscale" in params for _, params in todo) else None
     estimator = None
     if any(is_image_cue(params) for _, params in todo):
         load = _lazy_estimator(args)
         if load is None:
             raise ValueError("cues that name an image need a depth model: drop --estimator none")
-        estimator = load()
+        estimator = load(args.device)
+    shard.barrier()  # every process has checked its cues before any makes a frame
     with tqdm(todo, unit="cue") as bar:
         for name, params in bar:
             bar.set_postfix_str(name[:30])
@@ -528,15 +590,16 @@ def cmd_pregenerate(args: argparse.Namespace) -> int:
                                                lambda step, total: None, lambda: False)
                 entry = library.save(header, result.rgb, result.depth)
             bar.write(f"{name}: {entry.frame_id}")
-    return 0
 
 
 def cmd_depth(args: argparse.Namespace) -> int:
     from .estimators.command import run
 
     params = validate(_given_params(args, ESTIMATION_PARAMS), ESTIMATION_PARAMS)
-    return run(args.images, args.output, params, overwrite=args.overwrite, library=_library(args), model=args.model,
-               device=args.device, revision=args.revision, offline=args.offline)
+    with join() as shard:  # under accelerate launch or torchrun, image i is estimated by process i % processes
+        return run(args.images, args.output, params, overwrite=args.overwrite, library=_library(args),
+                   model=args.model, device=shard.device(args.device), revision=args.revision, offline=args.offline,
+                   shard=shard)
 
 
 def cmd_download(args: argparse.Namespace) -> int:

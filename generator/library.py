@@ -7,6 +7,11 @@ renamed into place and the parent folders fsynced: an entry exists whole or not 
 index is rebuilt: the folders are listed, the journal supplies what it knows, any other folder
 is read and checked; leftovers of interrupted writes are removed and unreadable entries
 reported and skipped, never fatal.
+
+Several processes (``serve`` beside ``pregenerate``, or a batch verb's processes on several GPUs or machines
+sharing the folder) may add frames at once: a frame being written holds a lock on
+``ROOT/.writing/NAME.lock``, so another process's rebuild removes only the leftovers of writers that are gone,
+and the journal's lines are appended and rewritten under its own lock.
 """
 
 from __future__ import annotations
@@ -15,15 +20,16 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -31,12 +37,13 @@ from td_bridge.depth import read_depth_png
 from td_bridge.protocol import is_valid_id
 
 from .images import read_rgb_png
-from .library_journal import Journal, Record
+from .library_journal import Journal, Record, file_lock
 
 log = logging.getLogger("depthfusion.library")
 
 FILES = ("rgb.png", "depth.png", "metadata.json")
 PARTIAL = ".partial"
+WRITING = ".writing"  # NAME.lock, held while .partial/NAME is being written
 JOURNAL = "index.jsonl"
 ENV_ROOT = "DEPTHFUSION_LIBRARY"
 _DAY = re.compile(r"\d{8}")
@@ -135,6 +142,40 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+@contextmanager
+def _writing(root: Path, name: str) -> Iterator[None]:
+    """Hold ``.writing/NAME.lock`` while ``.partial/NAME`` is written: a rebuild elsewhere leaves it alone."""
+    lock = root / WRITING / f"{name}.lock"
+    lock.parent.mkdir(exist_ok=True)
+    try:
+        with file_lock(lock):
+            yield
+    finally:
+        with suppress(OSError):  # after the release (Windows removes no open file); a rebuild may have done it
+            lock.unlink()
+
+
+def _writer_gone(root: Path, name: str) -> bool:
+    """Whether nobody holds ``.writing/NAME.lock`` (a leftover's writer died); removes such a lock file."""
+    lock = root / WRITING / f"{name}.lock"
+    try:
+        with file_lock(lock, create=False, wait=False) as taken:
+            if not taken:
+                return False
+    except FileNotFoundError:
+        return True
+    with suppress(OSError):
+        lock.unlink()
+    return True
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Remove what interrupted writes left in ``.partial``, not the writes under way in other processes."""
+    for leftover in (root / PARTIAL).iterdir():
+        if _writer_gone(root, leftover.name):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _png_bytes(array: np.ndarray) -> bytes:
     import io
 
@@ -167,9 +208,8 @@ class FrameLibrary:
 
     def rebuild(self) -> None:
         """Re-read the index from disk; interrupted writes are removed, bad entries skipped."""
-        with self._lock:
-            for leftover in (self.root / PARTIAL).iterdir():
-                shutil.rmtree(leftover, ignore_errors=True)
+        with self._lock, self._journal.locked():  # no line appended between the listing and a rewrite is lost
+            _remove_leftovers(self.root)
             known, bad_lines = self._journal.read()
             entries, skipped, from_journal = {}, [], 0
             for day in sorted(d for d in os.scandir(self.root) if d.is_dir() and not d.name.startswith(".")):
@@ -214,7 +254,8 @@ class FrameLibrary:
             self._unverified.clear()
             self.skipped += problems
             if problems:
-                self._rewrite_journal()
+                with self._journal.locked():
+                    self._rewrite_journal()
         _report(problems)
         return problems
 
@@ -226,14 +267,15 @@ class FrameLibrary:
 
     def _note(self, record: Record) -> None:
         try:
-            self._journal.append(record)
+            with self._journal.locked():
+                self._journal.append(record)
         except OSError as exc:
             log.warning("could not append to the library journal %s: %s", self._journal.path, exc)
 
     def _refresh(self) -> None:
         """Take in what other processes appended to the journal since the last look."""
         news = self._journal.read(new_only=True)
-        if news is None:
+        if news is None or news[1]:  # replaced, or a torn line (a writer on a file system without atomic appends)
             self.rebuild()
             return
         for frame_id, record in news[0].items():
@@ -278,17 +320,20 @@ class FrameLibrary:
         frame_id = header["frame_id"]
         day = self.root / day_of(frame_id, header.get("created_at", time.time()))
         final = day / frame_id
-        staging = Path(tempfile.mkdtemp(prefix=frame_id + "-", dir=self.root / PARTIAL))
+        name = f"{frame_id}-{secrets.token_hex(4)}"
+        staging = self.root / PARTIAL / name
         try:
-            rgb_png, depth_png = self._pool.map(_png_bytes, (rgb, depth))  # zlib runs without the GIL
-            _write_file(staging / "rgb.png", rgb_png)
-            _write_file(staging / "depth.png", depth_png)
-            _write_file(staging / "metadata.json", json.dumps(header, indent=2, ensure_ascii=False).encode())
-            _fsync_dir(staging)
-            day.mkdir(exist_ok=True)
-            os.rename(staging, final)
-            _fsync_dir(day)
-            _fsync_dir(self.root)
+            with _writing(self.root, name):
+                staging.mkdir()
+                rgb_png, depth_png = self._pool.map(_png_bytes, (rgb, depth))  # zlib runs without the GIL
+                _write_file(staging / "rgb.png", rgb_png)
+                _write_file(staging / "depth.png", depth_png)
+                _write_file(staging / "metadata.json", json.dumps(header, indent=2, ensure_ascii=False).encode())
+                _fsync_dir(staging)
+                day.mkdir(exist_ok=True)
+                os.rename(staging, final)
+                _fsync_dir(day)
+                _fsync_dir(self.root)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise LibraryError(f"could not save frame {frame_id} to {self.root}: {exc}") from exc

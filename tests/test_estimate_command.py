@@ -23,7 +23,7 @@ def estimator(tmp_path_factory):
 
     folder = build("depth_anything", tmp_path_factory.mktemp("depth") / "tiny")
     model = DepthModel.load(str(folder), device="cpu")
-    return lambda: model
+    return lambda device: model
 
 
 def photo(height=48, width=64, seed=0):
@@ -124,7 +124,7 @@ def test_the_depth_check_is_near_zero_for_an_agreeing_estimator(make_server):
     from td_bridge.params import validate_generation
 
     params = validate_generation({"prompt": "a room", "seed": 3, "width": 96, "height": 64, "steps": 2})  # not 2:1
-    server = make_server(estimator=lambda: Echo(), depth_check=True)
+    server = make_server(estimator=lambda device: Echo(), depth_check=True)
     with CommandClient(server.commands, timeout=10) as client:
         job = wait_job(client, client.generate(**params)["job_id"])
         check = client.get_frame(job["frame_id"]).meta["depth_check"]

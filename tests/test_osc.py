@@ -540,7 +540,7 @@ def test_the_depth_check_of_a_generated_frame_is_an_osc_event(make_server):
     events = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     events.bind(("127.0.0.1", 0))
     events.settimeout(5)
-    srv = make_server(DemoBackend(), estimator=LuminanceDepth, depth_check=True,
+    srv = make_server(DemoBackend(), estimator=lambda device: LuminanceDepth(), depth_check=True,
                       osc=OscConfig(port=free_udp_port(), targets=[f"127.0.0.1:{events.getsockname()[1]}"]))
     client = OscClient(srv.server.osc.port)
     try:

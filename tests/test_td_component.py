@@ -471,7 +471,7 @@ class LuminanceDepth:
 
 
 def test_depth_from_top_sends_the_tops_image_and_the_estimated_frame_comes_back(make_server, comp):
-    server = make_server(estimator=LuminanceDepth)
+    server = make_server(estimator=lambda device: LuminanceDepth())
     photo = comp.parent().create(td.scriptTOP, "photo")  # e.g. a Movie File In of a photo, beside the component
     rows = np.linspace(0, 255, 48).astype(np.uint8)
     image = np.repeat(np.repeat(rows[:, None, None], 80, axis=1), 3, axis=2)  # TouchDesigner rows: bottom first
@@ -496,7 +496,7 @@ def test_depth_from_top_without_a_top_says_so(comp):
 
 
 def test_the_depth_check_of_the_frame_on_screen_shows_on_the_status_page(make_server, comp):
-    server = make_server(estimator=LuminanceDepth, depth_check=True)
+    server = make_server(estimator=lambda device: LuminanceDepth(), depth_check=True)
     comp.par.Framesaddress, comp.par.Commandsaddress = server.frames, server.commands
     comp.par.Width, comp.par.Height, comp.par.Steps = 96, 64, 2
     comp.par.Connect.pulse()
@@ -521,7 +521,7 @@ class NearestUpscaler:
 
 
 def test_upscale_the_frame_on_screen_and_upscale_after_generating(make_server, comp):
-    server = make_server(upscaler=NearestUpscaler)
+    server = make_server(upscaler=lambda device: NearestUpscaler())
     comp.par.Framesaddress, comp.par.Commandsaddress = server.frames, server.commands
     comp.par.Width, comp.par.Height, comp.par.Steps, comp.par.Upscalefactor = 128, 64, 2, 2.0
     comp.par.Connect.pulse()

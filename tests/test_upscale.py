@@ -358,7 +358,8 @@ def test_served_upscale_command_of_a_library_frame(model, tmp_path):
 
     library = FrameLibrary(tmp_path / "library")
     loads = []
-    srv = RunningServer(library=library, upscaler=lambda: loads.append(1) or UpscaleBackend.load(str(model)))
+    srv = RunningServer(library=library,
+                        upscaler=lambda device: loads.append(device) or UpscaleBackend.load(str(model)))
     bare = RunningServer()
     try:
         with FrameReceiver(srv.frames) as rx, CommandClient(srv.commands, timeout=10) as client:
@@ -372,7 +373,7 @@ def test_served_upscale_command_of_a_library_frame(model, tmp_path):
             assert frame.meta["source_frame_id"] == source.frame_id and frame.meta["backend"] == "ldm3d-sr"
             entry = wait_for(lambda: library.get(frame.frame_id))
             assert entry.cue == "dunes" and library.latest_for_cue("dunes").frame_id == frame.frame_id
-            assert loads == [1]
+            assert len(loads) == 1  # loaded at the first upscale, once
             chained = client.generate(prompt="a canyon", width=128, height=64, steps=1, upscale=True,
                                       upscale_steps=1, upscale_factor=1.5, upscale_seed=4)
             assert chained["upscale"]["upscale_seed"] == 4
@@ -409,7 +410,7 @@ def test_upscale_over_osc(model, tmp_path):
 
     library = FrameLibrary(tmp_path / "library")
     srv = RunningServer(osc=OscConfig(port=free_udp_port()), library=library,
-                        upscaler=lambda: UpscaleBackend.load(str(model)))
+                        upscaler=lambda device: UpscaleBackend.load(str(model)))
     client = OscClient(srv.server.osc.port)
     try:
         for address, value in [*SMALL, ("/depthfusion/cue", "act 1"), ("/depthfusion/upscale_steps", 1),

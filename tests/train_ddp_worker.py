@@ -14,16 +14,41 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def rank_main(rank: int, port: int, config: dict, out: Path) -> None:
+def rank_environment(rank: int, port: int) -> None:
+    """What torchrun would set for rank ``rank`` of 2 on this machine, gloo on loopback."""
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ACCELERATE_USE_CPU": "true"})
     if sys.platform in ("linux", "darwin"):  # gloo on loopback, not the interface the host name resolves to
         os.environ["GLOO_SOCKET_IFNAME"] = "lo" if sys.platform == "linux" else "lo0"
+
+
+def fork_ranks(entry: Any, args: tuple, timeout: float = 240) -> list[int | None]:
+    """Fork ranks 0 and 1 of ``entry(rank, port, *args)``, wait for them; their exit codes (None: still running
+    after ``timeout``, then killed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    ranks = [context.Process(target=entry, args=(r, port, *args)) for r in range(2)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(timeout=timeout)
+    codes = [p.exitcode for p in ranks]
+    for process in ranks:
+        if process.exitcode is None:
+            process.kill()
+    return codes
+
+
+def rank_main(rank: int, port: int, config: dict, out: Path) -> None:
+    rank_environment(rank, port)
     from accelerate.state import AcceleratorState
     from safetensors.torch import save_file
 
@@ -49,21 +74,8 @@ def rank_main(rank: int, port: int, config: dict, out: Path) -> None:
 
 
 def run_two(config: dict, out: Path, timeout: float = 240) -> list[int | None]:
-    """Fork both ranks, wait for them; their exit codes (None: still running after ``timeout``, then killed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = multiprocessing.get_context("fork")
-    ranks = [context.Process(target=rank_main, args=(r, port, config, out)) for r in range(2)]
-    for process in ranks:
-        process.start()
-    for process in ranks:
-        process.join(timeout=timeout)
-    codes = [p.exitcode for p in ranks]
-    for process in ranks:
-        if process.exitcode is None:
-            process.kill()
-    return codes
+    """Fork both training ranks, wait for them; their exit codes."""
+    return fork_ranks(rank_main, (config, out), timeout)
 
 
 def main() -> int:

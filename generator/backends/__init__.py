@@ -1,4 +1,5 @@
-"""Backend selection: ``demo``, an LDM3D hub id or folder, or ``auto`` (LDM3D, else demo)."""
+"""Backend selection: ``demo``, an LDM3D hub id or folder, ``auto`` (LDM3D, else demo), or a diffusers
+text-to-image pipeline (a folder, a hub id or ``preset:NAME``) for the panorama backend."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ log = logging.getLogger("depthfusion.backends")
 DEFAULT_LDM3D = "Intel/ldm3d-pano"
 
 
-def load_backend(model: str = "auto", *, demo_step_delay: float = 0.0, **ldm3d_options: Any) -> Backend:
-    """The backend for ``model``: ``demo``, an LDM3D hub id or folder, or ``auto`` (see ``_auto``)."""
+def load_backend(model: str = "auto", *, demo_step_delay: float = 0.0, estimator: str | None = None,
+                 **ldm3d_options: Any) -> Backend:
+    """The backend for ``model``: ``demo``, ``auto`` (see ``_auto``), ``preset:NAME`` or a folder or hub id whose
+    model_index.json names a supported text-to-image pipeline (the panorama backend, depth from ``estimator``,
+    default Depth Anything V2 Small), else an LDM3D hub id or folder."""
     if model == "demo":
         if ldm3d_options.get("decoder", "full") != "full":
             raise BackendUnavailable("the demo backend has no VAE to replace: --decoder needs an LDM3D model")
@@ -25,7 +29,30 @@ def load_backend(model: str = "auto", *, demo_step_delay: float = 0.0, **ldm3d_o
         return DemoBackend(step_delay=demo_step_delay)
     if model == "auto":
         return _auto(demo_step_delay, **ldm3d_options)
+    pano = _pano_options(model, ldm3d_options)
+    if pano is not None:
+        from ..estimators.checkpoints import DEFAULT_MODEL
+        from .pano import PanoBackend
+
+        return PanoBackend.load(pano.pop("model"), estimator=estimator or DEFAULT_MODEL, **pano, **ldm3d_options)
     return _load_ldm3d(model, **ldm3d_options)
+
+
+def _pano_options(model: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """What the panorama backend loads for ``model`` (a preset, or a pipeline class it supports), else None."""
+    from .pano_presets import is_preset, preset
+
+    if is_preset(model):
+        chosen = preset(model)
+        return {"model": chosen.base, "pipeline": chosen.pipeline, "unet": chosen.unet,
+                "components": chosen.components()}
+    try:
+        from .pano import is_pano_class, pipeline_class
+    except ImportError as exc:
+        raise BackendUnavailable(_import_problem(exc)) from exc
+    name = pipeline_class(model, revision=options.get("revision"), local_files_only=options.get("local_files_only",
+                                                                                                False))
+    return {"model": model, "pipeline": name} if is_pano_class(name) else None
 
 
 def _auto(demo_step_delay: float, **options: Any) -> Backend:

@@ -23,7 +23,8 @@ from td_bridge.params import ParamError, requested_loras
 
 from .base import RGBD, BackendUnavailable, Cancelled, CancelledFn, ProgressFn
 from .ldm3d_files import resolve
-from .lora import LoraError, LoraSet, LoraSpec, parse
+from .licences import records
+from .lora import LoraError, LoraSet, LoraSpec, load_all
 from .seamless import set_seamless
 
 log = logging.getLogger("depthfusion.ldm3d")
@@ -224,11 +225,7 @@ class LDM3DBackend:
             from .tiny_decoder import load_decoder
 
             backend.decoder = load_decoder(decoder, backend, folder)
-        for spec in loras:
-            lora = backend.loras.load(spec if isinstance(spec, LoraSpec) else parse(spec),
-                                      local_files_only=local_files_only)
-            log.info("LoRA %s: %s (%s, sha256 %s…) on the %s at %g", lora.name, lora.source, lora.file.name,
-                     lora.sha256[:12], " and ".join(lora.targets), lora.scale)
+        load_all(backend.loras, loras, local_files_only=local_files_only)
         backend._place(compile)
         if fuse_loras and backend.loras.loaded:
             backend.loras.fuse(backend.loras.weights(None))
@@ -368,6 +365,7 @@ class LDM3DBackend:
             "timestep_spacing": frame.scheduler.config.get("timestep_spacing"), "seamless": params["seamless"],
             "loras": self.loras.records(frame.weights), "loras_fused": self.loras.fused is not None,
         }
+        info["licences"] = records([self.model, *(lora["source"] for lora in info["loras"])])
         if frame.strength is not None:
             info.update(input_strength=frame.strength, steps_run=len(frame.timesteps) // frame.scheduler.order)
         return RGBD(rgb, self.variant.decode_depth(image), info=info)

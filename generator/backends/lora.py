@@ -13,6 +13,7 @@ can be fused into the weights for speed, and unfusing puts the exact original we
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import torch
 from td_bridge.params import LORA_NAME
 
 from .base import BackendUnavailable
+
+log = logging.getLogger("depthfusion.lora")
 
 SUFFIX = ".safetensors"
 SCALE_RANGE = (-4.0, 4.0)
@@ -77,6 +80,15 @@ def parse(text: str) -> LoraSpec:
         raise LoraError(f"--lora: {name!r} is not a usable LoRA name (letters, digits, _ . -; at most 64; give "
                         "NAME=SOURCE)")
     return LoraSpec(name, source, scale)
+
+
+def load_all(loras: Any, specs: Iterable[str | LoraSpec], *, local_files_only: bool = False) -> None:
+    """Load each LoRA (``[NAME=]SOURCE[:SCALE]`` or a LoraSpec) into ``loras`` (a LoraSet or a backend's like it),
+    logging what was loaded."""
+    for spec in specs:
+        lora = loras.load(spec if isinstance(spec, LoraSpec) else parse(spec), local_files_only=local_files_only)
+        log.info("LoRA %s: %s (%s, sha256 %s…) on the %s at %g", lora.name, lora.source, lora.file.name,
+                 lora.sha256[:12], " and ".join(lora.targets), lora.scale)
 
 
 def locate(source: str, *, local_files_only: bool = False, revision: str | None = None) -> Path:

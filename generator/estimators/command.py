@@ -2,7 +2,9 @@
 
 Everything that can be checked is checked before the model loads: every image is decoded once, every output
 folder is free (or ``--overwrite``). Each file is written under a temporary name, flushed, then renamed into
-place (metadata.json last), so an interrupted run never leaves a half-written file.
+place (metadata.json last), so an interrupted run never leaves a half-written file. Over several processes
+(accelerate launch, torchrun) each checks every image and output, waits for the others to finish checking, then
+estimates its share (image i: process i % processes); outputs are named by the images' file names.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from td_bridge.depth import write_depth_png
 
 from ..images import write_rgb_png
+from ..sharding import Shard
 from .checkpoints import NON_COMMERCIAL, licence_notice
 from .frame import estimated_frame
 from .inputs import ImageError, read_image
@@ -66,8 +69,8 @@ def write_frame_folder(folder: Path, header: dict[str, Any], rgb: Any, depth: An
 
 
 def run(images: list[Path], output: Path, params: dict[str, Any], *, overwrite: bool, library: Any,
-        model: str, device: str, revision: str | None, offline: bool) -> int:
-    """Estimate every image; returns the exit status (0)."""
+        model: str, device: str, revision: str | None, offline: bool, shard: Shard = Shard()) -> int:
+    """Estimate every image (this process's share of them); returns the exit status (0)."""
     from tqdm import tqdm
 
     from .model import DepthModel
@@ -85,7 +88,8 @@ def run(images: list[Path], output: Path, params: dict[str, Any], *, overwrite: 
     if notice:
         (log.warning if NON_COMMERCIAL in notice else log.info)("%s", notice)
     depth_model = DepthModel.load(model, device=device, revision=revision, local_files_only=offline)
-    for image, folder in zip(images, folders):
+    shard.barrier()  # no process writes before every one has checked every output
+    for image, folder in shard.mine(list(zip(images, folders))):
         rgb, source = read_image(image)
         with tqdm(desc=image.name[:30], unit="view", leave=False) as bar:
             def progress(step: int, total: int) -> None:

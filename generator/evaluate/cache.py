@@ -3,7 +3,8 @@
 Generated images live under ``OUTPUT/images/<key[:2]>/<key>/`` (rgb.png, depth.png, meta.json), the key a
 SHA-256 of the model (and, for a local folder, its weight and config files' sizes and times), the caption, the
 seed and every generation setting; a rerun skips what exists. Each entry is written to a temporary folder and
-renamed into place, so an interrupted run leaves no half entry. Reference statistics are cached under the
+renamed into place, so an interrupted run leaves no half entry; when several processes write (one evaluation
+sharded over GPUs, or two runs sharing a folder) and two make one key, the first whole entry stays. Reference statistics are cached under the
 cache folder, keyed by the reference files (paths and sizes) and the feature extractor.
 """
 
@@ -14,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,7 @@ class ImageCache:
         return read_rgb_png(folder / "rgb.png"), read_depth_png(folder / "depth.png")
 
     def save(self, key: str, rgb: np.ndarray, depth: np.ndarray, meta: dict[str, Any]) -> None:
+        """Write an entry whole; if another writer's entry for ``key`` got there first, keep that one."""
         final = self.folder(key)
         temp = final.with_name(f".{key}.{secrets.token_hex(4)}.partial")
         temp.mkdir(parents=True)
@@ -73,11 +76,37 @@ class ImageCache:
             write_rgb_png(temp / "rgb.png", rgb)
             write_depth_png(temp / "depth.png", depth)
             (temp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            if final.exists():  # a leftover without meta.json (never renamed in full): replace it
-                shutil.rmtree(final)
-            os.replace(temp, final)
+            self._place(temp, final)
         finally:
             shutil.rmtree(temp, ignore_errors=True)
+
+    def _place(self, temp: Path, final: Path) -> None:
+        """Rename ``temp`` to ``final``, unless a whole entry is there; a folder there without meta.json (extra
+        files only) is replaced."""
+        for _attempt in range(3):
+            if (final / "meta.json").is_file():
+                return
+            try:
+                os.rename(temp, final)  # fails, on every system, when final is a folder that is not empty
+                return
+            except OSError:
+                if not final.exists() or (final / "meta.json").is_file():
+                    continue
+                stale = final.with_name(f".{final.name}.{secrets.token_hex(4)}.stale")
+                with suppress(OSError):  # another writer may have moved it first
+                    os.rename(final, stale)
+                    shutil.rmtree(stale, ignore_errors=True)
+        raise OSError(f"could not place {final}: other writers keep changing it")
+
+    def write_array(self, key: str, name: str, array: np.ndarray) -> None:
+        """Keep ``array`` as ``name`` (.npy) beside an entry, atomically."""
+        path = self.extra(key, name)
+        temp = path.with_name(f".{name}.{secrets.token_hex(4)}.partial.npy")
+        try:
+            np.save(temp, array)
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
 
     def extra(self, key: str, name: str) -> Path:
         """A further file kept beside an entry (e.g. the reference estimator's depth of its image)."""

@@ -168,6 +168,7 @@ def run_text2rgbd(args: argparse.Namespace) -> int:
     from ..backends import load_backend
     from ..backends.ldm3d import pick_device
     from ..estimators.model import DepthModel
+    from ..sharding import join
     from .cache import default_cache
     from .captions import read_captions
     from .clip import ClipScorer
@@ -181,20 +182,23 @@ def run_text2rgbd(args: argparse.Namespace) -> int:
                       cache=args.cache or default_cache(), guidance=args.guidance, steps=args.steps,
                       scheduler=args.scheduler, width=width, height=height, seed=args.seed, splits=args.splits,
                       align=args.align, depth_range=(NYU_RANGE[0], args.max_depth))
-    weights = _inception_weights(args)  # first: a missing weights file costs no model load
-    backend = load_backend(args.model, device=args.device, dtype=args.dtype, revision=None,
-                           local_files_only=args.offline, compile=False)
-    depth_model = DepthModel.load(args.depth_model, device=args.device, local_files_only=args.offline)
-    if not options.pano and not depth_model.metric:
-        raise ValueError(f"{args.depth_model} predicts relative depth; AbsRel and RMSE in metres need a metric "
-                         f"reference such as {DEFAULT_REFERENCE_DEPTH}")
-    clip = ClipScorer.load(args.clip_model, device=args.device, local_files_only=args.offline)
-    features = _features(weights, pick_device(args.device))
-    tools = Tools(generate=lambda params: backend.generate(params, lambda step, total: None, lambda: False),
-                  features=features, clip=clip, reference_depth=_reference_depth(depth_model),
-                  depth_model=args.depth_model, clip_model=args.clip_model)
-    result = run(options, tools)
-    summarise(result, args.output)
+    with join() as shard:  # several processes (accelerate launch, torchrun): only the main one scores
+        device = shard.device(args.device)
+        weights = _inception_weights(args) if shard.main else None  # first: a missing file costs no model load
+        backend = load_backend(args.model, device=device, dtype=args.dtype, revision=None,
+                               local_files_only=args.offline, compile=False)
+        depth_model = DepthModel.load(args.depth_model, device=device, local_files_only=args.offline)
+        if not options.pano and not depth_model.metric:
+            raise ValueError(f"{args.depth_model} predicts relative depth; AbsRel and RMSE in metres need a metric "
+                             f"reference such as {DEFAULT_REFERENCE_DEPTH}")
+        clip = ClipScorer.load(args.clip_model, device=device, local_files_only=args.offline) if shard.main else None
+        features = _features(weights, pick_device(device)) if weights is not None else None
+        tools = Tools(generate=lambda params: backend.generate(params, lambda step, total: None, lambda: False),
+                      features=features, clip=clip, reference_depth=_reference_depth(depth_model),
+                      depth_model=args.depth_model, clip_model=args.clip_model)
+        result = run(options, tools, shard)
+    if result is not None:
+        summarise(result, args.output)
     return 0
 
 

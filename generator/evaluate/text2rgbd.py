@@ -4,11 +4,15 @@ against a reference image set, CLIP similarity, and depth against a reference es
 Everything that loads a network comes in through :class:`Tools`, so tests inject tiny ones. A 2:1 size is a
 panorama: generated seamless, depth scored by MARE against the estimator's 360° path (ldm3d-pano's card);
 otherwise AbsRel / RMSE / δ1 against the estimator's metric depth (the paper's ZoeDepth-N comparison).
+
+Over several processes (generator/sharding.py) each generates its share of the images and their reference depth
+into the shared image cache; after all are done the main process scores every image and writes the report.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,6 +24,7 @@ from td_bridge.params import validate_generation
 
 from ..backends.base import RGBD
 from ..estimators.pano import is_equirectangular
+from ..sharding import Shard
 from . import paper, plots, report
 from .cache import ImageCache, key_of, model_identity
 from .depth import NYU_RANGE, SPACES, depth_errors, mare
@@ -35,7 +40,8 @@ Features = Callable[[list], tuple[np.ndarray, np.ndarray]]  # images → (pool f
 @dataclass
 class Tools:
     """The networks: generate(params) → RGBD; features (with a ``name``); clip.scores(images, captions);
-    reference_depth(rgb, pano) → metres (perspective) or inverse distance up to scale (panorama)."""
+    reference_depth(rgb, pano) → metres (perspective) or inverse distance up to scale (panorama). Only the main
+    process scores: the others may leave ``features`` and ``clip`` None."""
 
     generate: Callable[[dict[str, Any]], RGBD]
     features: Any
@@ -122,21 +128,34 @@ def reference_statistics(files: list[Path], features: Any, cache_root: Path) -> 
                                                    total=-(-len(files) // 64))]
     stats = statistics(np.concatenate(pools))
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.stem + ".partial.npz")
+    partial = path.with_name(f"{path.stem}.{secrets.token_hex(4)}.partial.npz")
     stats.save(partial)
     partial.replace(path)
     return stats, False
 
 
+def _depth_name(tools: Tools) -> str:
+    return f"reference-depth-{key_of(tools.depth_model)[:12]}.npy"
+
+
 def _reference_depth(cache: ImageCache, key: str, rgb: np.ndarray, tools: Tools, pano: bool) -> np.ndarray:
-    path = cache.extra(key, f"reference-depth-{key_of(tools.depth_model)[:12]}.npy")
+    path = cache.extra(key, _depth_name(tools))
     if path.is_file():
         return np.load(path)
     depth = np.asarray(tools.reference_depth(rgb, pano), dtype=np.float32)
     if depth.shape != rgb.shape[:2]:
         raise ValueError(f"the reference estimator returned {depth.shape} for a {rgb.shape[1]}x{rgb.shape[0]} image")
-    np.save(path, depth)
+    cache.write_array(key, _depth_name(tools), depth)
     return depth
+
+
+def prepare(jobs: list, cache: ImageCache, tools: Tools, options: Options) -> int:
+    """Generate the missing images of ``jobs`` and estimate their reference depth; returns how many were made."""
+    made = generate_missing(jobs, cache, tools, options.model)
+    for _setting, _index, key, _params in jobs:
+        if not cache.extra(key, _depth_name(tools)).is_file():
+            _reference_depth(cache, key, cache.load(key)[0], tools, options.pano)
+    return made
 
 
 def score_setting(options: Options, jobs: list, cache: ImageCache, tools: Tools, reference: Statistics) -> dict:
@@ -207,11 +226,14 @@ def _markdown(options: Options, rows: list[dict], published: dict, tools: Tools,
     return "\n".join(lines) + "\n"
 
 
-def run(options: Options, tools: Tools) -> dict[str, Any]:
-    """The whole evaluation; writes the report and plots into ``options.output`` and returns the result."""
+def run(options: Options, tools: Tools, shard: Shard = Shard()) -> dict[str, Any] | None:
+    """The whole evaluation; the main process writes the report and plots into ``options.output`` and returns
+    the result, the others return None once their share is in the cache."""
     jobs = plan(options)
     cache = ImageCache(options.output / "images")
-    made = generate_missing(jobs, cache, tools, options.model)
+    made = shard.total(prepare(shard.mine(jobs), cache, tools, options))  # every process waits here for all
+    if not shard.main:
+        return None
     reference, cached = reference_statistics(options.reference, tools.features, options.cache)
     rows = []
     for setting in options.settings:

@@ -21,16 +21,18 @@ from td_bridge.params import ESTIMATION_PARAMS, defaults, validate
 
 from ..backends.base import RGBD, CancelledFn, ProgressFn
 from .jobs import QueueFull
+from .workers import Worker, WorkerModels
 
 UPLOAD_KEY = "estimate_upload"  # the job param naming its stashed image
 MAX_WAITING_UPLOADS = 4  # images of up to 100 MB each wait in memory
 
 
 class EstimateJobs:
-    """The server's depth estimation: uploaded images waiting for the worker, the estimator loaded once."""
+    """The server's depth estimation: uploaded images waiting for a worker; each worker loads its own copy of the
+    estimator on its device (``load(device)``) at its first use."""
 
-    def __init__(self, load: Callable[[], Any], max_waiting: int = MAX_WAITING_UPLOADS) -> None:
-        self._load, self._model, self._max_waiting = load, None, max_waiting
+    def __init__(self, load: Callable[[str], Any], max_waiting: int = MAX_WAITING_UPLOADS) -> None:
+        self._models, self._max_waiting = WorkerModels(load), max_waiting
         self._images: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -49,14 +51,9 @@ class EstimateJobs:
         height, width = rgb.shape[:2]
         return {**params, "image_width": width, "image_height": height, UPLOAD_KEY: token}
 
-    def model(self) -> Any:
-        if self._model is None:
-            self._model = self._load()
-        return self._model
-
     def run(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
-            job_id: str) -> tuple[dict[str, Any], RGBD]:
-        """On the worker thread: the estimated frame of the job's image."""
+            job_id: str, worker: Worker) -> tuple[dict[str, Any], RGBD]:
+        """On ``worker``'s thread: the estimated frame of the job's image."""
         from ..estimators.frame import estimated_frame
 
         with self._lock:
@@ -65,16 +62,16 @@ class EstimateJobs:
             raise RuntimeError("the uploaded image of this job is gone (the job was cancelled)")
         estimation = {p.name: params[p.name] for p in ESTIMATION_PARAMS}
         source = {"upload": {"width": params["image_width"], "height": params["image_height"]}}
-        return estimated_frame(self.model(), rgb, estimation, source=source, progress=progress,
+        return estimated_frame(self._models.get(worker), rgb, estimation, source=source, progress=progress,
                                cancelled=cancelled, job_id=job_id)
 
-    def depth_check(self, result: RGBD) -> dict[str, Any]:
-        """How well a generated frame's depth agrees with the estimator's depth of its RGB."""
+    def depth_check(self, result: RGBD, worker: Worker) -> dict[str, Any]:
+        """On ``worker``'s thread: how well a generated frame's depth agrees with the estimator's depth of its RGB."""
         from ..estimators.alignment import consistency
         from ..estimators.frame import estimate_rgbd
 
         started = time.perf_counter()
-        model = self.model()
+        model = self._models.get(worker)
         estimate = estimate_rgbd(model, result.rgb, {**defaults(ESTIMATION_PARAMS), "views": "cube"})  # 6 views
         check = consistency(estimate.depth.astype(np.float64) / 65535.0, result.depth.astype(np.float64) / 65535.0)
         return {"model": model.model, "abs_rel": round(check.abs_rel, 6), "delta1": round(check.delta1, 6),

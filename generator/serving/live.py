@@ -295,8 +295,8 @@ class LiveSession:
 
             source = recipe.source if recipe.source is not None else recipe.params
             with torch.inference_mode():
-                entering = self.backend.prepare(recipe.params, **self._inputs(source, recipe.params, recipe.blend,
-                                                                                  recipe))
+                entering = self.backend.prepare(recipe.params, **self._inputs(
+                    self.backend, self._cached, source, recipe.params, recipe.blend, recipe))
             self._entered[id(entering)] = recipe
         out = self._stream.advance(entering, cancelled)
         if not out:
@@ -317,16 +317,22 @@ class LiveSession:
         return recipe, self._input, self._last_depth
 
     def render(self, recipe: Recipe, progress: ProgressFn, cancelled: CancelledFn, *,
-               full_decoder: bool = False) -> RGBD:
-        """Make a recipe's frame: its ends blended at its factor, from its input image if it has one."""
+               full_decoder: bool = False, backend: Backend | None = None) -> RGBD:
+        """Make a recipe's frame: its ends blended at its factor, from its input image if it has one. ``backend``:
+        another copy of the model (a take on another device's worker), which never shares the session's cache (its
+        tensors live on the session's device)."""
+        backend = backend or self.backend
+        cached = self._cached if backend is self.backend else _uncached
         params, source = recipe.params, recipe.source if recipe.source is not None else recipe.params
-        if _blends_inside(self.backend):
-            return self._blend_inside(source, params, recipe.blend, progress, cancelled, recipe=recipe,
-                                      full_decoder=full_decoder)
+        if _blends_inside(backend):
+            options = self._inputs(backend, cached, source, params, recipe.blend, recipe)
+            if full_decoder:
+                options["full_decoder"] = True
+            return backend.generate(params, progress, cancelled, **options)
         if recipe.source is None:
-            result = self._cached(("frame", _key(params)), lambda: self.backend.generate(params, progress, cancelled))
+            result = cached(("frame", _key(params)), lambda: backend.generate(params, progress, cancelled))
         else:
-            result = self._crossfade(recipe.source, params, recipe.blend, progress, cancelled)
+            result = self._crossfade(backend, cached, recipe.source, params, recipe.blend, progress, cancelled)
         return result if recipe.image is None else _mix_input(result, recipe.image, recipe.strength)
 
     # ------------------------------------------------------------ takes
@@ -358,8 +364,10 @@ class LiveSession:
         return {**params, TAKE_KEY: frame_id}
 
     def take(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
-             job_id: str | None = None) -> tuple[dict[str, Any], RGBD]:
-        """On the worker: a take job's frame (header, result), with the model's full decoder."""
+             job_id: str | None = None, backend: Backend | None = None) -> tuple[dict[str, Any], RGBD]:
+        """On a worker: a take job's frame (header, result), with the model's full decoder; ``backend``: the
+        worker's copy of the model (default the session's)."""
+        backend = backend or self.backend
         frame_id = params[TAKE_KEY]
         with self._lock:
             recipe = self._takes.get(frame_id)
@@ -368,32 +376,25 @@ class LiveSession:
         target = {k: v for k, v in params.items() if k != TAKE_KEY}
         again = Recipe(target, recipe.source, recipe.blend, recipe.image, recipe.strength)
         started = time.perf_counter()
-        result = self.render(again, progress, cancelled, full_decoder=True)
+        result = self.render(again, progress, cancelled, full_decoder=True, backend=backend)
         take = {"live_frame": frame_id, **{k: v for k, v in recipe.header(0).items() if k != "frame"}}
-        return frame_for(self.backend, target, result, time.perf_counter() - started, job_id=job_id,
+        return frame_for(backend, target, result, time.perf_counter() - started, job_id=job_id,
                          extra={"take": take}), result
 
-    def _blend_inside(self, source: dict[str, Any], target: dict[str, Any], t: float, progress: ProgressFn,
-                      cancelled: CancelledFn, *, recipe: Recipe, full_decoder: bool) -> RGBD:
-        """LDM3D: the recipe's frame made at once (see :meth:`_inputs`)."""
-        options = self._inputs(source, target, t, recipe)
-        if full_decoder:
-            options["full_decoder"] = True
-        return self.backend.generate(target, progress, cancelled, **options)
-
-    def _inputs(self, source: dict[str, Any], target: dict[str, Any], t: float, recipe: Recipe) -> dict[str, Any]:
+    @staticmethod
+    def _inputs(backend: Any, cached: Callable[[Any, Any], Any], source: dict[str, Any], target: dict[str, Any],
+                t: float, recipe: Recipe) -> dict[str, Any]:
         """LDM3D's generate/prepare arguments for a recipe: embeddings lerp(t), start noise slerp(t), generated with
         the target's other parameters, from the recipe's input image when it has one."""
-        backend: Any = self.backend
 
         def text(p: dict[str, Any]) -> Any:
             # the target's guidance and LoRAs encode both ends, so that the two embeddings always match in shape
             q = {**target, "prompt": p["prompt"], "negative_prompt": p["negative_prompt"]}
-            return self._cached(("text", _key(q)), lambda: backend.encode(q))
+            return cached(("text", _key(q)), lambda: backend.encode(q))
 
         def noise(p: dict[str, Any]) -> Any:
             q = {**target, "seed": p["seed"]}
-            return self._cached(("noise", q["seed"], q["width"], q["height"]), lambda: backend.start_noise(q))
+            return cached(("noise", q["seed"], q["width"], q["height"]), lambda: backend.start_noise(q))
 
         options: dict[str, Any] = {
             "embeddings": lerp(text(source), text(target), t) if t < 1.0 else text(target),
@@ -402,12 +403,13 @@ class LiveSession:
             options.update(image=recipe.image, strength=recipe.strength)
         return options
 
-    def _crossfade(self, source: dict[str, Any], target: dict[str, Any], t: float, progress: ProgressFn,
-                   cancelled: CancelledFn) -> RGBD:
+    @staticmethod
+    def _crossfade(backend: Backend, cached: Callable[[Any, Any], Any], source: dict[str, Any],
+                   target: dict[str, Any], t: float, progress: ProgressFn, cancelled: CancelledFn) -> RGBD:
         """Any other backend: the two ends' frames (each made once), RGB and depth mixed by t."""
         old_params = {**target, **{k: source[k] for k in ENDS}}
-        old = self._cached(("frame", _key(old_params)), lambda: self.backend.generate(old_params, progress, cancelled))
-        new = self._cached(("frame", _key(target)), lambda: self.backend.generate(target, progress, cancelled))
+        old = cached(("frame", _key(old_params)), lambda: backend.generate(old_params, progress, cancelled))
+        new = cached(("frame", _key(target)), lambda: backend.generate(target, progress, cancelled))
         rgb = np.clip(np.rint(lerp(old.rgb.astype(np.float32), new.rgb.astype(np.float32), t)), 0, 255)
         depth = np.clip(np.rint(blend_depth(old.depth, new.depth, t)), 0, 65535)  # td_bridge's frame blend
         near = new.near if old.near == new.near else None  # mixed depth has no single metric range otherwise
@@ -453,6 +455,11 @@ class _NoStream:
 
     def clear(self) -> None:
         pass
+
+
+def _uncached(key: Any, make: Callable[[], Any]) -> Any:
+    """What :meth:`LiveSession._cached` does for another backend than the session's: make it, keep nothing."""
+    return make()
 
 
 def _blends_inside(backend: Any) -> bool:

@@ -1,8 +1,10 @@
-"""The generator server: commands on a ROUTER, frames and events on an XPUB, one worker.
+"""The generator server: commands on a ROUTER, frames and events on an XPUB, one worker per device.
 
-Only the command loop's thread touches the ROUTER and publisher sockets. The worker runs the
-backend and hands progress and results back over an inproc PUSH/PULL pair, so a frame is
-published the moment it is ready.
+Only the command loop's thread touches the ROUTER and publisher sockets. Each worker (generator.serving.workers)
+runs its own copy of the model on its device, takes jobs from the one queue and hands progress and results back over
+its own inproc PUSH socket to the loop's PULL, so a frame is published the moment it is ready. The first worker also
+makes the live session's frames: between jobs when it is the only one serving, instead of jobs when others are.
+The upscaler and the estimator: each worker loads its own copy on its device at its first use (workers.WorkerModels).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import secrets
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import zmq
 
@@ -27,12 +29,13 @@ from ..backends.base import Backend, Cancelled
 from ..frames import make_frame
 from ..library import FrameLibrary, LibraryError
 from .live import TAKE_KEY, LiveSession
-from .jobs import CANCELLED, DONE, FAILED, Job, JobQueue, QueueFull
+from .jobs import CANCELLED, DONE, FAILED, Job, JobQueue, QueueClosed, QueueFull
 from .osc import OscBridge, OscConfig
 from .publisher import FramePublisher
 from .ratelimit import RateLimitedLogger
 from .estimate_jobs import UPLOAD_KEY, EstimateJobs
 from .upscale_jobs import FRAME_KEYS, SOURCE_KEY, UpscaleJobs, split_upscale
+from .workers import LOST_DEVICE, OUT_OF_MEMORY, Worker, device_fault, device_name, release_memory
 
 log = logging.getLogger("depthfusion.server")
 
@@ -55,11 +58,13 @@ class NotFound(Exception):
 
 
 class GeneratorServer:
-    """Serve one backend. ``bind()``, then ``serve(stop)`` on the thread that owns the sockets."""
+    """Serve a backend, or a list of copies of one model on several devices (one worker each; ``devices``: their
+    names, by default what each backend says). ``bind()``, then ``serve(stop)`` on the thread that owns the
+    sockets."""
 
     def __init__(
         self,
-        backend: Backend,
+        backend: Backend | Sequence[Backend],
         *,
         frames_address: str,
         commands_address: str,
@@ -71,14 +76,22 @@ class GeneratorServer:
         shutdown_grace: float = 60.0,
         osc: OscConfig | None = None,
         library: FrameLibrary | None = None,
-        upscaler: Callable[[], Any] | None = None,
-        estimator: Callable[[], Any] | None = None,
+        upscaler: Callable[[str], Any] | None = None,
+        estimator: Callable[[str], Any] | None = None,
         depth_check: bool = False,
         defaults: dict[str, Any] | None = None,
         live: bool | dict[str, Any] = False,
         take_defaults: dict[str, Any] | None = None,
+        devices: Sequence[str] | None = None,
     ) -> None:
-        self.backend = backend
+        backends = list(backend) if isinstance(backend, (list, tuple)) else [backend]
+        if not backends:
+            raise ValueError("the server needs at least one backend")
+        if devices is not None and len(devices) != len(backends):
+            raise ValueError(f"{len(devices)} device names for {len(backends)} backends")
+        names = list(devices) if devices is not None else [device_name(b) for b in backends]
+        self.workers = [Worker(i, name, b) for i, (name, b) in enumerate(zip(names, backends))]
+        self.backend = backends[0]  # its name, model and checks stand for every copy
         # generation parameters a request leaves out take these (serve's flags, --fast), then the schema's
         self.defaults = dict(validate_generation(defaults or {}))
         # a take's full quality: the schema's steps, guidance and sampler under serve's own flags, not a --fast
@@ -93,7 +106,7 @@ class GeneratorServer:
         self.jobs = JobQueue(max_waiting=max_waiting)
         # the live session (generator.serving.live): its frames are made between jobs; live=True or a dict of
         # generation and live parameters starts it at once (serve --live)
-        self.live = LiveSession(backend, self.defaults)
+        self.live = LiveSession(self.backend, self.defaults)  # on the first worker
         self._live_epoch = 0  # counts stops: a frame made before the last stop is never published
         if live:
             self.live.start(live if isinstance(live, dict) else {})
@@ -126,7 +139,6 @@ class GeneratorServer:
         self._publisher: FramePublisher | None = None
         self._pull: zmq.Socket | None = None
         self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
         self._renders: Any = None  # generator.render.service.RenderService, started by the first render command
         self._caller: tuple[bytes, list[bytes]] = (b"", [])  # who sent the request being handled
         self.frames_endpoint = ""
@@ -169,8 +181,11 @@ class GeneratorServer:
         if self._router is None:
             self.bind()
         stop = stop or self._stop
-        self._worker = threading.Thread(target=self._work, name="depthfusion-worker", daemon=True)
-        self._worker.start()
+        for worker in self.workers:
+            suffix = f"-{worker.index}" if worker.index else ""  # the first is "depthfusion-worker", as ever
+            worker.thread = threading.Thread(target=self._work, args=(worker,), daemon=True,
+                                             name=f"depthfusion-worker{suffix}")
+            worker.thread.start()
         if self.osc is not None:
             self.osc.start()
         if self.library is not None:  # recall works at once; the check of every entry follows
@@ -206,12 +221,13 @@ class GeneratorServer:
         self.jobs.cancel(None)
         if self.osc is not None:
             self.osc.stop()
-        worker_stopped = True
-        if self._worker is not None and self._worker.is_alive():
-            if self.jobs.snapshot()["running"]:
-                log.info("waiting for the running step to finish")
-            self._worker.join(timeout=self.shutdown_grace)
-            worker_stopped = not self._worker.is_alive()
+        threads = [w.thread for w in self.workers if w.thread is not None and w.thread.is_alive()]
+        if threads and self.jobs.snapshot()["running"]:
+            log.info("waiting for the running steps to finish")
+        deadline = time.monotonic() + self.shutdown_grace
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        worker_stopped = not any(thread.is_alive() for thread in threads)
         if self._renders is not None:
             worker_stopped = self._renders.close(self.shutdown_grace) and worker_stopped
         for sock in (self._router, self._pull):
@@ -224,63 +240,107 @@ class GeneratorServer:
         else:  # terminating the context would block on the worker's socket until the backend returns
             log.warning("the backend did not stop within %.1f s; leaving it behind", self.shutdown_grace)
 
-    # ------------------------------------------------------------ worker thread
+    # ------------------------------------------------------------ worker threads
 
-    def _work(self) -> None:
+    def _work(self, worker: Worker) -> None:
         push = self._ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 0)
         push.connect(self._worker_address)
+        live_here = worker.index == 0
         try:
-            while not self._stop.is_set():
-                wait = self.live.wait_s()  # None: live is off or idle; a queued job always goes first
-                job = self.jobs.take(timeout=0.2 if wait is None else min(0.2, wait))
+            while not self._stop.is_set() and worker.serving:
+                wait = self.live.wait_s() if live_here else None  # None: live is off or idle
+                if live_here and self._live_only():  # the other workers take the jobs
+                    if wait == 0.0:
+                        self._run_live(worker, push)
+                    else:
+                        self.jobs.idle(0.2 if wait is None else min(0.2, wait))
+                    continue
+                job = self.jobs.take(timeout=0.2 if wait is None else min(0.2, wait))  # a queued job goes first
                 if job is not None:
-                    self._run_job(job, push)
+                    self._run_job(job, worker, push)
                 elif wait is not None and self.live.wait_s() == 0.0:
-                    self._run_live(push)
+                    self._run_live(worker, push)
         finally:
             push.close()
 
-    def _run_job(self, job: Job, push: zmq.Socket) -> None:
+    def _live_only(self) -> bool:
+        """Whether the first worker runs only the live session: it is on and another worker serves the jobs."""
+        return self.live.on and any(w.serving for w in self.workers[1:])
+
+    def _run_job(self, job: Job, worker: Worker, push: zmq.Socket) -> None:
         def progress(step: int, total: int) -> None:
             job.step, job.total = step, total
             event = {"job_id": job.id, "step": step, "total": total, "elapsed_s": time.time() - job.started_at}
             push.send_multipart([b"progress", json.dumps(event).encode()])
 
+        worker.job = job
         push.send_multipart([b"changed"])  # clients see "generating" now, not at the next heartbeat
         try:
-            if TAKE_KEY in job.params:
-                header, result = self.live.take(job.params, progress, job.cancel_event.is_set, job.id)
-            elif SOURCE_KEY in job.params:
-                header, result = self.upscales.run(job.params, progress, job.cancel_event.is_set, job.id)
-            elif UPLOAD_KEY in job.params:
-                header, result = self.estimates.run(job.params, progress, job.cancel_event.is_set, job.id)
-            else:
-                header, result = make_frame(self.backend, job.params, progress, job.cancel_event.is_set,
-                                            job_id=job.id)
-                if self.depth_check:
-                    header["depth_check"] = self._check_depth(job, result)
-            outcome: dict[str, Any] = {"saved": None, "error": None}  # the job shows it once the frame is out
-            if self.library is not None:  # durable before anyone is told the frame exists
-                try:
-                    self.library.save(header, result.rgb, result.depth)
-                    outcome["saved"] = True
-                except LibraryError as exc:  # the show goes on: the frame is still published
-                    log.error("%s", exc)
-                    outcome.update(saved=False, error=f"not saved to the library: {exc}")
-            parts = wire.encode_frame_parts(result.rgb, result.depth, header)
-            push.send_multipart([b"result", job.id.encode(), json.dumps(outcome).encode(), *parts],
-                                copy=False)  # the arrays are not copied
+            message = self._job_result(job, worker, progress)
         except Cancelled:
             self.jobs.finish(job, CANCELLED)
-            push.send_multipart([b"changed"])
+            message = [b"changed"]
             log.info("job %s cancelled at step %d/%d", job.id, job.step, job.total)
         except Exception as exc:  # a backend failure must not take the server down
-            log.exception("job %s failed", job.id)
-            self.jobs.finish(job, FAILED, error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
-            push.send_multipart([b"changed"])
+            self._job_failed(job, worker, exc)
+            message = [b"changed"]
+        worker.job = None  # before the loop hears of it: the status it then sends shows the worker free
+        push.send_multipart(message, copy=False)  # the arrays are not copied
 
-    def _run_live(self, push: zmq.Socket) -> None:
+    def _make(self, job: Job, worker: Worker, progress: Callable[[int, int], None]) -> tuple[dict[str, Any], Any]:
+        """(header, result) of a job, made on ``worker``."""
+        cancelled = job.cancel_event.is_set
+        if TAKE_KEY in job.params:
+            return self.live.take(job.params, progress, cancelled, job.id, backend=worker.backend)
+        if SOURCE_KEY in job.params:
+            return self.upscales.run(job.params, progress, cancelled, job.id, worker)
+        if UPLOAD_KEY in job.params:
+            return self.estimates.run(job.params, progress, cancelled, job.id, worker)
+        header, result = make_frame(worker.backend, job.params, progress, cancelled, job_id=job.id)
+        if self.depth_check:
+            header["depth_check"] = self._check_depth(job, result, worker)
+        return header, result
+
+    def _job_result(self, job: Job, worker: Worker, progress: Callable[[int, int], None]) -> list[Any]:
+        """Make the job's frame, keep it in the library and return the ``result`` message for the command loop."""
+        header, result = self._make(job, worker, progress)
+        header["worker"] = worker.label()
+        outcome: dict[str, Any] = {"saved": None, "error": None}  # the job shows it once the frame is out
+        if self.library is not None:  # durable before anyone is told the frame exists
+            try:
+                self.library.save(header, result.rgb, result.depth)
+                outcome["saved"] = True
+            except LibraryError as exc:  # the show goes on: the frame is still published
+                log.error("%s", exc)
+                outcome.update(saved=False, error=f"not saved to the library: {exc}")
+        parts = wire.encode_frame_parts(result.rgb, result.depth, header)
+        return [b"result", job.id.encode(), json.dumps(outcome).encode(), *parts]
+
+    def _job_failed(self, job: Job, worker: Worker, exc: Exception) -> None:
+        """Fail the job with a clear error; a lost device also stops its worker (the others go on)."""
+        log.exception("job %s failed on %s", job.id, worker.device)
+        error = self._device_error(worker, exc)
+        self.jobs.finish(job, FAILED, error=error[:MAX_ERROR_CHARS])
+
+    def _device_error(self, worker: Worker, exc: Exception) -> str:
+        """The error text of a failure on ``worker``; out of memory frees the cache, a lost device stops the
+        worker (and, the last one gone, the queue)."""
+        text = f"{type(exc).__name__}: {exc}"
+        fault = device_fault(exc)
+        if fault == OUT_OF_MEMORY:
+            release_memory()
+            return f"out of memory on {worker.device} (worker {worker.index} goes on): {text}"
+        if fault != LOST_DEVICE:
+            return text
+        worker.error = text[:MAX_ERROR_CHARS]
+        log.error("worker %d: device %s failed; it takes no more jobs", worker.index, worker.device)
+        if not any(w.serving for w in self.workers):
+            failed = self.jobs.close(f"every device failed (the last, {worker.device}: {worker.error})")
+            log.error("no device is left; %d waiting jobs failed", len(failed))
+        return f"device {worker.device} failed (worker {worker.index} stops): {text}"
+
+    def _run_live(self, worker: Worker, push: zmq.Socket) -> None:
         """One live frame from the session's newest parameters, handed to the command loop (never to the library);
         a stop while it is made cancels it."""
         epoch = self._live_epoch
@@ -291,17 +351,20 @@ class GeneratorServer:
             return
         except Exception as exc:  # a bad frame must not stop the worker; the session goes on with the next change
             log.exception("live frame failed")
-            self._last_live_error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            self._last_live_error = self._device_error(worker, exc)[:MAX_ERROR_CHARS]
+            if not worker.serving:
+                push.send_multipart([b"changed"])
             return
         if made is not None:
             header, result = made
+            header["worker"] = worker.label()
             parts = wire.encode_frame_parts(result.rgb, result.depth, header)
             push.send_multipart([b"live", str(epoch).encode(), *parts], copy=False)
 
-    def _check_depth(self, job: Job, result: Any) -> dict[str, Any]:
+    def _check_depth(self, job: Job, result: Any, worker: Worker) -> dict[str, Any]:
         """The live depth check of a generated frame; a failure is reported in it, never fails the frame."""
         try:
-            check = self.estimates.depth_check(result)
+            check = self.estimates.depth_check(result, worker)
         except Exception as exc:  # the frame is fine without its check
             log.warning("job %s: depth check failed: %s", job.id, exc)
             check = {"error": f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]}
@@ -346,7 +409,7 @@ class GeneratorServer:
         frame = wire.decode_frame_parts([bytes(p) for p in self._history[frame_id]])
         try:
             job = self.jobs.submit(self.upscales.job_params(upscale, frame))
-        except QueueFull as exc:
+        except (QueueFull, QueueClosed) as exc:
             log.error("frame %s is not upscaled: %s", frame_id, exc)
             return
         log.info("job %s queued: upscale %s", job.id, frame_id)
@@ -399,6 +462,7 @@ class GeneratorServer:
             "library": None if self.library is None else {"root": str(self.library.root), "frames": len(self.library)},
             "depth_check": self._last_depth_check,
             "live": self._live_status(),
+            "workers": [w.summary(live=w.index == 0 and self.live.on) for w in self.workers],
         }
 
     def _live_status(self) -> dict[str, Any]:
@@ -458,6 +522,8 @@ class GeneratorServer:
             return [wire.encode_error(request_id, "bad_params", str(exc))]
         except QueueFull as exc:
             return [wire.encode_error(request_id, "queue_full", str(exc))]
+        except QueueClosed as exc:
+            return [wire.encode_error(request_id, "unavailable", str(exc))]
         except NotFound as exc:
             return [wire.encode_error(request_id, "not_found", str(exc))]
         except Exception as exc:  # never let one request stop the server

@@ -15,6 +15,7 @@ from td_bridge.params import UPSCALE_PARAMS, ParamError
 
 from ..backends.base import RGBD, CancelledFn, ProgressFn
 from ..upscaling import upscale_frame, upscale_params
+from .workers import Worker, WorkerModels
 
 
 def split_upscale(args: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -39,8 +40,8 @@ class UpscaleJobs:
     """The server's upscaling: the source frame of each queued upscale job kept until the worker takes it (the
     newest ``keep`` of them: a cancelled job's source goes with time), the upscaler loaded on the first job."""
 
-    def __init__(self, load: Callable[[], Any], keep: int = 32) -> None:
-        self._load, self._upscaler, self._keep = load, None, keep
+    def __init__(self, load: Callable[[str], Any], keep: int = 32) -> None:
+        self._models, self._keep = WorkerModels(load), keep
         self._sources: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._chained: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -67,14 +68,13 @@ class UpscaleJobs:
             return self._chained.pop(job_id, None)
 
     def run(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
-            job_id: str) -> tuple[dict[str, Any], RGBD]:
-        """On the worker thread: load the upscaler if needed, upscale the job's source."""
+            job_id: str, worker: Worker) -> tuple[dict[str, Any], RGBD]:
+        """On ``worker``'s thread: upscale the job's source with the worker's own upscaler (loaded at its first
+        job, on the worker's device)."""
         with self._lock:
             frame = self._sources.pop(params[SOURCE_KEY], None)
         if frame is None:
             raise RuntimeError("the source frame of this upscale job was dropped (too many jobs queued)")
-        if self._upscaler is None:
-            self._upscaler = self._load()
         upscale = {k: v for k, v in params.items() if k in {p.name for p in UPSCALE_PARAMS}}
-        return upscale_frame(self._upscaler, frame.meta, frame.rgb, frame.depth, upscale, progress, cancelled,
+        return upscale_frame(self._models.get(worker), frame.meta, frame.rgb, frame.depth, upscale, progress, cancelled,
                              job_id=job_id)

@@ -1,0 +1,291 @@
+"""The panorama backend on tiny random-weight pipelines of every supported class (tiny_pipelines): 2:1 frames
+through ``--model FOLDER`` with depth from a tiny estimator, published and stored like LDM3D frames; seamless at
+the 0°/360° seam; LoRAs; presets; the licence table and ``--commercial``."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import tiny_depth
+import tiny_pipelines
+from conftest import wait_for
+from generator.__main__ import main
+from generator.backends import BackendUnavailable, load_backend
+from generator.backends.licences import COMMERCIAL, commercial_problems, licence_of, table
+from generator.backends.lora import LoraError
+from generator.backends.pano import LatentRoller
+from generator.backends.pano_presets import PRESETS, with_preset
+from generator.library import FrameLibrary
+from td_bridge.params import ParamError, validate_generation
+from td_bridge.receiver import CommandClient, FrameReceiver
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SIZE = {"width": 128, "height": 64, "steps": 2}
+UNET_KINDS = ("sd", "sdxl")
+
+
+@pytest.fixture(scope="module")
+def estimator(tmp_path_factory):
+    return tiny_depth.build("depth_anything", tmp_path_factory.mktemp("estimator") / "depth-anything")
+
+
+@pytest.fixture(scope="module", params=tiny_pipelines.KINDS)
+def kind(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipelines")
+    return {kind: tiny_pipelines.build(kind, root / kind) for kind in tiny_pipelines.KINDS}
+
+
+@pytest.fixture(scope="module")
+def backends(models, estimator):
+    return {kind: load_backend(str(folder), estimator=str(estimator)) for kind, folder in models.items()}
+
+
+def params(**overrides):
+    return validate_generation({"prompt": "a misty forest at dawn", "seed": 5, "guidance": 3.0, **SIZE, **overrides})
+
+
+def run(backend, **overrides):
+    return backend.generate(params(**overrides), lambda step, total: None, lambda: False)
+
+
+def test_each_class_generates_a_2to1_frame_through_model_folder(kind, models, estimator, tmp_path):
+    out, library = tmp_path / "frame", tmp_path / "library"
+    assert main(["generate", "a misty forest at dawn", "-o", str(out), "--model", str(models[kind]), "--estimator",
+                 str(estimator), "--library", str(library), "--seed", "5", "--width", "128", "--height", "64",
+                 "--steps", "2", "--guidance", "3"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    info = meta["backend_info"]
+    assert meta["backend"] == "pano" and info["pipeline"] == tiny_pipelines.CLASSES[kind]
+    assert (meta["width"], meta["height"]) == (128, 64) and info["depth"]["projection"] == "equirectangular"
+    assert info["estimator"] == str(estimator) and info["seam"] != "none"
+    assert info["guidance_scale"] == (2.0 if kind == "z-image" else 3.0)  # Z-Image's own scale is ours minus 1
+    assert [entry["component"] for entry in info["licences"]] == [str(models[kind]), str(estimator)]
+    (entry,) = FrameLibrary(library).find("", 10)
+    _, rgb, depth = FrameLibrary(library).load(entry.frame_id)
+    assert rgb.shape == (64, 128, 3) and depth.dtype == np.uint16 and depth.max() > depth.min()
+
+
+def test_frames_are_published_and_stored_like_ldm3d_frames(kind, backends, make_server, tmp_path):
+    library = FrameLibrary(tmp_path / "library")
+    server = make_server(backends[kind], library=library)
+    with FrameReceiver(server.frames) as receiver, CommandClient(server.commands, timeout=30.0) as client:
+        wait_for(lambda: receiver.connected, what="the receiver to hear the status heartbeat")
+        job = client.generate(prompt="a sunlit courtyard", seed=7, **SIZE)
+        frame = wait_for(receiver.latest, timeout=60, what="a panorama frame")
+    assert frame.meta["job_id"] == job["job_id"] and frame.meta["backend"] == "pano"
+    assert frame.rgb.shape == (64, 128, 3) and frame.depth.shape == (64, 128)
+    _, rgb, depth = wait_for(lambda: library.find("", 10) and library.load(frame.frame_id), what="the stored frame")
+    np.testing.assert_array_equal(rgb, frame.rgb)
+    np.testing.assert_array_equal(depth, frame.depth)
+
+
+def test_sizes_the_pipeline_cannot_make_are_refused_before_queueing(backends):
+    with pytest.raises(ParamError, match="2:1"):
+        backends["sd"].check(params(width=128, height=128))
+    # the schema's multiples of 8 fit these tiny models; Z-Image's 2x2 patches on an 8x VAE need 16 (2:1: 1040x520 no)
+    assert (backends["sd"].factor, backends["sdxl"].factor, backends["z-image"].factor) == (2, 2, 4)
+
+
+# ------------------------------------------------------------------ seamless
+
+
+def seam_mismatch(backend, seamless, monkeypatch):
+    """How far the frame made from start noise rolled by half the width is from the frame rolled by half: 0 when no
+    column is special, so the 0°/360° seam is as continuous as any neighbouring pair (the seam pair of one is an
+    interior pair of the other). Meaningful on random weights, where the image itself has no structure to see."""
+    plain = run(backend, seamless=seamless).rgb.astype(float)
+    original = backend.pipe.prepare_latents
+    half = plain.shape[1] // 2
+
+    def rolled(*args, **kwargs):
+        return torch.roll(original(*args, **kwargs), half // 2, dims=-1)  # latents: scale factor 2
+
+    monkeypatch.setattr(backend.pipe, "prepare_latents", rolled)
+    shifted = run(backend, seamless=seamless).rgb.astype(float)
+    monkeypatch.undo()
+    return np.abs(np.roll(plain, half, axis=1) - shifted).max()
+
+
+@pytest.mark.parametrize("unet_kind", UNET_KINDS)
+def test_unet_frames_wrap_around_the_seam(unet_kind, backends, monkeypatch):
+    backend = backends[unet_kind]
+    assert seam_mismatch(backend, True, monkeypatch) <= 2  # uint8 rounding of float noise
+    assert seam_mismatch(backend, False, monkeypatch) > 20
+
+
+def test_transformer_latents_roll_between_steps_and_back_before_decoding(backends, monkeypatch):
+    backend = backends["z-image"]
+    seen = []
+    forward = backend.pipe.transformer.forward
+
+    def spy(latents, *args, **kwargs):
+        seen.append(latents[0].clone())
+        return forward(latents, *args, **kwargs)
+
+    monkeypatch.setattr(backend.pipe.transformer, "forward", spy)
+    run(backend, steps=3, guidance=1.0, seamless=True)
+    assert len(seen) == 3 and not torch.equal(seen[0], seen[1])
+    roller = LatentRoller(shift=8, steps=3)
+    latents = torch.arange(64.0).reshape(1, 1, 1, 64)
+    moved = roller(latents, 0)
+    assert torch.equal(moved, torch.roll(latents, 8, dims=-1))
+    assert torch.equal(roller(roller(moved, 1), 2), latents)  # the last step rolls the total back
+
+
+def test_the_vae_wraps_while_seamless(backends):
+    backend = backends["z-image"]
+    latents = torch.randn(1, 4, 32, 64, generator=torch.Generator().manual_seed(0))
+    mismatch = {}
+    for seamless in (True, False):
+        run(backend, seamless=seamless, steps=1)  # sets the VAE as a frame would
+        with torch.inference_mode():
+            decode = lambda z: backend.pipe.vae.decode(z).sample  # noqa: E731
+            mismatch[seamless] = (torch.roll(decode(latents), 64, dims=-1) - decode(torch.roll(latents, 32, -1))).abs().max()
+    assert mismatch[True] < 1e-4 < mismatch[False]
+
+
+# ------------------------------------------------------------------ LoRAs
+
+
+def write_lora(kind, models, folder, seed=1):
+    """A rank-4 LoRA on the denoiser's attention projections, saved as diffusers' training scripts save them."""
+    import diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe_class = getattr(diffusers, tiny_pipelines.CLASSES[kind])
+    part = "transformer" if kind == "z-image" else "unet"
+    model_class = diffusers.ZImageTransformer2DModel if kind == "z-image" else diffusers.UNet2DConditionModel
+    model = model_class.from_pretrained(models[kind] / part)
+    torch.manual_seed(seed)
+    model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"]))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.normal_(0.0, 0.3)
+    pipe_class.save_lora_weights(folder, **{f"{part}_lora_layers": get_peft_model_state_dict(model)})
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def test_a_lora_applies_and_is_recorded(kind, models, estimator, backends, tmp_path):
+    path = write_lora(kind, models, tmp_path)
+    backend = load_backend(str(models[kind]), estimator=str(estimator), loras=(f"style={path}:1.0",))
+    plain, styled = run(backends[kind]).rgb.astype(float), run(backend)
+    assert np.abs(styled.rgb.astype(float) - plain).mean() > 1.0
+    (record,) = styled.info["loras"]
+    assert record["name"] == "style" and len(record["sha256"]) == 64
+    assert styled.info["licences"][1]["component"] == str(path)
+    off = run(backend, lora_1="style", lora_1_scale=0.0).rgb.astype(float)
+    assert np.abs(off - plain).max() <= 2
+
+
+def test_a_lora_for_another_architecture_is_refused(models, estimator, tmp_path):
+    path = write_lora("sd", models, tmp_path)
+    with pytest.raises(LoraError, match=str(path)):
+        load_backend(str(models["z-image"]), estimator=str(estimator), loras=(str(path),))
+
+
+# ------------------------------------------------------------------ classes, presets
+
+
+def test_unsupported_pipeline_classes_are_refused_by_name(models, tmp_path):
+    folder = tmp_path / "flux"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(BackendUnavailable, match="FluxPipeline is not supported.*StableDiffusionXLPipeline"):
+        load_backend(str(folder))
+    (folder / "model_index.json").write_text("[1, 2]")
+    with pytest.raises(BackendUnavailable, match="no _class_name"):
+        load_backend(str(folder))
+    with pytest.raises(BackendUnavailable, match="preset:qwen-360"):
+        load_backend("preset:nope")
+
+
+def test_a_preset_sits_under_what_is_given():
+    given, loras = with_preset("preset:qwen-360", {"steps": 20}, [])
+    assert given == {"width": 2048, "height": 1024, "steps": 20}
+    assert loras == ["qwen-360=ProGamerGov/qwen-360-diffusion:1.0"]
+    assert with_preset("preset:qwen-360", {}, ["qwen-360=mine.safetensors"])[1] == ["qwen-360=mine.safetensors"]
+    assert with_preset("some/model", {"steps": 3}, ["a.safetensors"]) == ({"steps": 3}, ["a.safetensors"])
+    for preset in PRESETS.values():
+        width, height = preset.params.get("width", 1024), preset.params.get("height", 512)
+        assert width == 2 * height and preset.source and preset.unverified
+
+
+# ------------------------------------------------------------------ licences
+
+
+def test_every_licence_entry_has_a_source_and_every_named_model_an_entry():
+    from generator.estimators.checkpoints import KNOWN
+    from generator.fast import PRESETS as FAST
+
+    entries = table()
+    for name, entry in entries.items():
+        assert entry.commercial in COMMERCIAL and entry.source, name
+        assert entry.source.startswith("https://"), name
+    named = [*KNOWN, "Intel/ldm3d", "Intel/ldm3d-4c", "Intel/ldm3d-pano", "Intel/ldm3d-sr",
+             *("/".join(preset.lora.split("/")[:2]) for preset in FAST.values()),
+             *(part for preset in PRESETS.values() for part in preset.components())]
+    assert [name for name in named if name not in entries] == []
+    assert entries["depth-anything/Depth-Anything-V2-Base-hf"].commercial == "no"
+    assert entries["depth-anything/Depth-Anything-V2-Small-hf"].commercial == "yes"
+
+
+def test_a_model_card_beside_a_folder_gives_its_licence(tmp_path):
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\ntags: [x]\n---\n# a model\n")
+    assert (licence_of(str(tmp_path)).licence, licence_of(str(tmp_path)).commercial) == ("Apache-2.0", "yes")
+    assert licence_of(str(tmp_path / "missing")).commercial == "unknown"
+    (tmp_path / "README.md").write_text("---\nlicense: other\n---\n")
+    assert commercial_problems([str(tmp_path)])
+
+
+def test_commercial_refuses_non_commercial_and_unknown_components_before_loading(monkeypatch, caplog, tmp_path):
+    def never(*args, **kwargs):
+        raise AssertionError("--commercial must refuse before anything loads")
+
+    monkeypatch.setattr("generator.backends.load_backend", never)
+    out = str(tmp_path / "out")
+    assert main(["generate", "a room", "-o", out, "--model", "preset:flux-360", "--commercial"]) == 2
+    assert "black-forest-labs/FLUX.1-dev: FLUX.1 [dev] Non-Commercial License does not allow commercial use" \
+        in caplog.text
+    caplog.clear()
+    assert main(["generate", "a room", "-o", out, "--model", "Intel/ldm3d-pano", "--commercial",
+                 "--lora", "style=some/where/x.safetensors"]) == 2
+    assert "some/where/x.safetensors: unknown has no licence" in caplog.text
+    caplog.clear()
+    assert main(["serve", "--model", "preset:z-image-360", "--estimator", "depth-anything/Depth-Anything-V2-Large-hf",
+                 "--commercial"]) == 2
+    assert "Depth-Anything-V2-Large-hf: CC-BY-NC-4.0" in caplog.text and "Z-Image" not in caplog.text
+
+
+def test_commercial_passes_components_whose_cards_allow_it(models, estimator, tmp_path):
+    for folder, licence in ((models["sd"], "mit"), (estimator, "apache-2.0")):
+        (folder / "README.md").write_text(f"---\nlicense: {licence}\n---\n")
+    try:
+        out = tmp_path / "frame"
+        assert main(["generate", "a room", "-o", str(out), "--model", str(models["sd"]), "--estimator",
+                     str(estimator), "--no-library", "--commercial", "--width", "128", "--height", "64",
+                     "--steps", "1"]) == 0
+        licences = json.loads((out / "metadata.json").read_text())["backend_info"]["licences"]
+        assert [(entry["licence"], entry["commercial"]) for entry in licences] == [("MIT", "yes"),
+                                                                                   ("Apache-2.0", "yes")]
+    finally:
+        for folder in (models["sd"], estimator):
+            (folder / "README.md").unlink()
+
+
+def test_ldm3d_frames_list_their_licences_too(tmp_path):
+    import tiny_ldm3d
+
+    model = tiny_ldm3d.build(tmp_path / "ldm3d", vae_channels=4)
+    (model / "README.md").write_text("---\nlicense: creativeml-openrail-m\n---\n")
+    frame = run(load_backend(str(model)), width=64, height=64, seamless=False)
+    assert frame.info["licences"] == [{"component": str(model), "licence": "CreativeML OpenRAIL-M",
+                                       "commercial": "yes", "source": f"{model / 'README.md'} (front matter)"}]
