@@ -93,8 +93,10 @@ def serve(args: list[str]) -> int:
 
 
 # What the tests need from the system (Debian packages): OSC command-line tools, the GLSL
-# validator, and Mesa's EGL + software OpenGL for running the shaders.
-SYSTEM_PACKAGES = ["liblo-tools", "glslang-tools", "libegl1", "libegl-mesa0", "libgl1-mesa-dri"]
+# validator, Mesa's EGL + software OpenGL for running the shaders, and Chromium with its WebDriver for the
+# web viewer's browser tests (WebGL through its own SwiftShader).
+SYSTEM_PACKAGES = ["liblo-tools", "glslang-tools", "libegl1", "libegl-mesa0", "libgl1-mesa-dri", "chromium",
+                   "chromium-driver"]
 
 # td_bridge runs inside TouchDesigner: TD 2023 ships Python 3.11 with numpy 1.24.1 (TD 2025:
 # numpy 2.1). These tests run a second time against that numpy, without torch.

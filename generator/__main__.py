@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES, AddressError
-from td_bridge.params import (DISPLAY_PARAMS, ESTIMATION_PARAMS, GENERATION_PARAMS, VIEW_PARAMS, Param, ParamError,
-                              resolve_seed, validate, validate_generation)
+from td_bridge.params import (DISPLAY_PARAMS, ESTIMATION_PARAMS, GENERATION_PARAMS, REMIX_PARAMS, VIEW_PARAMS, Param,
+                              ParamError, resolve_seed, validate, validate_generation)
 
 from .backends.base import BackendUnavailable
 from .estimators.checkpoints import DEFAULT_MODEL as DEFAULT_ESTIMATOR
@@ -27,6 +27,7 @@ from .train import cli as train_cli
 from .evaluate import cli as evaluate_cli
 
 log = logging.getLogger("depthfusion")
+DEFAULT_WEB = "127.0.0.1:8080"  # generator.web.server.DEFAULT_ADDRESS (aiohttp is imported only when serving)
 
 
 def _param_type(param: Param):
@@ -167,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "events, OSC and the TouchDesigner component")
     serve.add_argument("--upscaler", default=None, metavar="MODEL", help=f"answer upscale commands with this ldm3d-sr "
                        f"hub id or folder (e.g. {DEFAULT_UPSCALER}), loaded at the first one (default: none)")
+    serve.add_argument("--web", nargs="?", const=DEFAULT_WEB, default=None, metavar="ADDRESS",
+                       help=f"also serve the web viewer (docs/web.md) at ADDRESS ({DEFAULT_WEB}); a LAN address needs "
+                       "--allow-lan and the access token the log prints")
 
     gen = sub.add_parser("generate", help="generate one frame and write rgb.png, depth.png, metadata.json")
     gen.add_argument("prompt", type=_param_type(GENERATION_PARAMS[0]), help="what to generate")
@@ -227,6 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_param_flags(render, DISPLAY_PARAMS, "display parameters")
     _add_param_flags(render, VIEW_PARAMS, "view parameters (as the TouchDesigner component's)")
 
+    view = sub.add_parser("view", help="show a frame folder or library frame id in the web viewer (docs/web.md), "
+                          "without a generator")
+    view.add_argument("frame", help="folder holding rgb.png and depth.png, or a frame id from the library")
+    view.add_argument("--web", default=DEFAULT_WEB, metavar="ADDRESS", help=f"where to serve the page ({DEFAULT_WEB}); "
+                      "a LAN address needs --allow-lan and the access token the log prints")
+    view.add_argument("--allow-lan", action="store_true", help="allow serving on addresses other than loopback")
+    _add_library_flags(view)
+    _add_param_flags(view, DISPLAY_PARAMS, "display parameters")
+    _add_param_flags(view, VIEW_PARAMS, "view parameters (as the TouchDesigner component's)")
+
     upscale = sub.add_parser("upscale", help="upscale a frame folder or library frame id with ldm3d-sr into a new "
                              "frame linked to its source; write rgb.png, depth.png, metadata.json")
     upscale.add_argument("frame", help="folder holding rgb.png and depth.png, or a frame id from the library")
@@ -234,6 +248,22 @@ def build_parser() -> argparse.ArgumentParser:
     upscale.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_library_flags(upscale)
     _add_upscaler_flags(upscale, device_flags=True)
+
+    remix = sub.add_parser("remix", help="regenerate a region of a frame folder or library frame id with a new "
+                           "prompt, keeping the rest; write rgb.png, depth.png, metadata.json (docs/remix.md)")
+    remix.add_argument("frame", help="folder holding rgb.png and depth.png, or a frame id from the library")
+    remix.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if missing)")
+    remix.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    where = remix.add_mutually_exclusive_group()
+    where.add_argument("--region", default=None, metavar="YAW,PITCH,WIDTH,HEIGHT",
+                       help="the region on the sphere in degrees (sets the --remix-* flags of the same names)")
+    where.add_argument("--mask", type=Path, default=None, metavar="FILE",
+                       help="a grey mask image of the frame's size: white repaints, black keeps, grey blends")
+    _add_library_flags(remix)
+    _add_model_flags(remix)
+    _add_licence_flags(remix, estimator=True)
+    _add_param_flags(remix, GENERATION_PARAMS, "generation parameters", skip=("width", "height"))
+    _add_param_flags(remix, REMIX_PARAMS, "region (on the sphere)")
 
     train_cli.add_dataset_parser(sub)
     train_cli.add_train_parser(sub)
@@ -371,7 +401,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    server.serve(stop)
+    web = None
+    if args.web is not None:
+        from .web.sources import GeneratorLink
+
+        web = _start_web(args, GeneratorLink(server.frames_endpoint, server.commands_endpoint), {})
+    try:
+        server.serve(stop)
+    finally:
+        if web is not None:
+            web.stop()
+    log.info("stopped")
+    return 0
+
+
+def _start_web(args: argparse.Namespace, source: Any, settings: dict[str, Any]) -> Any:
+    """The web viewer for ``source`` at ``--web``, started; logs the page's address (with the LAN token)."""
+    from .web.server import WebServer, parse_address
+
+    host, port = parse_address(args.web, args.allow_lan)
+    web = WebServer(source, host, port, allow_lan=args.allow_lan, settings=settings)
+    log.info("web viewer on %s", web.start())
+    return web
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    """Serve one saved frame in the web viewer until interrupted."""
+    from td_bridge.protocol import Frame
+
+    from .render.cli import load_frame
+    from .web.messages import view_message
+    from .web.sources import SavedFrame
+
+    settings = {**_given_params(args, DISPLAY_PARAMS), **_given_params(args, VIEW_PARAMS)}
+    meta, rgb, depth = load_frame(args.frame, _library(args))
+    source = SavedFrame(Frame(rgb, depth, meta))
+    view_message(settings, source.packed)  # the flags checked against the frame before the page is served
+    web = _start_web(args, source, settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        web.stop()
     log.info("stopped")
     return 0
 
@@ -478,6 +552,38 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         library.save(header, result.rgb, result.depth)
     print(f"wrote {args.output} (frame {header['frame_id']}, {rgb.shape[1]}x{rgb.shape[0]} → {result.rgb.shape[1]}x"
           f"{result.rgb.shape[0]}, upscale seed {upscale['upscale_seed']}, {header['timings']['generate_s']:.2f} s)")
+    return 0
+
+
+def cmd_remix(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .remixing import read_mask, region_mask, remix_frame, remix_params
+    from .render.cli import load_frame
+
+    given, loras = _generation_setup(args)  # a preset's size gives way to the source's
+    given = {**{k: v for k, v in given.items() if k not in ("width", "height")}, **_given_params(args, REMIX_PARAMS)}
+    if args.region is not None:
+        parts = args.region.split(",")
+        if len(parts) != 4:
+            raise ParamError(f"--region takes YAW,PITCH,WIDTH,HEIGHT in degrees, got {args.region!r}")
+        given.update(zip(("remix_yaw", "remix_pitch", "remix_width", "remix_height"), parts))
+    _check_frame_folder(args.output, args.overwrite)
+    library = _library(args)
+    meta, rgb, depth = load_frame(args.frame, library)
+    height, width = depth.shape
+    params = remix_params(given, width, height)
+    mask = read_mask(args.mask, width, height) if args.mask else region_mask(params, width, height)
+    backend = _backend(args, loras)
+    with tqdm(desc=f"{backend.name} remix", unit="step", leave=False) as bar:
+        header, result = remix_frame(backend, meta, rgb, depth, mask, params, _bar_progress(bar), lambda: False,
+                                     mask_name=args.mask.name if args.mask else None)
+    _write_frame_folder(args.output, header, result)
+    if library is not None:
+        library.save(header, result.rgb, result.depth)
+    alignment = result.info["remix"]["depth_alignment"]
+    print(f"wrote {args.output} (frame {header['frame_id']} from {header['source_frame_id']}, seed {params['seed']}, "
+          f"{alignment['repainted_share']:.0%} repainted, {header['timings']['generate_s']:.2f} s)")
     return 0
 
 
@@ -624,9 +730,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"serve": cmd_serve, "generate": cmd_generate, "export": cmd_export, "osc-doc": cmd_osc_doc,
                     "pregenerate": cmd_pregenerate, "library": cmd_library, "render": cmd_render, "depth": cmd_depth,
-                    "evaluate": evaluate_cli.run_evaluate,
-                    "download": cmd_download, "upscale": cmd_upscale, "dataset": train_cli.cmd_dataset,
-                    "train": train_cli.cmd_train}
+                    "evaluate": evaluate_cli.run_evaluate, "view": cmd_view,
+                    "download": cmd_download, "upscale": cmd_upscale, "remix": cmd_remix,
+                    "dataset": train_cli.cmd_dataset, "train": train_cli.cmd_train}
         return commands[args.command](args)
     except (ParamError, AddressError, BackendUnavailable, LibraryError, ValueError, OSError) as exc:
         log.error("%s", exc)

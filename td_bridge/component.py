@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES, check_endpoint
-from .params import (ESTIMATION_PARAMS, GENERATION_PARAMS, LIVE_PARAMS, UPSCALE_PARAMS, ParamError, find_param,
-                     validate, validate_generation)
+from .params import (ESTIMATION_PARAMS, GENERATION_PARAMS, LIVE_PARAMS, REMIX_PARAMS, UPSCALE_PARAMS, ParamError,
+                     find_param, validate, validate_all, validate_generation)
 from .protocol import ProtocolError, encode_upload
 from .receiver import CommandClient, CommandError, CommandTimeout, FrameReceiver
 from .top_frames import TopFrame, from_top, to_top
@@ -117,6 +117,15 @@ class ComponentController:
         if not frame_id:
             raise ParamError("no frame to upscale yet")
         self._send("upscale", {"frame_id": frame_id, **validate(values, UPSCALE_PARAMS)})
+
+    def remix(self, frame_id: str, values: Mapping[str, Any], region: Mapping[str, Any]) -> None:
+        """Queue a remix of a kept frame (e.g. the one on screen): the ``region`` (remix parameters) regenerated
+        with generation parameter ``values`` (the size is the frame's own, so width and height are not sent)."""
+        if not frame_id:
+            raise ParamError("no frame to remix yet")
+        values, region = validate_all((values, GENERATION_PARAMS), (region, REMIX_PARAMS))
+        values = {k: v for k, v in values.items() if k not in ("width", "height")}
+        self._send("remix", {"frame_id": frame_id, **values, **region})
 
     def cancel(self, job_id: str | None = None) -> None:
         self._send("cancel", {"job_id": job_id} if job_id else {})

@@ -302,6 +302,23 @@ UPSCALE_PARAMS: tuple[Param, ...] = (
 )
 
 
+# RGBD remix (python -m generator remix, the remix command): a region of a kept frame regenerated with a new prompt,
+# the rest kept. The region is a box on the sphere in the view's terms (td_bridge.region).
+REMIX_PARAMS: tuple[Param, ...] = (
+    Param("remix_yaw", float, 0.0, "Centre of the remixed region: degrees to the left of straight ahead (the "
+          "image centre), as the view's Yaw; it wraps, so 180 is behind and spans the 0°/360° seam.",
+          minimum=-360.0, maximum=360.0, unit="deg"),
+    Param("remix_pitch", float, 0.0, "Centre of the remixed region: degrees above the horizon, as the view's "
+          "Pitch.", minimum=-90.0, maximum=90.0, unit="deg"),
+    Param("remix_width", float, 90.0, "Width of the remixed region in degrees of longitude.", minimum=1.0,
+          maximum=360.0, unit="deg"),
+    Param("remix_height", float, 60.0, "Height of the remixed region in degrees of latitude.", minimum=1.0,
+          maximum=180.0, unit="deg"),
+    Param("remix_feather", float, 5.0, "Soft edge: degrees beyond the region over which the new content fades into "
+          "the kept frame (0: a hard edge).", minimum=0.0, maximum=45.0, unit="deg"),
+)
+
+
 def find_param(name: str, params: Iterable[Param] = GENERATION_PARAMS) -> Param:
     params = tuple(params)
     for param in params:
@@ -321,8 +338,13 @@ def defaults(params: Iterable[Param] = GENERATION_PARAMS) -> dict[str, Any]:
 def validate(values: Mapping[str, Any], params: Iterable[Param]) -> dict[str, Any]:
     """Defaults filled in, every value coerced and range-checked; all problems in one ParamError."""
     params = tuple(params)
-    result = defaults(params)
-    problems = []
+    return {**defaults(params), **coerce_given(values, params)}
+
+
+def coerce_given(values: Mapping[str, Any], params: Iterable[Param]) -> dict[str, Any]:
+    """Only the values given, each coerced and range-checked; all problems in one ParamError."""
+    params = tuple(params)
+    result, problems = {}, []
     for name, value in values.items():
         try:
             result[name] = find_param(str(name), params).coerce(value)

@@ -81,8 +81,9 @@ NETWORK = {
 def test_the_builder_makes_the_documented_network(comp):
     assert comp.path == "/project1/DepthFusion"
     assert {child.name: child.OPType for child in comp.children} == NETWORK
-    assert [page.name for page in comp.customPages] == ["Connection", "Generate", "LoRA", "Live", "Upscale", "Depth",
-                                                        "Sphere", "Stereo", "Outputs", "OSC", "Diagnose", "Status"]
+    assert [page.name for page in comp.customPages] == [
+        "Connection", "Generate", "LoRA", "Live", "Upscale", "Remix", "Depth", "Sphere", "Stereo", "Outputs", "OSC",
+        "Diagnose", "Status"]
     for name in ("rgb", "depth", "rgb_prev", "depth_prev"):  # the newest frame, the previous one (Blend Time)
         top = comp.op(name)
         assert top.stub_resolve(top.par.callbacks.eval()) is comp.op(f"{name}_top")
@@ -547,6 +548,34 @@ def test_upscale_needs_a_frame_and_an_upscaler(server, comp):
     comp.par.Upscaleafter = True
     comp.par.Generate.pulse()
     Frames().until(lambda: "--upscaler" in comp.par.Lasterror.eval(), "the generator's answer")
+
+
+class RemixingDemo(DemoBackend):
+    """The demo backend with a stand-in remix (no torch): the region painted white and near."""
+
+    def remix(self, params, source, mask, progress, cancelled):
+        from generator.backends.base import RGBD
+
+        progress(1, 1)
+        return RGBD(np.full_like(source.rgb, 255), np.full_like(source.depth, 60000))
+
+
+def test_remix_the_frame_on_screen_with_the_region_parameters(make_server, comp):
+    server = make_server(RemixingDemo())
+    comp.par.Framesaddress, comp.par.Commandsaddress = server.frames, server.commands
+    comp.par.Width, comp.par.Height, comp.par.Steps = 128, 64, 2
+    comp.par.Connect.pulse()
+    Frames().until(lambda: comp.par.Connected.eval(), "connected")
+    comp.par.Generate.pulse()
+    Frames().until(lambda: shows_a_frame(comp), "the generated frame")
+    source = comp.par.Frameid.eval()
+    comp.par.Remixyaw, comp.par.Remixwidth, comp.par.Remixfeather = 180.0, 60.0, 0.0
+    comp.par.Remix.pulse()
+    Frames().until(lambda: comp.ext.DepthFusionExt.controller.frame.meta.get("source_frame_id") == source,
+                   "the remixed frame")
+    meta = comp.ext.DepthFusionExt.controller.frame.meta
+    assert meta["params"]["remix_yaw"] == 180.0 and meta["params"]["width"] == 128
+    assert comp.par.Lasterror.eval() == ""
 
 
 def vector(comp, name):

@@ -117,7 +117,7 @@ def _guarded(method):
 
 
 class DepthFusionExt:
-    """Promoted methods: Connect, Disconnect, Generate, Cancel, Recall, DepthFromTop, Upscale, Live, Keep, Take,
+    """Promoted methods: Connect, Disconnect, Generate, Cancel, Recall, DepthFromTop, Upscale, Remix, Live, Keep, Take,
     ApplySettings, Diagnose."""
 
     def __init__(self, ownerComp: Any) -> None:
@@ -251,6 +251,15 @@ class DepthFusionExt:
         self._run(lambda c: c.upscale(self._value("Frameid") if frame_id is None else frame_id, values))
 
     @_guarded
+    def Remix(self, frame_id: str | None = None) -> None:
+        """Remix a kept frame (default: the one on screen): the Remix page's region regenerated with the Generate
+        and LoRA pages' parameters."""
+        from td_bridge.params import GENERATION_PARAMS, REMIX_PARAMS
+
+        values, region = self._schema_values(GENERATION_PARAMS), self._schema_values(REMIX_PARAMS)
+        self._run(lambda c: c.remix(self._value("Frameid") if frame_id is None else frame_id, values, region))
+
+    @_guarded
     def Cancel(self) -> None:
         self._run(lambda c: c.cancel())
 
@@ -372,7 +381,7 @@ class DepthFusionExt:
         actions = {"Connect": self.Connect, "Disconnect": self.Disconnect, "Generate": self.Generate,
                    "Cancel": self.Cancel, "Recall": self.Recall, "Depthfromtop": self.DepthFromTop,
                    "Upscale": self.Upscale, "Diagnose": self.Diagnose, "Applyfixes": self.ApplyFixes,
-                   "Keep": self.Keep, "Take": self.Take}
+                   "Keep": self.Keep, "Take": self.Take, "Remix": self.Remix}
         if par.name in actions:
             actions[par.name]()
 

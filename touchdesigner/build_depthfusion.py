@@ -35,7 +35,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 COMPONENT = "DepthFusion"
 PULSES = ["Connect", "Disconnect", "Generate", "Cancel", "Recall", "Depthfromtop", "Upscale", "Diagnose",
-          "Applyfixes", "Keep", "Take"]
+          "Applyfixes", "Keep", "Take", "Remix"]
 OUTPUTS = ["left", "right", "side_by_side", "top_bottom", "ods", "dome", "rgb", "depth"]  # Out TOPs, in order
 EXTENSION = "op('./DepthFusionExt').module.DepthFusionExt(me)"
 # Script TOPs: the newest frame and the previous one (read by the shader only while a frame blend runs); 16-bit

@@ -4,10 +4,10 @@
 tests against the td stand-in. Pages: Connection, Generate (every generation parameter plus
 Generate / Cancel / Recall, and Depth from TOP with its estimation parameters), LoRA (the LoRA slots of
 the generation parameters), Live (the generator's live session: the Live toggle, the live parameters, an Input
-TOP, Keep and Take), Upscale (ldm3d-sr), Depth and Sphere (what the shaders use; Sphere also holds
-Blend Time, the crossfade from one frame to the next), Stereo and Outputs (cameras and output sizes), OSC (the
-component's own OSC In DAT), Diagnose (the self-check, the shader's position input, the convention
-overrides and Apply Fixes) and Status (read-only, written by DepthFusionExt).
+TOP, Keep and Take), Upscale (ldm3d-sr), Remix (a region of the frame on screen regenerated), Depth and Sphere
+(what the shaders use; Sphere also holds Blend Time, the crossfade from one frame to the next), Stereo and
+Outputs (cameras and output sizes), OSC (the component's own OSC In DAT), Diagnose (the self-check, the shader's
+position input, the convention overrides and Apply Fixes) and Status (read-only, written by DepthFusionExt).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 from td_bridge.addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES
 from td_bridge.params import (BASE_GENERATION_PARAMS, CONVENTION_PARAMS, DISPLAY_PARAMS, ESTIMATION_PARAMS,
-                              GENERATION_PARAMS, LIVE_PARAMS, LORA_PARAMS, UPSCALE_PARAMS, VIEW_PARAMS, find_param,
-                              td_name, td_parameter_specs)
+                              GENERATION_PARAMS, LIVE_PARAMS, LORA_PARAMS, REMIX_PARAMS, UPSCALE_PARAMS, VIEW_PARAMS,
+                              find_param, td_name, td_parameter_specs)
 from td_bridge.td_builds import POSITION_MENU
 
 # name, style, label, default, help
@@ -49,6 +49,11 @@ UPSCALE = [
      "(the generator needs --upscaler); the upscaled frame follows the generated one."),
     ("Upscale", "Pulse", "Upscale", None, "Upscale the frame on screen with the parameters above (the generator "
      "needs --upscaler). Over 1280x1280 needs a Commercial licence to show."),
+]
+REMIX = [
+    ("Remix", "Pulse", "Remix", None, "Regenerate the region above of the frame on screen with the Generate and LoRA "
+     "pages' parameters (its size stays the frame's), keeping the rest; the new frame arrives like a generated one "
+     "and names its source. Yaw and Pitch as the Stereo page's: set them from where you look."),
 ]
 # The Live page: the toggle, then the live parameters (td_bridge.params LIVE_PARAMS), then these.
 LIVE = ("Live", "Toggle", "Live", False, "Run the generator's live session: frames back to back from the Generate "
@@ -166,6 +171,7 @@ def create_parameters(comp: Any) -> None:
     _add(live, *LIVE)
     _add_group(live, LIVE_PARAMS, LIVE_ACTIONS)
     _add_group(comp.appendCustomPage("Upscale"), UPSCALE_PARAMS, UPSCALE)
+    _add_group(comp.appendCustomPage("Remix"), REMIX_PARAMS, REMIX)
     view_params = DISPLAY_PARAMS + VIEW_PARAMS
     for page, names in VIEW_PAGES.items():
         params = [find_param(name, view_params) for name in names]

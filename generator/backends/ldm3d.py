@@ -13,7 +13,7 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -297,6 +297,14 @@ class LDM3DBackend:
             decoded = self._decode(latents, full=full_decoder)
         return self.result(frame, decoded, full_decoder=full_decoder)
 
+    def remix(self, params: dict[str, Any], source: RGBD, mask: np.ndarray, progress: ProgressFn,
+              cancelled: CancelledFn) -> RGBD:
+        """``source`` regenerated where ``mask`` (H, W in [0, 1]) is above 0 by latent blending, RGB and depth
+        together (generator.backends.remix); the decoded frame, before the kept pixels are put back."""
+        from .remix import latent_remix
+
+        return latent_remix(self, params, source, mask, progress, cancelled)
+
     def prepare(self, params: dict[str, Any], *, latents: torch.Tensor | None = None,
                 embeddings: torch.Tensor | None = None, image: RGBD | None = None,
                 strength: float = 1.0) -> DenoiseState:
@@ -385,7 +393,10 @@ class LDM3DBackend:
         tokens = self.tokenizer(text, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
         return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
 
-    def _denoise(self, frame: DenoiseState, progress: ProgressFn, cancelled: CancelledFn) -> torch.Tensor:
+    def _denoise(self, frame: DenoiseState, progress: ProgressFn, cancelled: CancelledFn,
+                 blend: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The frame's latents denoised; ``blend(step, latents)``, when given, replaces the latents after each step
+        (remix: the kept region put back, noised to the next timestep)."""
         # The U-Net takes each timestep as a device tensor, the scheduler as a host number: a scheduler indexing
         # its tables with a device tensor makes the host wait for the GPU at every step.
         latents, scheduler, timesteps = frame.latents, frame.scheduler, frame.timesteps
@@ -394,6 +405,8 @@ class LDM3DBackend:
                 raise Cancelled()
             noise = self.predict(torch.cat([latents] * 2) if frame.guided else latents, t, t_host, frame)
             latents = scheduler.step(noise, t_host, latents, **frame.options).prev_sample
+            if blend is not None:
+                latents = blend(step, latents)
             progress(step, len(timesteps))
         return latents
 

@@ -259,8 +259,20 @@ class PanoBackend:
                               cancelled)
         return RGBD(rgb, depth.depth, near=depth.near, far=depth.far, info=self._info(params, weights, depth.info))
 
+    def remix(self, params: dict[str, Any], source: RGBD, mask: np.ndarray, progress: ProgressFn,
+              cancelled: CancelledFn) -> RGBD:
+        """``source`` regenerated where ``mask`` is above 0 by latent blending through the pipeline's step callback
+        (U-Net pipelines), then the 360° depth of the result with the source's RGB put back; generator.remixing
+        aligns it to the kept depth."""
+        from .remix import pipeline_remix
+
+        return pipeline_remix(self, params, source, mask, progress, cancelled)
+
     def _rgb(self, params: dict[str, Any], weights: dict[str, float], step_done: Callable[[int], None],
-             cancelled: CancelledFn) -> np.ndarray:
+             cancelled: CancelledFn, blend: Callable[[int, Any], Any] | None = None,
+             latents: Any = None) -> np.ndarray:
+        """The pipeline's RGB; ``latents`` its start noise, ``blend(step, latents)`` replacing the latents after each
+        step (remix)."""
         import torch
 
         from .seamless import set_seamless
@@ -276,12 +288,15 @@ class PanoBackend:
             if cancelled():
                 raise Cancelled()
             step_done(step + 1)
+            if blend is not None:
+                return {"latents": blend(step, tensors["latents"])}
             return {"latents": roller(tensors["latents"], step)} if roller else {}
 
         if cancelled():
             raise Cancelled()
         with torch.inference_mode():
-            images = self.pipe(**self._call_options(params), callback_on_step_end=on_step_end,
+            start = {} if latents is None else {"latents": latents}
+            images = self.pipe(**self._call_options(params), **start, callback_on_step_end=on_step_end,
                                callback_on_step_end_tensor_inputs=["latents"], output_type="np").images
         return np.clip(np.round(np.asarray(images[0]) * 255.0), 0, 255).astype(np.uint8)
 

@@ -25,8 +25,8 @@ from pythonosc.osc_packet import OscPacket
 
 from td_bridge import protocol as wire
 from td_bridge.addresses import is_loopback
-from td_bridge.params import (GENERATION_PARAMS, LIVE_PARAMS, UPSCALE_PARAMS, Param, ParamError, defaults,
-                              generation_param)
+from td_bridge.params import (GENERATION_PARAMS, LIVE_PARAMS, REMIX_PARAMS, UPSCALE_PARAMS, Param, ParamError,
+                              defaults, generation_param)
 
 from .osc_packet import MAX_DATAGRAM, OscPacketError, check_datagram, leading_address
 from .osc_space import COMMANDS, INT32_MAX, OSC_PARAMS, PREFIX, param_echo, reply
@@ -84,6 +84,7 @@ class OscBridge:
         self._ctx, self._commands_address, self._frames_address = ctx, commands, frames
         self.params: dict[str, Any] = {**defaults(GENERATION_PARAMS), **(start or {})}  # what /generate uses
         self.upscale_params: dict[str, Any] = defaults(UPSCALE_PARAMS)  # what /upscale uses
+        self.remix_params: dict[str, Any] = defaults(REMIX_PARAMS)  # the region /remix uses
         self.live_params: dict[str, Any] = defaults(LIVE_PARAMS)  # what /live 1 starts with
         self.live_on = False  # as the generator's status (and our own /live) last said
         self._pending: dict[str, tuple[tuple[str, int], str]] = {}
@@ -214,22 +215,36 @@ class OscBridge:
         if name == "take":
             _expect_args(args, 0, 0, name)
             return "take", {"frame_id": "latest"}
+        if name == "remix":
+            return "remix", self._remix_args(args)
         _expect_args(args, 1, 1, name)
         if name == "upscale":
             return "upscale", {"name": str(args[0]), **self.upscale_params}
         return "recall", {"name": str(args[0])}
 
+    def _remix_args(self, args: list[Any]) -> dict[str, Any]:
+        """/remix [prompt [yaw pitch width height]]: the newest frame, the sticky parameters (not the size: a remix
+        keeps its source's) and region, with this prompt and region."""
+        if len(args) not in (0, 1, 5):
+            raise ParamError(f"remix: takes no argument, a prompt, or a prompt then yaw, pitch, width and height; "
+                             f"got {len(args)}")
+        given = {"prompt": generation_param("prompt").coerce(args[0])} if args else {}
+        region = dict(zip(("remix_yaw", "remix_pitch", "remix_width", "remix_height"), args[1:]))
+        region = {name: next(p for p in REMIX_PARAMS if p.name == name).coerce(v) for name, v in region.items()}
+        params = {k: v for k, v in self.params.items() if k not in ("width", "height")}
+        return {"frame_id": "latest", **params, **self.remix_params, **given, **region}
+
     def _set_param(self, param: Param, args: list[Any], sender: tuple[str, int], address: str,
                    dealer: zmq.Socket | None = None) -> None:
         try:
             _expect_args(args, 1, 1, param.name)
-            values = (self.upscale_params if param in UPSCALE_PARAMS else self.live_params if param in LIVE_PARAMS
-                      else self.params)
+            values = (self.upscale_params if param in UPSCALE_PARAMS else self.remix_params if param in REMIX_PARAMS
+                      else self.live_params if param in LIVE_PARAMS else self.params)
             values[param.name] = param.coerce(args[0])
         except ParamError as exc:
             return self._error(sender, address, str(exc))
         self._send(self._reply_to(sender), param_echo(param, values[param.name]))
-        if self.live_on and dealer is not None and param not in UPSCALE_PARAMS:  # steers the next live frame
+        if self.live_on and dealer is not None and param not in UPSCALE_PARAMS + REMIX_PARAMS:  # steers the next live frame
             self._request(dealer, sender, address, "live", {param.name: values[param.name]})
 
     def _request(self, dealer: zmq.Socket, sender: tuple[str, int], address: str, cmd: str,
@@ -277,7 +292,7 @@ class OscBridge:
             return reply("queued", result["job_id"], result["params"]["seed"])
         if name == "upscale":
             return reply("queued", result["job_id"], result["params"]["upscale_seed"])
-        if name == "take":
+        if name in ("take", "remix"):
             return reply("queued", result["job_id"], result["params"]["seed"])
         if name == "keep":
             return reply("kept", result["frame_id"])

@@ -12,10 +12,10 @@ from typing import Any
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from td_bridge.params import GENERATION_PARAMS, LIVE_PARAMS, UPSCALE_PARAMS, Param
+from td_bridge.params import GENERATION_PARAMS, LIVE_PARAMS, REMIX_PARAMS, UPSCALE_PARAMS, Param
 
 PREFIX = "/depthfusion/"
-OSC_PARAMS = GENERATION_PARAMS + UPSCALE_PARAMS + LIVE_PARAMS  # every parameter with an address
+OSC_PARAMS = GENERATION_PARAMS + UPSCALE_PARAMS + REMIX_PARAMS + LIVE_PARAMS  # every parameter with an address
 INT32_MAX = 2**31 - 1
 COMMANDS = {
     "generate": "[prompt] — queue a generation with the current parameters (and, for this one only, this prompt)",
@@ -23,6 +23,9 @@ COMMANDS = {
     "recall": "frame_id or cue — publish a kept frame (the newest with that cue) again, without the model",
     "upscale": "frame_id or cue — upscale a kept frame with the current `upscale_*` parameters (the generator needs "
                "`--upscaler`); reply `/depthfusion/queued` with the upscale seed",
+    "remix": "[prompt [yaw pitch width height]] — regenerate a region of the newest frame (the current `remix_*` "
+             "region, or this one, in degrees) with the current generation parameters (and this prompt), keeping the "
+             "rest; the new frame names its source. Reply `/depthfusion/queued` with the seed",
     "live": "1 or 0 — start the live session with the current parameters (frames back to back, paced to "
             "`live_fps`; docs/live.md), or stop it (the last frame stays on screen); reply `/depthfusion/live`",
     "keep": "[cue] — store the newest frame (the live frame on screen) in the frame library exactly as shown, "
@@ -152,6 +155,7 @@ def reference() -> str:
         "## Parameters",
         "",
         "Each sets the value the next `/depthfusion/generate` (the `upscale_*` ones: `/depthfusion/upscale`;",
+        "the `remix_*` ones: `/depthfusion/remix`, which also takes the generation parameters but for the size;",
         "`live_fps` and `transition`: the live session) uses",
         "and is echoed back as coerced.",
         "Ints accept integral floats, int64 and numeric strings; floats accept ints and doubles; bools accept",

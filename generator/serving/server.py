@@ -34,6 +34,7 @@ from .osc import OscBridge, OscConfig
 from .publisher import FramePublisher
 from .ratelimit import RateLimitedLogger
 from .estimate_jobs import UPLOAD_KEY, EstimateJobs
+from .remix_jobs import SOURCE_KEY as REMIX_KEY, SOURCE_FRAME_KEYS as REMIX_SOURCE_KEYS, RemixJobs
 from .upscale_jobs import FRAME_KEYS, SOURCE_KEY, UpscaleJobs, split_upscale
 from .workers import LOST_DEVICE, OUT_OF_MEMORY, Worker, device_fault, device_name, release_memory
 
@@ -117,6 +118,7 @@ class GeneratorServer:
         self.library = library
         self.upscales = UpscaleJobs(upscaler) if upscaler is not None else None  # upscaler: loads it, on first use
         self.estimates = EstimateJobs(estimator) if estimator is not None else None  # likewise the estimator
+        self.remixes = RemixJobs()  # remix jobs run on the workers' own backends
         if depth_check and self.estimates is None:
             raise ValueError("the depth check needs an estimator")
         self.depth_check = depth_check
@@ -293,6 +295,8 @@ class GeneratorServer:
         cancelled = job.cancel_event.is_set
         if TAKE_KEY in job.params:
             return self.live.take(job.params, progress, cancelled, job.id, backend=worker.backend)
+        if REMIX_KEY in job.params:
+            return self.remixes.run(job.params, progress, cancelled, job.id, worker)
         if SOURCE_KEY in job.params:
             return self.upscales.run(job.params, progress, cancelled, job.id, worker)
         if UPLOAD_KEY in job.params:
@@ -548,6 +552,7 @@ class GeneratorServer:
             "live_input": self._cmd_live_input,
             "keep": self._cmd_keep,
             "take": self._cmd_take,
+            "remix": self._cmd_remix,
         }
 
     @staticmethod
@@ -810,6 +815,20 @@ class GeneratorServer:
         log.info("job %s queued: upscale %s", job.id, frame_id)
         self._publish_status()
         return [wire.encode_reply(request_id, {"job_id": job.id, "params": job.params})]
+
+    def _cmd_remix(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
+        """Queue a remix of a kept frame (frame_id, or name: a frame id or cue; by default the newest): the region
+        the remix_* parameters give regenerated with the generation parameters given (prompt, seed, steps, cue: the
+        new frame's), the rest kept. The new frame is published and kept naming its source (source_frame_id)."""
+        frame_id, parts = self._find_frame({k: v for k, v in args.items() if k in REMIX_SOURCE_KEYS}, "remix")
+        frame = wire.decode_frame_parts([bytes(p) for p in parts])
+        params = self.remixes.job_params({k: v for k, v in args.items() if k not in REMIX_SOURCE_KEYS}, frame,
+                                         self.backend)
+        job = self.jobs.submit(params)
+        log.info("job %s queued: remix of %s: %r seed %d", job.id, frame_id, params["prompt"][:80], params["seed"])
+        self._publish_status()
+        reply = {k: v for k, v in job.params.items() if k != REMIX_KEY}
+        return [wire.encode_reply(request_id, {"job_id": job.id, "params": reply})]
 
     def _cmd_estimate(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
         """Queue depth estimation of the uploaded image (args 'image' + the estimation parameters, data part: the

@@ -1,0 +1,260 @@
+"""The web viewer's server without a browser: message checks, frame packing, Host/Origin/token refusals, commands
+and frames over the WebSocket, the ES shaders, `serve --web` and `view`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+
+from conftest import CLI_ENV, ROOT, SMALL, Served, require_tool  # noqa: E402
+from generator.library import FrameLibrary  # noqa: E402
+from generator.web.messages import MessageError, pack_frame, parse_command, view_message  # noqa: E402
+from generator.web.server import Page, WebServer, parse_address  # noqa: E402
+from generator.web.shaders import pixel_shader, vertex_shader  # noqa: E402
+from generator.web.sources import GeneratorLink  # noqa: E402
+from td_bridge.geometry import sphere_mesh  # noqa: E402
+from td_bridge.protocol import Frame  # noqa: E402
+
+TIMEOUT = 20
+
+
+def test_commands_are_checked_against_the_schema() -> None:
+    command = parse_command('{"id": "p-1", "cmd": "generate", "args": {"prompt": "a hall", "seed": "7"}}')
+    assert (command.id, command.cmd, command.args) == ("p-1", "generate", {"prompt": "a hall", "seed": 7})
+    assert parse_command('{"cmd": "display", "args": {"edges": "fade", "ipd": 0.1}}').args == {"edges": "fade",
+                                                                                              "ipd": 0.1}
+    bad = ['{"cmd": "generate", "args": {"steps": 0}}', '{"cmd": "generate", "args": {"upscale": true}}',
+           '{"cmd": "delete", "args": {"frame_id": "x"}}', '[1]', '{"cmd": "status", "extra": 1}',
+           '{"cmd": "generate", "args": {"guidance": NaN}}', '{"cmd": "status", "args": {"x": 1}}',
+           '{"cmd": "recall", "args": {"frame_id": "../etc"}}', '{"id": "bad id", "cmd": "status"}',
+           '{"cmd": "display", "args": {"edges": "melt"}}', 'x' * 70000, '{"cmd": "job"}']
+    for text in bad:
+        with pytest.raises(MessageError):
+            parse_command(text)
+
+
+def test_a_frame_is_packed_bottom_row_first_with_its_poles() -> None:
+    rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    depth = (np.arange(24, dtype=np.uint16) * 1000).reshape(4, 6)
+    packed = pack_frame(Frame(rgb, depth, {"frame_id": "f1", "prompt": "p", "params": {"x": 1}}))
+    (length,) = struct.unpack_from("<I", packed.data)
+    header = json.loads(packed.data[4:4 + length])
+    assert header["frame_id"] == "f1" and (header["width"], header["height"]) == (6, 4) and "params" not in header
+    body = packed.data[4 + length:]
+    assert body[:72] == rgb[::-1].tobytes()
+    assert np.array_equal(np.frombuffer(body[72:], "<u2").reshape(4, 6), depth[::-1])
+    assert header["poles"] == pytest.approx([depth[0].mean() / 65535, depth[-1].mean() / 65535])
+
+
+def test_view_settings_come_from_the_schema_and_the_frames_range() -> None:
+    packed = pack_frame(Frame(np.zeros((4, 8, 3), np.uint8), np.zeros((4, 8), np.uint16),
+                              {"depth": {"near": 2.0, "far": 40.0}}))
+    message = json.loads(view_message({"edges": "fade"}, packed))
+    assert message["display"]["near"] == 2.0 and message["display"]["far"] == 40.0
+    assert message["uniforms"]["uMapping"][3] == 2.0 and message["view"]["ipd"] == 0.064
+    assert message["clip"][1] > 40.0
+
+
+def test_a_slow_page_gets_the_newest_frame_only() -> None:
+    page = Page(None, {}, "test")  # type: ignore[arg-type]
+    frames = [pack_frame(Frame(np.full((2, 4, 3), i, np.uint8), np.zeros((2, 4), np.uint16), {})) for i in range(3)]
+    for frame in frames:
+        page.push_frame(frame)
+    assert page.frame is frames[-1] and page.frames_dropped == 2
+
+
+def test_addresses_need_allow_lan_beyond_loopback() -> None:
+    assert parse_address("127.0.0.1:8080", False) == ("127.0.0.1", 8080)
+    assert parse_address("[::1]:0", False) == ("::1", 0)
+    assert parse_address("192.168.1.5:8080", True) == ("192.168.1.5", 8080)
+    for address, allow in (("192.168.1.5:8080", False), ("0.0.0.0:80", False), ("host", True), ("1.2.3.4:70000", True)):
+        with pytest.raises(ValueError):
+            parse_address(address, allow)
+
+
+def test_the_shaders_are_glsl_es_3(tmp_path) -> None:
+    validator = require_tool("glslangValidator", "glslang-tools")
+    for name, text in (("web.vert", vertex_shader()), ("web.frag", pixel_shader())):
+        assert text.startswith("#version 300 es\n")
+        (tmp_path / name).write_text(text)
+        result = subprocess.run([validator, str(tmp_path / name)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def web(make_server, tmp_path) -> Iterator[WebServer]:
+    server = make_server(library=FrameLibrary(tmp_path))
+    web = WebServer(GeneratorLink(server.frames, server.commands), "127.0.0.1", 0)
+    web.start()
+    yield web
+    web.stop()
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coroutine, TIMEOUT))
+
+
+async def _receive_until(ws: Any, predicate: Any) -> list[Any]:
+    seen = []
+    while True:
+        message = await ws.receive()
+        assert message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), message
+        seen.append(json.loads(message.data) if message.type == aiohttp.WSMsgType.TEXT else message.data)
+        if predicate(seen[-1]):
+            return seen
+
+
+def test_the_page_and_its_files_come_from_the_package(web: WebServer) -> None:
+    async def fetch() -> None:
+        async with aiohttp.ClientSession() as session:
+            page = await session.get(web.url)
+            assert page.status == 200 and "app.js" in await page.text()
+            assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+            assert page.headers["Referrer-Policy"] == "no-referrer"
+            for name in ("app.js", "viewer.js", "camera.js", "xr.js", "style.css"):
+                assert (await session.get(f"{web.url}static/{name}")).status == 200
+            assert (await session.get(f"{web.url}static/..%2Fserver.py")).status == 404
+            assert (await session.get(f"{web.url}static/server.py")).status == 404
+            assert (await (await session.get(f"{web.url}shaders/pixel.glsl")).text()) == pixel_shader()
+            mesh = await (await session.get(f"{web.url}mesh.bin?rows=4&cols=8")).read()
+            expected = sphere_mesh(4, 8)
+            assert struct.unpack_from("<II", mesh) == (len(expected.directions), expected.triangles.size)
+            assert (await session.get(f"{web.url}mesh.bin?rows=1&cols=8")).status == 400
+            schema = await (await session.get(f"{web.url}schema.json")).json()
+            assert {p["name"] for p in schema["view"]} >= {"ipd", "edges"}
+    run(fetch())
+
+
+def test_foreign_hosts_origins_and_malformed_messages_are_refused_and_logged(web: WebServer, caplog) -> None:
+    async def attack() -> None:
+        async with aiohttp.ClientSession() as session:
+            assert (await session.get(web.url, headers={"Host": f"rebound.example:{web.port}"})).status == 403
+            for headers in ({"Origin": "http://evil.example"}, {}):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await session.ws_connect(f"{web.url}ws", headers=headers)
+                assert refused.value.status == 403
+            async with session.ws_connect(f"{web.url}ws", headers={"Origin": web.url.rstrip("/")}) as ws:
+                await ws.send_str('{"cmd": "generate", "args": {"steps": "many"}}')
+                await ws.send_bytes(b"\x00\x01")
+                seen = await _receive_until(ws, lambda m: isinstance(m, dict) and "binary" in str(m.get("error")))
+                replies = [m for m in seen if isinstance(m, dict) and m["type"] == "reply"]
+                assert [r["error"]["code"] for r in replies] == ["bad_request", "bad_request"]
+                assert "steps" in replies[0]["error"]["message"]
+    run(attack())
+    assert "rebound.example" in caplog.text and "evil.example" in caplog.text
+    assert "malformed message" in caplog.text and len(web.refused) == 5
+
+
+def test_a_lan_address_needs_the_token(server, caplog) -> None:
+    web = WebServer(GeneratorLink(server.frames, server.commands), "0.0.0.0", 0, allow_lan=True)
+    url = web.start()
+    try:
+        assert web.token and f"?token={web.token}" in url
+        base = f"http://127.0.0.1:{web.port}"
+
+        async def connect() -> None:
+            async with aiohttp.ClientSession() as session:
+                for query in ("", "?token=wrong"):
+                    with pytest.raises(aiohttp.WSServerHandshakeError):
+                        await session.ws_connect(f"{base}/ws{query}", headers={"Origin": base})
+                async with session.ws_connect(f"{base}/ws?token={web.token}", headers={"Origin": base}) as ws:
+                    hello = await ws.receive_json()
+                    assert hello == {"type": "hello", "commands": True}
+        run(connect())
+    finally:
+        web.stop()
+    assert caplog.text.count("missing or wrong access token") == 2
+    with pytest.raises(ValueError):
+        WebServer(GeneratorLink(server.frames, server.commands), "0.0.0.0", 0)
+
+
+def test_commands_reach_the_generator_and_frames_come_back(web: WebServer) -> None:
+    async def generate() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{web.url}ws", headers={"Origin": web.url.rstrip("/")}) as ws:
+                await ws.send_str(json.dumps({"id": "g1", "cmd": "generate", "args": {**SMALL, "prompt": "a hall",
+                                                                                       "seed": 5}}))
+                seen = await _receive_until(ws, lambda m: isinstance(m, bytes))
+                reply = next(m for m in seen if isinstance(m, dict) and m["type"] == "reply")
+                assert reply["id"] == "g1" and reply["ok"] and reply["result"]["params"]["seed"] == 5
+                (length,) = struct.unpack_from("<I", seen[-1])
+                header = json.loads(seen[-1][4:4 + length])
+                assert (header["prompt"], header["width"], header["height"]) == ("a hall", 128, 64)
+                assert len(seen[-1]) == 4 + length + 128 * 64 * 5
+                await ws.send_str('{"id": "d1", "cmd": "display", "args": {"mapping": "linear", "strength": 1.0}}')
+                seen = await _receive_until(ws, lambda m: isinstance(m, dict) and m["type"] == "view")
+                assert seen[-1]["uniforms"]["uMapping"][:3] == [0.0, 10.5, 1.0]
+                await ws.send_str('{"id": "l1", "cmd": "library", "args": {"search": "hall"}}')
+                seen = await _receive_until(ws, lambda m: isinstance(m, dict) and m.get("id") == "l1")
+                assert seen[-1]["ok"] and "frames" in seen[-1]["result"]
+                await ws.send_str(json.dumps({"id": "r1", "cmd": "recall", "args": {"frame_id": header["frame_id"]}}))
+                seen = await _receive_until(ws, lambda m: isinstance(m, bytes))
+                (length,) = struct.unpack_from("<I", seen[-1])
+                assert json.loads(seen[-1][4:4 + length])["frame_id"] == header["frame_id"]
+    run(generate())
+
+
+def _served_url(served: Served) -> str:
+    for _ in range(200):
+        match = re.search(r"web viewer on (\S+)", "".join(served.log))
+        if match:
+            return match.group(1)
+        time.sleep(0.05)
+    pytest.fail("no web viewer address in the log:\n" + "".join(served.log))
+
+
+def test_serve_web_serves_the_page() -> None:
+    served = Served("--model", "demo", "--osc-port", "0", "--web", "127.0.0.1:0")
+    try:
+        url = _served_url(served)
+
+        async def fetch() -> None:
+            async with aiohttp.ClientSession() as session:
+                assert (await session.get(url)).status == 200
+                async with session.ws_connect(f"{url}ws", headers={"Origin": url.rstrip("/")}) as ws:
+                    assert (await ws.receive_json())["commands"] is True
+        run(fetch())
+    finally:
+        assert served.stop() == 0
+
+
+def test_view_serves_a_saved_frame(tmp_path) -> None:
+    folder = tmp_path / "frame"
+    made = subprocess.run([sys.executable, "-m", "generator", "generate", "a room", "-o", str(folder), "--model",
+                           "demo", "--width", "128", "--height", "64", "--no-library"], cwd=ROOT, env=CLI_ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "generator", "view", str(folder), "--web", "127.0.0.1:0",
+                             "--no-library"], cwd=ROOT, env=CLI_ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "web viewer on" not in line:
+            line = proc.stderr.readline()
+            assert line, "view ended without serving"
+        url = line.split("web viewer on ")[1].strip()
+
+        async def fetch() -> None:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"{url}ws", headers={"Origin": url.rstrip("/")}) as ws:
+                    seen = await _receive_until(ws, lambda m: isinstance(m, bytes))
+                    assert seen[0] == {"type": "hello", "commands": False}
+                    await ws.send_str('{"id": "x", "cmd": "generate", "args": {}}')
+                    seen = await _receive_until(ws, lambda m: isinstance(m, dict) and m.get("id") == "x")
+                    assert seen[-1]["error"]["code"] == "unavailable"
+        run(fetch())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+        proc.stderr.close()
