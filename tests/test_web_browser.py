@@ -127,3 +127,36 @@ def test_a_prompt_typed_on_the_page_makes_a_new_frame(browser, web) -> None:
     time.sleep(0.2)
     assert browser.execute_script("return window.depthfusion.frame().prompt") == "a misty forest"
     assert _errors(browser) == []
+
+
+def test_the_page_survives_the_generator_restarting(browser, make_server) -> None:
+    """`serve --web` restarted: the generator and the web server go down and come back on the same ports; the open
+    page reconnects by itself and shows the new generator's frames."""
+    from conftest import free_port
+
+    frames, commands, port = (f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}", free_port())
+
+    def start() -> tuple[Any, WebServer]:
+        generator = make_server(frames=frames, commands=commands)
+        web = WebServer(GeneratorLink(generator.frames, generator.commands), "127.0.0.1", port)
+        web.start()
+        return generator, web
+
+    generator, web = start()
+    with CommandClient(generator.commands) as client:
+        client.generate(**SMALL, prompt="a hall", seed=1)
+        browser.get(web.url)
+        wait_for(lambda: _page_frames(browser) >= 1, 60, "the page to show a frame")
+    web.stop()
+    generator.close()
+    wait_for(lambda: not browser.execute_script("return window.depthfusion.connected()"), 10, "the page to notice")
+    generator, web = start()
+    try:
+        wait_for(lambda: browser.execute_script("return window.depthfusion.connected()"), 30, "the page to reconnect")
+        with CommandClient(generator.commands) as client:
+            client.generate(**SMALL, prompt="a misty forest", seed=2)
+        wait_for(lambda: browser.execute_script("return window.depthfusion.frame().prompt") == "a misty forest", 60,
+                 "the new generator's frame on the page")
+        assert [e for e in _errors(browser) if "WebSocket" not in e] == []  # the refused reconnects are expected
+    finally:
+        web.stop()
