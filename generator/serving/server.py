@@ -143,6 +143,7 @@ class GeneratorServer:
         self._stop = threading.Event()
         self._renders: Any = None  # generator.render.service.RenderService, started by the first render command
         self._caller: tuple[bytes, list[bytes]] = (b"", [])  # who sent the request being handled
+        self._keeping: set[str] = set()  # frames a keep is saving now (command loop only)
         self.frames_endpoint = ""
         self.commands_endpoint = ""
 
@@ -394,6 +395,12 @@ class GeneratorServer:
                     self._publish(parts[2:], live=True)
             elif kind == b"rendered":  # a render command's reply, from the render thread
                 self._send(parts[1].bytes, [b""] if parts[2].bytes else [], *parts[3:])
+            elif kind == b"kept":  # a keep's reply, once its frame is saved
+                frame_id = parts[1].bytes.decode()
+                self._keeping.discard(frame_id)
+                self._live_history.pop(frame_id, None)  # get_frame and recall now read the kept frame
+                self._history.pop(frame_id, None)
+                self._send(parts[2].bytes, [b""] if parts[3].bytes else [], *parts[4:])
             else:
                 self._publish_status()
 
@@ -636,7 +643,7 @@ class GeneratorServer:
         cue = CUE.coerce(args["cue"]) if "cue" in args else None
         frame_id, parts = self._find_frame({"frame_id": args.get("frame_id", "latest")}, "keep")
         frame = wire.decode_frame_parts([bytes(p) for p in parts])
-        if self.library.get(frame_id) is not None:
+        if self.library.get(frame_id) is not None or frame_id in self._keeping:
             return [wire.encode_reply(request_id, {"frame_id": frame_id, "cue": frame.meta.get("cue"),
                                                    "saved": False})]  # kept already
         header = {k: v for k, v in frame.meta.items() if k not in ("server_id", "sent_at", "recalled_at")}
@@ -644,14 +651,27 @@ class GeneratorServer:
         if cue is not None:
             header["cue"] = cue
             header["params"] = {**header.get("params", {}), "cue": cue}
+        self._keeping.add(frame_id)
+        threading.Thread(target=self._keep, args=(request_id, header, frame, self._caller), name="depthfusion-keep",
+                         daemon=True).start()
+        return []  # the reply follows the save (encoding the PNGs would hold up the frame path)
+
+    def _keep(self, request_id: Any, header: dict[str, Any], frame: wire.Frame,
+              caller: tuple[bytes, list[bytes]]) -> None:
+        """On a thread of its own: save a kept frame, then hand the reply to the command loop (b"kept")."""
+        frame_id = header["frame_id"]
         try:
             self.library.save(header, frame.rgb, frame.depth)
+            reply = wire.encode_reply(request_id, {"frame_id": frame_id, "cue": header.get("cue"), "saved": True})
+            log.info("frame %s kept%s", frame_id, f" as cue {header['cue']!r}" if header.get("cue") else "")
         except LibraryError as exc:
-            return [wire.encode_error(request_id, "internal", f"not saved to the library: {exc}")]
-        self._live_history.pop(frame_id, None)  # get_frame and recall now read the kept frame
-        self._history.pop(frame_id, None)
-        log.info("frame %s kept%s", frame_id, f" as cue {cue!r}" if cue else "")
-        return [wire.encode_reply(request_id, {"frame_id": frame_id, "cue": header.get("cue"), "saved": True})]
+            reply = wire.encode_error(request_id, "internal", f"not saved to the library: {exc}")
+        identity, envelope = caller
+        push = self._ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(self._worker_address)
+        push.send_multipart([b"kept", frame_id.encode(), identity, b"1" if envelope else b"", reply])
+        push.close()
 
     def _cmd_take(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
         """Queue a full-quality render of a live frame (frame_id, by default the newest live frame): its prompt,
