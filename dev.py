@@ -96,7 +96,7 @@ def serve(args: list[str]) -> int:
 # validator, Mesa's EGL + software OpenGL for running the shaders, and Chromium with its WebDriver for the
 # web viewer's browser tests (WebGL through its own SwiftShader).
 SYSTEM_PACKAGES = ["liblo-tools", "glslang-tools", "libegl1", "libegl-mesa0", "libgl1-mesa-dri", "chromium",
-                   "chromium-driver"]
+                   "chromium-driver", "zbar-tools"]
 
 # td_bridge runs inside TouchDesigner: TD 2023 ships Python 3.11 with numpy 1.24.1 (TD 2025:
 # numpy 2.1). These tests run a second time against that numpy, without torch.
@@ -139,24 +139,26 @@ def ensure_system_packages() -> None:
 
 
 # What the tests need from the npm registry (installed into the test environment's node_modules): the Khronos
-# glTF validator, which checks the mesh exports.
-GLTF_VALIDATOR = "gltf-validator@2.0.0-dev.3.10"
+# glTF validator, which checks the mesh exports, and Meta's Immersive Web Emulation Runtime, the emulated headset
+# the web viewer's WebXR test enters.
+NODE_TOOLS = ("gltf-validator@2.0.0-dev.3.10", "iwer@2.5.0")
 
 
 def ensure_node_tools(env: Path) -> None:
-    """npm-install the pinned GLTF_VALIDATOR into ``env`` once; without npm the tests that need it skip
+    """npm-install the pinned NODE_TOOLS into ``env`` once; without npm the tests that need them skip
     (or fail under CI=true)."""
-    if (env / "node_modules" / GLTF_VALIDATOR.rsplit("@", 1)[0]).is_dir():
+    missing = [tool for tool in NODE_TOOLS if not (env / "node_modules" / tool.rsplit("@", 1)[0]).is_dir()]
+    if not missing:
         return
     npm = shutil.which("npm")
     if npm is None:
-        print(f"[dev] npm not found: not installing {GLTF_VALIDATOR}; the glTF validator test skips")
+        print(f"[dev] npm not found: not installing {', '.join(missing)}; the tests that need them skip")
         return
     cmd = [npm, "install", "--prefix", str(env), "--no-save", "--no-audit", "--no-fund", "--loglevel=error",
-           GLTF_VALIDATOR]
+           *NODE_TOOLS]
     print("[dev] " + " ".join(cmd), flush=True)
     if subprocess.run(cmd).returncode:
-        print(f"[dev] could not install {GLTF_VALIDATOR}; the glTF validator test skips", file=sys.stderr)
+        print(f"[dev] could not install {', '.join(missing)}; the tests that need them skip", file=sys.stderr)
 
 
 def test(args: list[str]) -> int:

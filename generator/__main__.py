@@ -83,6 +83,10 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                        "repeat) or all (every CUDA GPU), docs/devices.md")
     ldm3d.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"],
                        help="weights precision; auto = fp16 on a GPU, fp32 on the CPU")
+    ldm3d.add_argument("--offload", default="none", choices=["none", "model", "sequential"],
+                       help="panorama backend on a GPU: keep the weights in host memory and move them to the GPU "
+                       "model by model (model) or layer by layer (sequential: least memory, slowest); a model too "
+                       "big for the GPU is refused before loading (docs/models.md#memory)")
     ldm3d.add_argument("--revision", default=None, help="hub branch, tag or commit of the model")
     ldm3d.add_argument("--offline", action="store_true", help="use only weights already downloaded")
     ldm3d.add_argument("--compile", nargs="?", const="default", default=None,
@@ -231,9 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_param_flags(render, DISPLAY_PARAMS, "display parameters")
     _add_param_flags(render, VIEW_PARAMS, "view parameters (as the TouchDesigner component's)")
 
-    view = sub.add_parser("view", help="show a frame folder or library frame id in the web viewer (docs/web.md), "
-                          "without a generator")
-    view.add_argument("frame", help="folder holding rgb.png and depth.png, or a frame id from the library")
+    view = sub.add_parser("view", help="show a frame folder, library frame id or exported mesh in the web viewer "
+                          "(docs/web.md), without a generator")
+    view.add_argument("frame", metavar="FOLDER|FRAME_ID|MESH.glb", help="folder holding rgb.png and depth.png, a "
+                      "frame id from the library, or a .glb from export")
     view.add_argument("--web", default=DEFAULT_WEB, metavar="ADDRESS", help=f"where to serve the page ({DEFAULT_WEB}); "
                       "a LAN address needs --allow-lan and the access token the log prints")
     view.add_argument("--allow-lan", action="store_true", help="allow serving on addresses other than loopback")
@@ -360,6 +365,7 @@ def _backend(args: argparse.Namespace, loras: Sequence[str] | None = None, devic
                         revision=args.revision, local_files_only=args.offline, compile=args.compile,
                         **({"estimator": estimator} if estimator else {}),  # none: the panorama backend refuses
                         **({"decoder": args.decoder} if args.decoder != "full" else {}),
+                        **({"offload": args.offload} if args.offload != "none" else {}),
                         **({"loras": tuple(loras), "fuse_loras": args.fuse_lora} if loras else {}))
 
 
@@ -421,21 +427,34 @@ def _start_web(args: argparse.Namespace, source: Any, settings: dict[str, Any]) 
 
     host, port = parse_address(args.web, args.allow_lan)
     web = WebServer(source, host, port, allow_lan=args.allow_lan, settings=settings)
-    log.info("web viewer on %s", web.start())
+    announce_page(web.start(), web.token is not None, sys.stderr)
     return web
 
 
+def announce_page(url: str, lan: bool, stream: Any) -> None:
+    """Log the page's address; a LAN address (with its token) also as a QR code on ``stream`` for a phone."""
+    from .web.qr import print_qr
+
+    log.info("web viewer on %s", url)
+    if lan and not print_qr(url, stream):
+        log.info("(this console cannot show the QR code's block characters: type the address)")
+
+
 def cmd_view(args: argparse.Namespace) -> int:
-    """Serve one saved frame in the web viewer until interrupted."""
+    """Serve one saved frame or exported mesh in the web viewer until interrupted."""
     from td_bridge.protocol import Frame
 
     from .render.cli import load_frame
+    from .web.meshes import load_model, pack_model
     from .web.messages import view_message
-    from .web.sources import SavedFrame
+    from .web.sources import SavedFrame, SavedMesh
 
     settings = {**_given_params(args, DISPLAY_PARAMS), **_given_params(args, VIEW_PARAMS)}
-    meta, rgb, depth = load_frame(args.frame, _library(args))
-    source = SavedFrame(Frame(rgb, depth, meta))
+    if args.frame.lower().endswith(".glb"):
+        source: SavedFrame = SavedMesh(pack_model(load_model(Path(args.frame))))
+    else:
+        meta, rgb, depth = load_frame(args.frame, _library(args))
+        source = SavedFrame(Frame(rgb, depth, meta))
     view_message(settings, source.packed)  # the flags checked against the frame before the page is served
     web = _start_web(args, source, settings)
     stop = threading.Event()

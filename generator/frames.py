@@ -12,6 +12,7 @@ from td_bridge.protocol import PROTOCOL_VERSION, STAMP_BYTES, check_arrays, enco
 
 from . import __version__
 from .backends.base import RGBD, Backend, CancelledFn, ProgressFn
+from .backends.memory import record_peak, reset_peak
 
 if TYPE_CHECKING:
     from .library import Entry, FrameLibrary
@@ -69,9 +70,13 @@ def display_for_frame(given: dict[str, Any], meta: dict[str, Any]) -> dict[str, 
 def make_frame(backend: Backend, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn,
                job_id: str | None = None) -> tuple[dict[str, Any], RGBD]:
     """Run the backend; (header with a new frame id, result). Arrays are checked first, and the
-    header's size: a frame that no conforming client could read fails here (ProtocolError)."""
+    header's size: a frame that no conforming client could read fails here (ProtocolError). A backend on a torch
+    ``device`` records its peak memory in the frame's info (backends.memory.record_peak)."""
+    device = getattr(backend, "device", None)
+    reset_peak(device)
     started = time.perf_counter()
     result = backend.generate(params, progress, cancelled)
+    record_peak(device, result.info)
     return frame_for(backend, params, result, time.perf_counter() - started, job_id=job_id), result
 
 

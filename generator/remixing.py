@@ -151,6 +151,7 @@ class _SourceRemix:
     def __init__(self, backend: Any, source: RGBD, mask: np.ndarray) -> None:
         self.backend, self.source, self.mask = backend, source, mask
         self.name, self.model = backend.name, backend.model
+        self.device = getattr(backend, "device", None)  # make_frame records the peak memory on it
 
     def generate(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn) -> RGBD:
         new = self.backend.remix(params, self.source, self.mask, progress, cancelled)

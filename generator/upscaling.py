@@ -38,6 +38,7 @@ class _SourceUpscale:
     def __init__(self, upscaler: Any, meta: dict[str, Any], rgb: np.ndarray, depth: np.ndarray) -> None:
         self.upscaler, self.meta, self.rgb, self.depth = upscaler, meta, rgb, depth
         self.model = upscaler.model
+        self.device = getattr(upscaler, "device", None)  # make_frame records the peak memory on it
 
     def generate(self, params: dict[str, Any], progress: ProgressFn, cancelled: CancelledFn) -> RGBD:
         return self.upscaler.upscale(self.rgb, self.depth, params, progress, cancelled, source_meta=self.meta)

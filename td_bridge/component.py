@@ -26,14 +26,14 @@ from typing import Any, Mapping
 from .addresses import DEFAULT_COMMANDS, DEFAULT_FRAMES, check_endpoint
 from .params import (ESTIMATION_PARAMS, GENERATION_PARAMS, LIVE_PARAMS, REMIX_PARAMS, UPSCALE_PARAMS, ParamError,
                      find_param, validate, validate_all, validate_generation)
-from .protocol import ProtocolError, encode_upload
+from .protocol import ProtocolError, encode_mask, encode_upload
 from .receiver import CommandClient, CommandError, CommandTimeout, FrameReceiver
-from .top_frames import TopFrame, from_top, to_top
+from .top_frames import TopFrame, from_top, mask_from_top, to_top
 
 MAX_PENDING = 32  # commands waiting for the worker; more means the generator is not answering
 NEWEST = object()  # in the queue instead of arguments: the command's newest arguments wait in its slot
 QUIET = ("live_input",)  # sent many times a second: an answer does not clear Last Error (an error still sets it)
-JOB_COMMANDS = ("generate", "estimate", "upscale", "take")  # their answer's job_id shows as Job ID
+JOB_COMMANDS = ("generate", "estimate", "upscale", "remix", "take")  # their answer's job_id shows as Job ID
 PACE_SLACK = 1e-3  # seconds: a frame clock's rounding must not push an input to the frame after
 
 
@@ -118,14 +118,20 @@ class ComponentController:
             raise ParamError("no frame to upscale yet")
         self._send("upscale", {"frame_id": frame_id, **validate(values, UPSCALE_PARAMS)})
 
-    def remix(self, frame_id: str, values: Mapping[str, Any], region: Mapping[str, Any]) -> None:
+    def remix(self, frame_id: str, values: Mapping[str, Any], region: Mapping[str, Any], mask: Any = None,
+              size: tuple[int, int] | None = None) -> None:
         """Queue a remix of a kept frame (e.g. the one on screen): the ``region`` (remix parameters) regenerated
-        with generation parameter ``values`` (the size is the frame's own, so width and height are not sent)."""
+        with generation parameter ``values`` (the size is the frame's own, so width and height are not sent). With
+        ``mask`` (a TOP's ``numpyArray()`` image) its white is regenerated instead of the region: converted on the
+        worker thread (:func:`mask_from_top`), resampled to ``size`` (the frame's width, height) if given."""
         if not frame_id:
             raise ParamError("no frame to remix yet")
         values, region = validate_all((values, GENERATION_PARAMS), (region, REMIX_PARAMS))
         values = {k: v for k, v in values.items() if k not in ("width", "height")}
-        self._send("remix", {"frame_id": frame_id, **values, **region})
+        if mask is None:
+            self._send("remix", {"frame_id": frame_id, **values, **region})
+        else:
+            self._send("remix", {"frame_id": frame_id, **values}, functools.partial(_mask_upload, mask, size))
 
     def cancel(self, job_id: str | None = None) -> None:
         self._send("cancel", {"job_id": job_id} if job_id else {})
@@ -335,6 +341,12 @@ def _upload(pixels: Any) -> tuple[dict[str, Any], memoryview]:
     """The ``image`` argument and data part of a live input, from a TOP's ``numpyArray()`` image."""
     image, data = encode_upload(from_top(pixels))
     return {"image": image}, data
+
+
+def _mask_upload(pixels: Any, size: tuple[int, int] | None) -> tuple[dict[str, Any], memoryview]:
+    """The ``mask`` argument and data part of a remix, from a TOP's ``numpyArray()`` image."""
+    mask, data = encode_mask(mask_from_top(pixels, size))
+    return {"mask": mask}, data
 
 
 def describe_live(live: Mapping[str, Any]) -> str:

@@ -39,6 +39,8 @@ MAX_PIXELS = 8192 * 8192
 MAX_ID_LENGTH = 64
 MAX_UPLOAD_PIXELS = 8192 * 4096  # an image sent with a request (estimate): up to an 8K panorama
 UPLOAD_FORMAT = "rgb8"  # (H, W, 3) uint8, rows top first, no padding
+MASK_FORMAT = "gray8"  # (H, W) uint8, rows top first: 255 repaints, 0 keeps (a remix's mask image)
+UPLOAD_CHANNELS = {UPLOAD_FORMAT: 3, MASK_FORMAT: 1}
 FRAME_KINDS = ("frame", "live")  # a frame header's kind: a kept frame, or a live session's frame
 
 DEPTH_ENCODING = "inverse_relative"
@@ -336,9 +338,20 @@ def encode_upload(rgb: np.ndarray) -> tuple[dict[str, Any], memoryview]:
     """The ``image`` argument and the data part of a request that carries an (H, W, 3) uint8 image."""
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ProtocolError(f"an uploaded image must be (H, W, 3) uint8, got {_describe(rgb)}")
-    height, width = rgb.shape[:2]
+    return _upload(rgb, UPLOAD_FORMAT)
+
+
+def encode_mask(mask: np.ndarray) -> tuple[dict[str, Any], memoryview]:
+    """The ``mask`` argument and the data part of a remix request that carries an (H, W) uint8 mask image."""
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8 or mask.ndim != 2:
+        raise ProtocolError(f"an uploaded mask must be (H, W) uint8, got {_describe(mask)}")
+    return _upload(mask, MASK_FORMAT)
+
+
+def _upload(pixels: np.ndarray, fmt: str) -> tuple[dict[str, Any], memoryview]:
+    height, width = pixels.shape[:2]
     _check_upload_size(width, height)
-    return {"width": width, "height": height, "format": UPLOAD_FORMAT}, memoryview(np.ascontiguousarray(rgb)).cast("B")
+    return {"width": width, "height": height, "format": fmt}, memoryview(np.ascontiguousarray(pixels)).cast("B")
 
 
 def _check_upload_size(width: Any, height: Any) -> None:
@@ -348,22 +361,24 @@ def _check_upload_size(width: Any, height: Any) -> None:
         raise ProtocolError(f"an uploaded image may have at most {MAX_UPLOAD_PIXELS:,} pixels, got {width}x{height}")
 
 
-def decode_upload(image: Any, data: Any) -> np.ndarray:
-    """The (H, W, 3) uint8 image of a request's ``image`` argument and data part; sizes are checked before the
-    buffer is touched."""
+def decode_upload(image: Any, data: Any, fmt: str = UPLOAD_FORMAT, name: str = "image") -> np.ndarray:
+    """The uint8 pixels of a request's ``name`` argument (``{width, height, format}``) and data part: (H, W, 3) for
+    ``rgb8``, (H, W) for ``gray8``; sizes are checked before the buffer is touched."""
     if not isinstance(image, dict) or set(image) != {"width", "height", "format"}:
-        raise ProtocolError("'image' must be {\"width\", \"height\", \"format\"}")
-    if image["format"] != UPLOAD_FORMAT:
-        raise ProtocolError(f"'image' format must be {UPLOAD_FORMAT!r}, got {image['format']!r}")
+        raise ProtocolError(f"'{name}' must be {{\"width\", \"height\", \"format\"}}")
+    if image["format"] != fmt:
+        raise ProtocolError(f"'{name}' format must be {fmt!r}, got {image['format']!r}")
     width, height = image["width"], image["height"]
     _check_upload_size(width, height)
+    channels = UPLOAD_CHANNELS[fmt]
     if data is None:
-        raise ProtocolError("the image's data part is missing: send [request, RGB bytes]")
+        raise ProtocolError(f"the {name}'s data part is missing: send [request, {fmt} bytes]")
     view = memoryview(data)
-    expected = width * height * 3
+    expected = width * height * channels
     if view.nbytes != expected:
-        raise ProtocolError(f"the image data has {view.nbytes} bytes; {width}x{height} RGB needs {expected}")
-    return np.frombuffer(view, dtype=np.uint8).reshape(height, width, 3)
+        raise ProtocolError(f"the {name} data has {view.nbytes} bytes; {width}x{height} {fmt} needs {expected}")
+    pixels = np.frombuffer(view, dtype=np.uint8)
+    return pixels.reshape(height, width, 3) if channels == 3 else pixels.reshape(height, width)
 
 
 def encode_reply(request_id: str | None, result: dict[str, Any] | None = None) -> bytes:

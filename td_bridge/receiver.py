@@ -288,11 +288,15 @@ class CommandClient:
         library exactly as shown; returns {"frame_id", "cue"} of the kept frame."""
         return self.request("keep", {"frame_id": frame_id, **({"cue": cue} if cue is not None else {})})[0]
 
-    def remix(self, **params: Any) -> dict[str, Any]:
-        """Queue a remix of a kept frame (``frame_id``, ``cue`` or ``name``; by default the newest): the region the
-        ``remix_*`` parameters give regenerated with the generation parameters given (not width or height: the
-        source's size), the rest kept. Returns {"job_id", "params"} like generate."""
-        return self.request("remix", params)[0]
+    def remix(self, mask: Any = None, **params: Any) -> dict[str, Any]:
+        """Queue a remix of a kept frame (``frame_id`` or ``name``; by default the newest): the region the
+        ``remix_*`` parameters give, or ``mask`` ((H, W) uint8 of the frame's size, rows top first: 255 repaints,
+        0 keeps), regenerated with the generation parameters given (not width or height: the source's size), the
+        rest kept. Returns {"job_id", "params"} like generate."""
+        if mask is None:
+            return self.request("remix", params)[0]
+        arg, data = wire.encode_mask(mask)
+        return self.request("remix", {**params, "mask": arg}, data=data)[0]
 
     def take(self, frame_id: str = "latest", **params: Any) -> dict[str, Any]:
         """Queue a full-quality render of a live frame (by default the newest): its prompt, seed, transition state

@@ -168,6 +168,21 @@ def require_tool(name: str, package: str = "liblo-tools") -> str:
     return path
 
 
+def require_node_module(name: str) -> Path:
+    """The folder of an npm package of dev.NODE_TOOLS in the test environment's node_modules; skip with a reason if
+    missing, but fail under CI=true."""
+    from dev import NODE_TOOLS
+
+    folder = Path(sys.prefix) / "node_modules" / name
+    if not folder.is_dir():
+        pinned = next(tool for tool in NODE_TOOLS if tool.rsplit("@", 1)[0] == name)
+        message = f"needs `npm install --prefix {sys.prefix} {pinned}` (`python3 dev.py test` installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -53,7 +53,7 @@ def test_an_uploaded_image_becomes_a_published_library_frame(make_server, estima
 
 
 @pytest.mark.parametrize("image, data, message", [
-    ({"width": 64, "height": 48, "format": "rgb8"}, b"\0" * 100, "has 100 bytes; 64x48 RGB needs 9216"),
+    ({"width": 64, "height": 48, "format": "rgb8"}, b"\0" * 100, "has 100 bytes; 64x48 rgb8 needs 9216"),
     ({"width": 64, "height": 48, "format": "rgba8"}, b"\0" * 9216, "format must be 'rgb8'"),
     ({"width": 0, "height": 48, "format": "rgb8"}, b"", "integers in [1, 16384]"),
     ({"width": 16384, "height": 16384, "format": "rgb8"}, b"", "at most 33,554,432 pixels"),

@@ -1,16 +1,12 @@
 import json
-import os
-import shutil
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
-from dev import GLTF_VALIDATOR
+from conftest import ROOT, require_node_module, require_tool
 from generator.backends.demo import DemoBackend
 from generator.export import displaced_mesh, export_mesh, vertex_normals
 from td_bridge.depth import DepthMapping
@@ -115,12 +111,8 @@ def test_export_cli_uses_the_frames_metric_range(tmp_path):
 def khronos_report(path):
     """The Khronos glTF validator's report on ``path`` (npm package gltf-validator, run by node; `python3 dev.py
     test` installs it); skipped without it, failed under CI=true."""
-    node, modules = shutil.which("node"), Path(sys.prefix) / "node_modules"
-    if node is None or not (modules / "gltf-validator").is_dir():
-        message = f"needs node and `npm install --prefix {sys.prefix} {GLTF_VALIDATOR}`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    node = require_tool("node", "nodejs")
+    modules = require_node_module("gltf-validator").parent
     out = subprocess.run([node, str(ROOT / "tests" / "gltf_validate.js"), str(path)], capture_output=True, text=True,
                          timeout=120, env={"NODE_PATH": str(modules), "PATH": "/usr/bin:/bin"}, check=True)
     return json.loads(out.stdout)

@@ -24,6 +24,9 @@ from td_bridge.receiver import CommandClient, FrameReceiver
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIZE = {"width": 128, "height": 64, "steps": 2}
 UNET_KINDS = ("sd", "sdxl")
+TRANSFORMER_KINDS = ("z-image", "flux", "qwen-image")
+GUIDANCE = {"sd": {"guidance_scale": 3.0}, "sdxl": {"guidance_scale": 3.0}, "flux": {"guidance_scale": 3.0},
+            "z-image": {"guidance_scale": 2.0}, "qwen-image": {"true_cfg_scale": 3.0}}  # each pipeline's own terms
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,7 @@ def test_each_class_generates_a_2to1_frame_through_model_folder(kind, models, es
     assert meta["backend"] == "pano" and info["pipeline"] == tiny_pipelines.CLASSES[kind]
     assert (meta["width"], meta["height"]) == (128, 64) and info["depth"]["projection"] == "equirectangular"
     assert info["estimator"] == str(estimator) and info["seam"] != "none"
-    assert info["guidance_scale"] == (2.0 if kind == "z-image" else 3.0)  # Z-Image's own scale is ours minus 1
+    assert {key: info[key] for key in GUIDANCE[kind]} == GUIDANCE[kind]
     assert [entry["component"] for entry in info["licences"]] == [str(models[kind]), str(estimator)]
     (entry,) = FrameLibrary(library).find("", 10)
     _, rgb, depth = FrameLibrary(library).load(entry.frame_id)
@@ -89,8 +92,10 @@ def test_frames_are_published_and_stored_like_ldm3d_frames(kind, backends, make_
 def test_sizes_the_pipeline_cannot_make_are_refused_before_queueing(backends):
     with pytest.raises(ParamError, match="2:1"):
         backends["sd"].check(params(width=128, height=128))
-    # the schema's multiples of 8 fit these tiny models; Z-Image's 2x2 patches on an 8x VAE need 16 (2:1: 1040x520 no)
-    assert (backends["sd"].factor, backends["sdxl"].factor, backends["z-image"].factor) == (2, 2, 4)
+    # the schema's multiples of 8 fit these tiny models; 2x2 patches (packed for FLUX and Qwen-Image) on an 8x VAE
+    # need 16 (2:1: 1040x520 no)
+    assert {kind: backend.factor for kind, backend in backends.items()} == {"sd": 2, "sdxl": 2, "z-image": 4,
+                                                                           "flux": 4, "qwen-image": 4}
 
 
 # ------------------------------------------------------------------ seamless
@@ -120,18 +125,54 @@ def test_unet_frames_wrap_around_the_seam(unet_kind, backends, monkeypatch):
     assert seam_mismatch(backend, False, monkeypatch) > 20
 
 
-def test_transformer_latents_roll_between_steps_and_back_before_decoding(backends, monkeypatch):
-    backend = backends["z-image"]
-    seen = []
-    forward = backend.pipe.transformer.forward
+def correlation(a, b):
+    a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
+    return float(a @ b / (a.norm() * b.norm()))
 
-    def spy(latents, *args, **kwargs):
-        seen.append(latents[0].clone())
-        return forward(latents, *args, **kwargs)
 
-    monkeypatch.setattr(backend.pipe.transformer, "forward", spy)
-    run(backend, steps=3, guidance=1.0, seamless=True)
-    assert len(seen) == 3 and not torch.equal(seen[0], seen[1])
+@pytest.mark.parametrize("transformer_kind", TRANSFORMER_KINDS)
+def test_transformer_latents_roll_between_steps_and_back_before_decoding(transformer_kind, backends, monkeypatch):
+    """Seamless: the transformer denoises the picture with SeamOverlap's context columns on each side; after each
+    step the edges are blended with their copies, rolled, and the copies made anew; the latents decoded are those
+    of the frame's own start noise (an unseamed run's), rolled back; the picture keeps its size."""
+    backend = backends[transformer_kind]
+    received, handed, decoded = [], [], []
+    unpack, pack, decode = backend.unpack, backend.pack, backend.pipe.vae.decode
+    monkeypatch.setattr(backend, "unpack", lambda latents, p: received.append(unpack(latents, p)) or received[-1])
+    monkeypatch.setattr(backend, "pack", lambda grid: handed.append(grid) or pack(grid))
+    monkeypatch.setattr(backend.pipe.vae, "decode",
+                        lambda latents, *a, **k: decoded.append(latents.clone()) or decode(latents, *a, **k))
+    frames = [run(backend, steps=3, guidance=1.0, seamless=seamless) for seamless in (True, False)]
+    assert [frame.rgb.shape for frame in frames] == [(64, 128, 3)] * 2
+    overlap, roller = backend.overlap(params()), backend._roller(params(steps=3))
+    c, width = overlap.columns, 128 // (backend.factor // backend._patch)
+    assert len(received) == 3 and all(grid.shape[-1] == width + 2 * c for grid in received)
+    first = handed[1]  # handed[0]: the widened start noise
+    assert torch.equal(first[..., c:-c], torch.roll(overlap.join(received[0]), roller.shift, dims=-1))
+    assert torch.equal(first[..., :c], first[..., -2 * c:-c]) and torch.equal(first[..., -c:], first[..., c:2 * c])
+    wide, plain = decoded  # the start noise dominates a tiny model's result: rolled back, the two line up
+    rolled = wide[..., c:-c]
+    assert rolled.shape == plain.shape and correlation(rolled, plain) > 0.9 > correlation(rolled, plain.roll(32, -1))
+
+
+def test_the_seam_overlap_blends_each_edge_with_its_copy_towards_the_seam():
+    from generator.backends.pano import SeamOverlap
+
+    overlap = SeamOverlap(columns=4, scale=8)
+    inner = torch.arange(20.0).reshape(1, 1, 1, 20)
+    wide = overlap.widen(inner)
+    assert overlap.pixels == 32 and torch.equal(wide[..., :4], inner[..., -4:]) and torch.equal(wide[..., -4:],
+                                                                                                inner[..., :4])
+    assert torch.allclose(overlap.join(wide), inner)  # copies that agree change nothing
+    left, right = wide.clone(), wide.clone()
+    left[..., :4] += 8.0  # the copy of the last columns, denoised left of the first: other values
+    right[..., -4:] += 8.0
+    ramp = torch.tensor([1.0, 2.0, 3.0, 4.0])  # eighths: the copy's weight, one half at the seam
+    assert torch.allclose(overlap.join(left) - inner, torch.cat([torch.zeros(16), ramp]).reshape(1, 1, 1, 20))
+    assert torch.allclose(overlap.join(right) - inner, torch.cat([ramp.flip(0), torch.zeros(16)]).reshape(1, 1, 1, 20))
+
+
+def test_latents_roll_by_whole_shifts_and_back():
     roller = LatentRoller(shift=8, steps=3)
     latents = torch.arange(64.0).reshape(1, 1, 1, 64)
     moved = roller(latents, 0)
@@ -139,9 +180,45 @@ def test_transformer_latents_roll_between_steps_and_back_before_decoding(backend
     assert torch.equal(roller(roller(moved, 1), 2), latents)  # the last step rolls the total back
 
 
-def test_the_vae_wraps_while_seamless(backends):
-    backend = backends["z-image"]
-    latents = torch.randn(1, 4, 32, 64, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("packed_kind", ("flux", "qwen-image"))
+def test_guidance_reaches_the_pipeline_in_its_own_terms(packed_kind, backends, monkeypatch):
+    """FLUX: one pass per step with g as its guidance embedding; Qwen-Image: a second, negative pass at g > 1."""
+    backend = backends[packed_kind]
+    calls = []
+    forward = backend.pipe.transformer.forward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("guidance"))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(backend.pipe.transformer, "forward", spy)
+    for guidance in (3.0, 1.0):
+        run(backend, guidance=guidance, seamless=False)
+    if packed_kind == "flux":
+        assert [float(g[0]) for g in calls] == [3.0, 3.0, 1.0, 1.0]
+    else:
+        assert calls == [None] * 6  # 2 steps x 2 passes, then 2 x 1
+
+
+@pytest.mark.parametrize("packed_kind", ("flux", "qwen-image"))
+def test_packed_latents_unpack_pack_and_roll_by_whole_patches(packed_kind, backends):
+    backend = backends[packed_kind]
+    pipe, roller = backend.pipe, backend._roller(params(steps=3))
+    grid = torch.arange(4 * 32 * 64.0).reshape(1, 4, 32, 64)  # (B, C, H, W) latents of a 128x64 frame
+    tokens = pipe._pack_latents(grid, 1, 4, 32, 64)
+    assert tokens.shape == (1, 16 * 32, 16) and torch.equal(backend.unpack(tokens, params()), grid)
+    assert torch.equal(backend.pack(grid), tokens)
+    moved = backend.pack(roller(backend.unpack(tokens, params()), 0))
+    assert moved.shape == tokens.shape and roller.shift == 16  # a quarter: 8 patches
+    unpacked = pipe._unpack_latents(moved, 64, 128, pipe.vae_scale_factor).reshape(grid.shape)  # Qwen: (B, C, 1, …)
+    assert torch.equal(unpacked, torch.roll(grid, 16, dims=-1))
+
+
+@pytest.mark.parametrize("transformer_kind", TRANSFORMER_KINDS)
+def test_the_vae_wraps_while_seamless(transformer_kind, backends):
+    backend = backends[transformer_kind]
+    shape = (1, 4, 1, 32, 64) if transformer_kind == "qwen-image" else (1, 4, 32, 64)  # Qwen-Image's: one frame
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     mismatch = {}
     for seamless in (True, False):
         run(backend, seamless=seamless, steps=1)  # sets the VAE as a frame would
@@ -161,15 +238,15 @@ def write_lora(kind, models, folder, seed=1):
     from peft.utils import get_peft_model_state_dict
 
     pipe_class = getattr(diffusers, tiny_pipelines.CLASSES[kind])
-    part = "transformer" if kind == "z-image" else "unet"
-    model_class = diffusers.ZImageTransformer2DModel if kind == "z-image" else diffusers.UNet2DConditionModel
+    part = "unet" if kind in UNET_KINDS else "transformer"
+    model_class = getattr(diffusers, json.loads((models[kind] / part / "config.json").read_text())["_class_name"])
     model = model_class.from_pretrained(models[kind] / part)
     torch.manual_seed(seed)
-    model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"]))
+    model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_" in name:
-                parameter.normal_(0.0, 0.3)
+                parameter.normal_(0.0, 1.0)  # strong enough to show through the tiny Qwen-Image VAE
     pipe_class.save_lora_weights(folder, **{f"{part}_lora_layers": get_peft_model_state_dict(model)})
     return folder / "pytorch_lora_weights.safetensors"
 
@@ -196,10 +273,10 @@ def test_a_lora_for_another_architecture_is_refused(models, estimator, tmp_path)
 
 
 def test_unsupported_pipeline_classes_are_refused_by_name(models, tmp_path):
-    folder = tmp_path / "flux"
+    folder = tmp_path / "sd3"
     folder.mkdir()
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(BackendUnavailable, match="FluxPipeline is not supported.*StableDiffusionXLPipeline"):
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    with pytest.raises(BackendUnavailable, match="StableDiffusion3Pipeline is not supported.*QwenImagePipeline"):
         load_backend(str(folder))
     (folder / "model_index.json").write_text("[1, 2]")
     with pytest.raises(BackendUnavailable, match="no _class_name"):
@@ -210,8 +287,8 @@ def test_unsupported_pipeline_classes_are_refused_by_name(models, tmp_path):
 
 def test_a_preset_sits_under_what_is_given():
     given, loras = with_preset("preset:qwen-360", {"steps": 20}, [])
-    assert given == {"width": 2048, "height": 1024, "steps": 20}
-    assert loras == ["qwen-360=ProGamerGov/qwen-360-diffusion:1.0"]
+    assert given == {"width": 2048, "height": 1024, "steps": 20, "guidance": 4.0}
+    assert loras == ["qwen-360=ProGamerGov/qwen-360-diffusion/qwen-360-diffusion-int8-bf16-v1.safetensors:1.0"]
     assert with_preset("preset:qwen-360", {}, ["qwen-360=mine.safetensors"])[1] == ["qwen-360=mine.safetensors"]
     assert with_preset("some/model", {"steps": 3}, ["a.safetensors"]) == ({"steps": 3}, ["a.safetensors"])
     for preset in PRESETS.values():
@@ -232,7 +309,7 @@ def test_every_licence_entry_has_a_source_and_every_named_model_an_entry():
         assert entry.source.startswith("https://"), name
     named = [*KNOWN, "Intel/ldm3d", "Intel/ldm3d-4c", "Intel/ldm3d-pano", "Intel/ldm3d-sr",
              *("/".join(preset.lora.split("/")[:2]) for preset in FAST.values()),
-             *(part for preset in PRESETS.values() for part in preset.components())]
+             *("/".join(part.split("/")[:2]) for preset in PRESETS.values() for part in preset.components())]
     assert [name for name in named if name not in entries] == []
     assert entries["depth-anything/Depth-Anything-V2-Base-hf"].commercial == "no"
     assert entries["depth-anything/Depth-Anything-V2-Small-hf"].commercial == "yes"

@@ -12,8 +12,8 @@ from PIL import Image
 
 from conftest import ROOT, RunningServer, wait_for
 from generator.backends.base import RGBD
-from generator.remixing import (MIN_FIT, border_jump, composite, read_mask, region_mask, remix_frame, remix_params,
-                                ring)
+from generator.remixing import (MIN_FIT, REMIX_NAMES, border_jump, composite, read_mask, region_mask, remix_frame,
+                                remix_params, ring)
 from td_bridge.params import ParamError, defaults, REMIX_PARAMS
 from td_bridge.receiver import CommandClient, FrameReceiver, CommandError
 from td_bridge.region import RegionError, check_mask, sphere_region_mask
@@ -196,6 +196,7 @@ def test_remix_keeps_the_rest_exactly_changes_the_region_and_joins_smoothly(back
     assert record["border_jump"] == pytest.approx(border_jump(out.depth, mask), abs=1e-6)
     assert record["border_jump"] <= BORDER_RATIO * record["neighbour_step"], record
     assert record["ring_pixels"] > 0 and 0 < record["repainted_share"] < 1
+    assert out.info["peak_memory_of"] == "process peak RSS" and out.info["peak_memory_gib"] > 0
     assert header["source_frame_id"] == sources[channels][0]["frame_id"]
     assert header["params"]["source_frame_id"] == header["source_frame_id"]
     assert header["params"]["remix_yaw"] == 180.0 and header["params"]["prompt"] == "a misty forest at dawn"
@@ -261,13 +262,14 @@ def pano(tmp_path_factory):
     root = tmp_path_factory.mktemp("pano-remix")
     estimator = tiny_depth.build("depth_anything", root / "depth-anything")
     return {kind: load_backend(str(tiny_pipelines.build(kind, root / kind)), estimator=str(estimator))
-            for kind in ("sd", "z-image")}
+            for kind in tiny_pipelines.KINDS if kind != "sdxl"}  # SDXL's U-Net path is SD's
 
 
-def test_pano_remix_keeps_the_rest_and_aligns_the_new_depth_to_it(pano, one_torch_thread):
+@pytest.mark.parametrize("kind", ("sd", "z-image", "flux", "qwen-image"))
+def test_pano_remix_keeps_the_rest_and_aligns_the_new_depth_to_it(pano, kind, one_torch_thread):
     from generator.frames import make_frame
 
-    backend = pano["sd"]
+    backend = pano[kind]
     params = remix_params(generation(steps=3, guidance=3.0), 128, 64)
     source = make_frame(backend, {k: v for k, v in params.items() if not k.startswith("remix_")},
                         lambda s, n: None, lambda: False)
@@ -284,9 +286,71 @@ def test_pano_remix_keeps_the_rest_and_aligns_the_new_depth_to_it(pano, one_torc
     record = out.info["remix"]["depth_alignment"]
     assert record["border_jump"] <= BORDER_RATIO * record["neighbour_step"], record
     assert header["source_frame_id"] == source[0]["frame_id"] and steps[-1][0] == steps[-1][1]
-    with pytest.raises(ParamError, match="ZImagePipeline cannot remix yet"):
-        pano["z-image"].remix(remix_params(generation(steps=2), 128, 64), source[1], mask, lambda s, n: None,
-                              lambda: False)
+
+
+@pytest.mark.parametrize("kind", ("sd", "z-image", "flux", "qwen-image"))
+def test_pano_remix_ends_on_the_sources_latents_outside_the_region(pano, kind, monkeypatch, one_torch_thread):
+    """What the pipeline decodes: outside the region exactly the source's latents (encoded as the pipeline
+    normalises them), inside new ones; for a seamless transformer after its latents were rolled round and back,
+    and for FLUX and Qwen-Image after unpacking their tokens."""
+    from generator.backends.remix import encode_rgb, latent_mask
+    from generator.frames import make_frame
+
+    backend = pano[kind]
+    params = remix_params(generation(steps=3, guidance=3.0), 128, 64)
+    _, source = make_frame(backend, {k: v for k, v in params.items() if not k.startswith("remix_")},
+                           lambda s, n: None, lambda: False)
+    region = {**defaults(REMIX_PARAMS), "remix_yaw": 180.0, "remix_width": 100.0, "remix_feather": 0.0}  # the seam
+    mask = region_mask(region, 128, 64)
+    grids = []
+    pack = backend.pack
+    monkeypatch.setattr(backend, "pack", lambda grid: grids.append(grid) or pack(grid))
+    backend.remix(remix_params(generation(prompt="a desert at night", steps=3, guidance=3.0, seamless=True, **region),
+                               128, 64), source, mask, lambda s, n: None, lambda: False)
+    known = encode_rgb(backend.pipe, source.rgb, backend.device)
+    cells = latent_mask(mask, backend.pipe.vae_scale_factor)[0, 0].bool()
+    last = grids[-1][0]  # the latents after the last step's blend (and roll back): what is decoded
+    if backend._transformer:  # without the context columns of the seam overlap
+        columns = backend.overlap(params).columns
+        last = last[..., columns:-columns]
+    assert last.shape == known[0].shape and cells.any() and (~cells).any()
+    assert cells[:, 0].any() and cells[:, -1].any()  # the region crosses the 0°/360° seam
+    assert torch.equal(last[:, ~cells], known[0][:, ~cells])
+    assert (last[:, cells] - known[0][:, cells]).abs().mean() > 0.1
+
+
+def test_pano_remix_matches_diffusers_inpainting_pipeline(pano, monkeypatch, one_torch_thread):
+    """The reference: diffusers' StableDiffusionInpaintPipeline on the same tiny weights (a 4-channel U-Net: it
+    blends latents the way we do), same prompt, start noise, scheduler and a mask on whole latent cells, gives the
+    same picture. diffusers samples the VAE's posterior where we take its mean: the test makes it take the mean."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as inpaint
+    from PIL import Image
+
+    from generator.backends.base import RGBD
+    from generator.backends.remix import encode_rgb
+
+    backend = pano["sd"]
+    rng = np.random.default_rng(4)
+    source = RGBD(rng.integers(0, 256, (64, 128, 3), dtype=np.uint8), rng.random((64, 128), dtype=np.float32))
+    mask = np.zeros((64, 128), np.float32)
+    mask[10:40, 20:70] = 1.0  # whole 2x2 latent cells of the tiny VAE
+    params = remix_params(generation(prompt="a misty forest", steps=3, guidance=3.0, negative_prompt="fog"), 128, 64)
+    ours = backend.remix(params, source, mask, lambda s, n: None, lambda: False).rgb
+
+    monkeypatch.setattr(inpaint, "retrieve_latents", lambda output, generator=None: output.latent_dist.mean)
+    with torch.inference_mode():
+        noise = torch.randn(encode_rgb(backend.pipe, source.rgb, backend.device).shape,
+                            generator=torch.Generator("cpu").manual_seed(params["seed"]))  # what the remix drew
+        reference = StableDiffusionInpaintPipeline(**backend.pipe.components, requires_safety_checker=False)
+        reference.set_progress_bar_config(disable=True)
+        theirs = reference(prompt="a misty forest", negative_prompt="fog", image=Image.fromarray(source.rgb),
+                           mask_image=Image.fromarray((mask * 255).astype(np.uint8)), height=64, width=128,
+                           strength=1.0, num_inference_steps=3, guidance_scale=3.0, latents=noise,
+                           output_type="np").images[0]
+    difference = np.abs(ours.astype(int) - np.round(theirs * 255).astype(int))
+    print(f"ours vs StableDiffusionInpaintPipeline: max {difference.max()}, mean {difference.mean():.4f} levels")
+    assert difference.max() <= 1
 
 
 # ------------------------------------------------------------------ served, OSC and the CLI
@@ -315,6 +379,40 @@ def test_the_remix_command_publishes_and_keeps_a_frame_naming_its_source(backend
                                   ({"name": "nothing"}, "no frame with cue")):
                 with pytest.raises(CommandError, match=message):
                     client.remix(**args)
+    finally:
+        srv.close()
+
+
+def test_a_mask_image_sent_with_the_remix_command_repaints_just_its_white(backends, tmp_path):
+    """ZeroMQ remix with a mask image (gray8 data part): white repaints, black keeps; a mask of the wrong size, that
+    keeps nothing, beside a region, or a data part without its argument is refused and nothing is queued."""
+    srv = RunningServer(backends[4])
+    try:
+        with FrameReceiver(srv.frames) as rx, CommandClient(srv.commands, timeout=10) as client:
+            wait_for(lambda: rx.connected)
+            job = client.generate(prompt="a desert at night", seed=2, width=128, height=64, steps=3)
+            source = wait_for(lambda: (f := rx.latest()) and f.meta["job_id"] == job["job_id"] and f, timeout=60)
+            mask = np.zeros((64, 128), np.uint8)
+            mask[10:40, 20:70] = 255  # a box no sphere region draws: only the image can say it
+            queued = client.remix(mask=mask, prompt="a misty forest", seed=5, steps=3)
+            frame = wait_for(lambda: (f := rx.latest()) and f.meta["job_id"] == queued["job_id"] and f, timeout=60)
+            kept, repainted = mask == 0, mask == 255
+            assert np.array_equal(frame.rgb[kept], source.rgb[kept]) and np.array_equal(frame.depth[kept],
+                                                                                         source.depth[kept])
+            assert np.abs(frame.rgb[repainted].astype(int) - source.rgb[repainted]).mean() > 2.0
+            recorded = frame.meta["params"]  # the mask, not a region it was not made with
+            assert recorded["remix_mask"] == "uploaded 128x64 gray8" and not set(recorded) & REMIX_NAMES
+            assert queued["params"]["remix_mask"] == "uploaded 128x64 gray8"
+            for bad, args, message in ((np.zeros((32, 64), np.uint8), {}, "the mask is 64x32; the frame is 128x64"),
+                                       (np.full((64, 128), 255, np.uint8), {}, "keeping nothing"),
+                                       (mask, {"remix_yaw": 90.0}, "not both")):
+                with pytest.raises(CommandError, match=message):
+                    client.remix(mask=bad, **args)
+            with pytest.raises(CommandError, match="'mask' must be"):
+                client.request("remix", {}, data=mask.tobytes())
+            with pytest.raises(CommandError, match="has 10 bytes; 128x64 gray8 needs 8192"):
+                client.request("remix", {"mask": {"width": 128, "height": 64, "format": "gray8"}}, data=b"0" * 10)
+            assert client.status()["queued"] == 0
     finally:
         srv.close()
 

@@ -560,7 +560,8 @@ class RemixingDemo(DemoBackend):
         return RGBD(np.full_like(source.rgb, 255), np.full_like(source.depth, 60000))
 
 
-def test_remix_the_frame_on_screen_with_the_region_parameters(make_server, comp):
+def show_a_remixable_frame(make_server, comp):
+    """Connect ``comp`` to a generator with RemixingDemo and show a generated 128x64 frame."""
     server = make_server(RemixingDemo())
     comp.par.Framesaddress, comp.par.Commandsaddress = server.frames, server.commands
     comp.par.Width, comp.par.Height, comp.par.Steps = 128, 64, 2
@@ -568,6 +569,10 @@ def test_remix_the_frame_on_screen_with_the_region_parameters(make_server, comp)
     Frames().until(lambda: comp.par.Connected.eval(), "connected")
     comp.par.Generate.pulse()
     Frames().until(lambda: shows_a_frame(comp), "the generated frame")
+
+
+def test_remix_the_frame_on_screen_with_the_region_parameters(make_server, comp):
+    show_a_remixable_frame(make_server, comp)
     source = comp.par.Frameid.eval()
     comp.par.Remixyaw, comp.par.Remixwidth, comp.par.Remixfeather = 180.0, 60.0, 0.0
     comp.par.Remix.pulse()
@@ -576,6 +581,45 @@ def test_remix_the_frame_on_screen_with_the_region_parameters(make_server, comp)
     meta = comp.ext.DepthFusionExt.controller.frame.meta
     assert meta["params"]["remix_yaw"] == 180.0 and meta["params"]["width"] == 128
     assert comp.par.Lasterror.eval() == ""
+
+
+# A Script TOP holding a remix mask at half the frame's size: white in the top quarter of the right half (rows
+# bottom first, as TouchDesigner's).
+MASK = '''import numpy as np
+
+
+def onCook(scriptOp):
+    image = np.zeros((32, 64, 1), np.float32)
+    image[24:, 32:] = 1.0
+    scriptOp.copyNumpyArray(image)
+'''
+
+
+def test_remix_with_a_mask_top_repaints_its_white_resampled_to_the_frame(make_server, comp):
+    callbacks = comp.parent().create(td.textDAT, "mask_callbacks")
+    callbacks.text = MASK
+    top = comp.parent().create(td.scriptTOP, "mask")
+    top.par.callbacks = callbacks.name
+    show_a_remixable_frame(make_server, comp)
+    extension = comp.ext.DepthFusionExt
+    source, before, generated_job = comp.par.Frameid.eval(), extension.controller.frame, comp.par.Jobid.eval()
+    comp.par.Masktop = "../mask"
+    comp.par.Remix.pulse()
+    Frames().until(lambda: extension.controller.frame.meta.get("source_frame_id") == source, "the remixed frame")
+    after = extension.controller.frame
+    white = np.zeros((64, 128), bool)
+    white[:16, 64:] = True  # rows top first: the mask's top quarter of the right half at the frame's size
+    white = white[::-1]  # the TOP frame's rows bottom first
+    assert (after.rgb[white] == 255).all()  # its depth is aligned to the kept depth round it (remix.md)
+    assert np.array_equal(after.rgb[~white], before.rgb[~white])
+    assert np.array_equal(after.depth[~white], before.depth[~white])
+    assert after.meta["params"]["remix_mask"] and "remix_yaw" not in after.meta["params"]
+    assert comp.par.Jobid.eval() not in ("", generated_job) and comp.par.Lasterror.eval() == ""  # the remix job's
+
+    callbacks.text = MASK.replace("image[24:, 32:] = 1.0", "pass")  # all black: nothing to repaint
+    top.cook(force=True)
+    comp.par.Remix.pulse()
+    Frames().until(lambda: "nothing" in comp.par.Lasterror.eval(), "the generator's refusal")
 
 
 def vector(comp, name):

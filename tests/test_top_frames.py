@@ -8,7 +8,7 @@ import pytest
 from conftest import SMALL, wait_for
 from td_bridge.protocol import Frame
 from td_bridge.receiver import CommandClient, FrameReceiver
-from td_bridge.top_frames import TopFrame, from_top, to_top
+from td_bridge.top_frames import TopFrame, from_top, mask_from_top, to_top
 
 
 def test_to_top_flips_rows_and_adds_the_channel_axis():
@@ -36,6 +36,22 @@ def test_from_top_turns_a_tops_image_into_an_upload():
     assert grey[:, 0].tolist() == [[255] * 3, [128] * 3, [0] * 3]
     with pytest.raises(ValueError, match=r"\(H, W, 1-4\)"):
         from_top(np.zeros((3, 4), np.float32))
+
+
+def test_mask_from_top_takes_the_first_channel_top_first_at_the_frames_size():
+    rgba = np.zeros((2, 4, 4), np.float32)  # numpyArray(): row 0 at the bottom
+    rgba[1, 2:, 0] = 1.0  # the top row's right half white in red
+    rgba[0, :1, 0] = 0.5  # the bottom row's first pixel grey
+    rgba[..., 1:] = 1.0  # green, blue and alpha do not count
+    mask = mask_from_top(rgba)
+    assert mask.dtype == np.uint8 and mask.flags.c_contiguous
+    assert mask.tolist() == [[0, 0, 255, 255], [128, 0, 0, 0]]
+    big = mask_from_top(rgba, (8, 4))  # (width, height): each pixel becomes a 2x2 block
+    assert big.shape == (4, 8) and np.array_equal(big, np.repeat(np.repeat(mask, 2, 0), 2, 1))
+    small = mask_from_top(np.repeat(np.repeat(rgba, 3, 0), 3, 1), (4, 2))  # block centres: the 3x3 blocks' own
+    assert np.array_equal(small, mask)
+    with pytest.raises(ValueError, match=r"\(H, W, 1-4\)"):
+        mask_from_top(np.zeros((0, 4, 1), np.float32))
 
 
 def test_the_receiver_prepares_frames_on_its_own_thread(server):

@@ -311,6 +311,7 @@ def test_generate_then_upscale_and_upscale_a_library_frame(model, tmp_path):
     assert meta["prompt"] == "a courtyard" and meta["params"]["cue"] == "yard" and meta["seed"] == 5
     assert meta["params"]["upscale_steps"] == 1 and 0 <= meta["params"]["upscale_seed"] <= 2**31 - 1
     assert meta["backend_info"]["seamless"] is True  # generated seamless: auto wraps
+    assert meta["backend_info"]["peak_memory_of"] == "process peak RSS"  # the upscaler's device: the CPU
     assert frames.latest_for_cue("yard").frame_id == meta["frame_id"]
 
     assert main(["upscale", source.frame_id, "-o", str(tmp_path / "again"), *common, "--upscale-seed", "8"]) == 0

@@ -4,6 +4,7 @@ and frames over the WebSocket, the ES shaders, `serve --web` and `view`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -171,7 +172,7 @@ def test_a_lan_address_needs_the_token(server, caplog) -> None:
                         await session.ws_connect(f"{base}/ws{query}", headers={"Origin": base})
                 async with session.ws_connect(f"{base}/ws?token={web.token}", headers={"Origin": base}) as ws:
                     hello = await ws.receive_json()
-                    assert hello == {"type": "hello", "commands": True}
+                    assert hello == {"type": "hello", "commands": True, "model": False}
         run(connect())
     finally:
         web.stop()
@@ -236,25 +237,147 @@ def test_view_serves_a_saved_frame(tmp_path) -> None:
                            "demo", "--width", "128", "--height", "64", "--no-library"], cwd=ROOT, env=CLI_ENV,
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "generator", "view", str(folder), "--web", "127.0.0.1:0",
+    with _viewing(folder) as url:
+        async def fetch() -> None:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"{url}ws", headers={"Origin": url.rstrip("/")}) as ws:
+                    seen = await _receive_until(ws, lambda m: isinstance(m, bytes))
+                    assert seen[0] == {"type": "hello", "commands": False, "model": False}
+                    await ws.send_str('{"id": "x", "cmd": "generate", "args": {}}')
+                    seen = await _receive_until(ws, lambda m: isinstance(m, dict) and m.get("id") == "x")
+                    assert seen[-1]["error"]["code"] == "unavailable"
+        run(fetch())
+
+
+@contextlib.contextmanager
+def _viewing(path: Any) -> Iterator[str]:
+    """`python -m generator view PATH` running; yields the page's address; stopped with Ctrl+C (exit 0)."""
+    proc = subprocess.Popen([sys.executable, "-m", "generator", "view", str(path), "--web", "127.0.0.1:0",
                              "--no-library"], cwd=ROOT, env=CLI_ENV, stderr=subprocess.PIPE, text=True)
     try:
         line = ""
         while "web viewer on" not in line:
             line = proc.stderr.readline()
             assert line, "view ended without serving"
-        url = line.split("web viewer on ")[1].strip()
-
-        async def fetch() -> None:
-            async with aiohttp.ClientSession() as session:
-                async with session.ws_connect(f"{url}ws", headers={"Origin": url.rstrip("/")}) as ws:
-                    seen = await _receive_until(ws, lambda m: isinstance(m, bytes))
-                    assert seen[0] == {"type": "hello", "commands": False}
-                    await ws.send_str('{"id": "x", "cmd": "generate", "args": {}}')
-                    seen = await _receive_until(ws, lambda m: isinstance(m, dict) and m.get("id") == "x")
-                    assert seen[-1]["error"]["code"] == "unavailable"
-        run(fetch())
+        yield line.split("web viewer on ")[1].strip()
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0
         proc.stderr.close()
+
+
+def _scan(drawing: str, tmp_path: Any) -> str:
+    """What zbarimg (a real QR decoder) reads from a terminal drawing of half blocks, rendered as a picture: a
+    block's light halves white, the rest black, 4 pixels a module."""
+    from PIL import Image
+
+    light_halves = {"█": (True, True), "▀": (True, False), "▄": (False, True), " ": (False, False)}
+    rows: list[list[bool]] = [[], []]
+    grid: list[list[bool]] = []
+    for line in drawing.splitlines():
+        rows = [[light_halves[c][0] for c in line], [light_halves[c][1] for c in line]]
+        grid.extend(rows)
+    picture = np.kron(np.array(grid, np.uint8) * 255, np.ones((4, 4), np.uint8))
+    path = tmp_path / "qr.png"
+    Image.fromarray(np.pad(picture, 16, constant_values=255)).save(path)
+    zbarimg = require_tool("zbarimg", "zbar-tools")
+    read = subprocess.run([zbarimg, "--raw", "-q", str(path)], capture_output=True, text=True, timeout=30)
+    assert read.returncode == 0, read.stderr
+    return read.stdout.strip()
+
+
+def test_a_lan_page_address_is_printed_as_a_qr_code_that_scans(tmp_path, caplog) -> None:
+    import io
+
+    from generator.__main__ import announce_page
+
+    url = "http://192.168.1.20:8080/?token=" + "Ab-_9" * 6 + "xy"
+    stream = io.StringIO()
+    with caplog.at_level("INFO", logger="depthfusion"):
+        announce_page(url, True, stream)
+    assert f"web viewer on {url}" in caplog.text
+    assert _scan(stream.getvalue(), tmp_path) == url
+    quiet = io.StringIO()
+    announce_page("http://127.0.0.1:8080/", False, quiet)  # loopback: no phone can open it, no code
+    assert quiet.getvalue() == ""
+
+
+def test_a_console_without_block_characters_gets_the_address_only(caplog) -> None:
+    import io
+
+    from generator.__main__ import announce_page
+
+    legacy = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")
+    with caplog.at_level("INFO", logger="depthfusion"):
+        announce_page("http://10.0.0.5:8080/?token=abc", True, legacy)
+    assert "web viewer on http://10.0.0.5:8080/?token=abc" in caplog.text and "type the address" in caplog.text
+
+
+def _exported(tmp_path: Any, name: str = "room.glb") -> tuple[Any, Any]:
+    """A demo frame and the .glb `export` writes of it."""
+    from generator.backends.demo import DemoBackend
+    from generator.export import export_mesh
+    from td_bridge.params import DISPLAY_PARAMS, GENERATION_PARAMS, validate
+
+    frame = DemoBackend().generate(validate({**SMALL, "prompt": "a room", "seed": 3}, GENERATION_PARAMS),
+                                   lambda *_: None, lambda: False)
+    path = tmp_path / name
+    export_mesh(path, frame.rgb, frame.depth, validate({}, DISPLAY_PARAMS))
+    return frame, path
+
+
+def test_an_exported_mesh_is_read_and_packed_for_the_page(tmp_path) -> None:
+    import trimesh
+
+    from generator.web.meshes import load_model, pack_model
+
+    frame, path = _exported(tmp_path)
+    model = load_model(path)
+    written = trimesh.load(path, force="mesh", process=False)
+    assert model.positions.shape == written.vertices.shape and len(model.triangles) == len(written.faces)
+    np.testing.assert_array_equal(model.texture, frame.rgb)  # export's texture is the frame's RGB
+    assert (model.colors == 255).all()
+    packed = pack_model(model)
+    (length,) = struct.unpack_from("<I", packed)
+    header = json.loads(packed[4:4 + length])
+    n, m = header["vertices"], header["indices"]
+    assert (n, m) == (len(model.positions), model.triangles.size)
+    assert len(packed) == 4 + length + n * (12 + 8 + 3) + m * 4 + header["width"] * header["height"] * 3
+    assert header["clip"][1] > 2 * header["radius"] > 0
+
+    coloured = tmp_path / "coloured.glb"  # vertex colours only: a white texture, the colours kept
+    trimesh.Trimesh(written.vertices, written.faces, vertex_colors=np.tile([10, 200, 30, 255], (n, 1)),
+                    process=False).export(coloured)
+    plain = load_model(coloured)
+    assert plain.texture.shape == (1, 1, 3) and (plain.colors == [10, 200, 30]).all()
+
+
+@pytest.mark.parametrize("content, message", [(b"glTF\x02\x00\x00\x00junk", "not a readable glTF binary"),
+                                              (None, "no such file")])
+def test_a_bad_mesh_file_is_refused_with_the_reason(tmp_path, content, message) -> None:
+    from generator.web.meshes import load_model
+
+    path = tmp_path / "broken.glb"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        load_model(path)
+    with pytest.raises(ValueError, match="glTF binary meshes"):
+        load_model(tmp_path / "mesh.obj")
+
+
+def test_view_serves_an_exported_mesh(tmp_path) -> None:
+    _, path = _exported(tmp_path)
+    with _viewing(path) as url:
+        async def fetch() -> None:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"{url}ws", headers={"Origin": url.rstrip("/")}) as ws:
+                    assert await ws.receive_json() == {"type": "hello", "commands": False, "model": True}
+                model = await session.get(f"{url}model.bin")
+                assert model.status == 200 and len(await model.read()) > 1000
+        run(fetch())
+    broken = tmp_path / "broken.glb"
+    broken.write_bytes(b"not a mesh")
+    refused = subprocess.run([sys.executable, "-m", "generator", "view", str(broken), "--no-library"], cwd=ROOT,
+                             env=CLI_ENV, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "not a readable glTF binary" in refused.stderr

@@ -252,12 +252,25 @@ class DepthFusionExt:
 
     @_guarded
     def Remix(self, frame_id: str | None = None) -> None:
-        """Remix a kept frame (default: the one on screen): the Remix page's region regenerated with the Generate
-        and LoRA pages' parameters."""
+        """Remix a kept frame (default: the one on screen): the Remix page's region, or the Mask TOP's white if
+        set, regenerated with the Generate and LoRA pages' parameters. The Mask TOP's image is resampled to the
+        size of the frame on screen; for another frame it must have that frame's size."""
         from td_bridge.params import GENERATION_PARAMS, REMIX_PARAMS
 
         values, region = self._schema_values(GENERATION_PARAMS), self._schema_values(REMIX_PARAMS)
-        self._run(lambda c: c.remix(self._value("Frameid") if frame_id is None else frame_id, values, region))
+        mask = size = None
+        top = self._top(self._value("Masktop"))
+        if top is not None:
+            top.cook()  # only if required: a TOP nothing else cooks still holds its current image
+            mask = top.numpyArray()  # float32, rows bottom first; converted on the controller's worker thread
+            if mask is None:
+                self._error(f"Remix: the Mask TOP {top.name} has no image yet")
+                return
+            shown = self.controller.frame if self.controller is not None else None
+            if frame_id is None and shown is not None:
+                size = (shown.rgb.shape[1], shown.rgb.shape[0])
+        frame = self._value("Frameid") if frame_id is None else frame_id
+        self._run(lambda c: c.remix(frame, values, region, mask, size))
 
     @_guarded
     def Cancel(self) -> None:

@@ -51,9 +51,13 @@ UPSCALE = [
      "needs --upscaler). Over 1280x1280 needs a Commercial licence to show."),
 ]
 REMIX = [
-    ("Remix", "Pulse", "Remix", None, "Regenerate the region above of the frame on screen with the Generate and LoRA "
-     "pages' parameters (its size stays the frame's), keeping the rest; the new frame arrives like a generated one "
-     "and names its source. Yaw and Pitch as the Stereo page's: set them from where you look."),
+    ("Masktop", "TOP", "Mask TOP", "", "A TOP whose white (its first channel) Remix regenerates instead of the "
+     "region above, black kept: an equirectangular mask of the frame's shape, resampled to the frame on screen's "
+     "size. Empty: the region above."),
+    ("Remix", "Pulse", "Remix", None, "Regenerate the region above (or the Mask TOP's white) of the frame on screen "
+     "with the Generate and LoRA pages' parameters (its size stays the frame's), keeping the rest; the new frame "
+     "arrives like a generated one and names its source. Yaw and Pitch as the Stereo page's: set them from where "
+     "you look."),
 ]
 # The Live page: the toggle, then the live parameters (td_bridge.params LIVE_PARAMS), then these.
 LIVE = ("Live", "Toggle", "Live", False, "Run the generator's live session: frames back to back from the Generate "

@@ -20,21 +20,30 @@ def load_backend(model: str = "auto", *, demo_step_delay: float = 0.0, estimator
                  **ldm3d_options: Any) -> Backend:
     """The backend for ``model``: ``demo``, ``auto`` (see ``_auto``), ``preset:NAME`` or a folder or hub id whose
     model_index.json names a supported text-to-image pipeline (the panorama backend, depth from ``estimator``,
-    default Depth Anything V2 Small), else an LDM3D hub id or folder."""
+    default Depth Anything V2 Small), else an LDM3D hub id or folder. ``offload`` (model, sequential) is the
+    panorama backend's only."""
+    offload = ldm3d_options.pop("offload", "none")
     if model == "demo":
         if ldm3d_options.get("decoder", "full") != "full":
             raise BackendUnavailable("the demo backend has no VAE to replace: --decoder needs an LDM3D model")
         if ldm3d_options.get("loras"):
             raise BackendUnavailable("the demo backend takes no LoRAs: give an LDM3D model with --lora")
+        if offload != "none":
+            raise BackendUnavailable("the demo backend has no weights to offload: --offload needs a diffusers "
+                                     "pipeline (the panorama backend)")
         return DemoBackend(step_delay=demo_step_delay)
-    if model == "auto":
-        return _auto(demo_step_delay, **ldm3d_options)
-    pano = _pano_options(model, ldm3d_options)
+    pano = None if model == "auto" else _pano_options(model, ldm3d_options)
     if pano is not None:
         from ..estimators.checkpoints import DEFAULT_MODEL
         from .pano import PanoBackend
 
-        return PanoBackend.load(pano.pop("model"), estimator=estimator or DEFAULT_MODEL, **pano, **ldm3d_options)
+        return PanoBackend.load(pano.pop("model"), estimator=estimator or DEFAULT_MODEL, offload=offload, **pano,
+                                **ldm3d_options)
+    if offload != "none":
+        raise BackendUnavailable(f"--offload {offload} is for the panorama backend's diffusers pipelines; LDM3D "
+                                 "models load whole onto the device (docs/models.md#memory)")
+    if model == "auto":
+        return _auto(demo_step_delay, **ldm3d_options)
     return _load_ldm3d(model, **ldm3d_options)
 
 

@@ -22,9 +22,10 @@ from td_bridge.depth import depth16_from_vae4, depth16_from_vae6
 from td_bridge.params import ParamError, requested_loras
 
 from .base import RGBD, BackendUnavailable, Cancelled, CancelledFn, ProgressFn
-from .ldm3d_files import resolve
+from .ldm3d_files import WEIGHTED, resolve
 from .licences import records
 from .lora import LoraError, LoraSet, LoraSpec, load_all
+from .memory import check_model_fits
 from .seamless import set_seamless
 
 log = logging.getLogger("depthfusion.ldm3d")
@@ -202,6 +203,7 @@ class LDM3DBackend:
         torch_dtype = pick_dtype(dtype, torch_device)
         files = resolve(model, revision=revision, local_files_only=local_files_only)
         folder, safetensors = files.folder, files.safetensors
+        check_model_fits(str(folder), torch_device, torch_dtype, only=WEIGHTED, label=model, can_offload=False)
         kinds = sorted({"safetensors" if safe else "PyTorch .bin" for safe in safetensors.values()}, reverse=True)
         log.info("loading LDM3D %s from %s (%s weights)", model, folder, " and ".join(kinds))
         started = time.perf_counter()

@@ -45,15 +45,11 @@ CARD_IDS: dict[str, tuple[str, str]] = {
 }
 _OPENRAIL = "commercial use allowed under the licence's use restrictions"
 _CARD = "model card metadata, read through a mirror of the card"
-_ISSUE = "as issue 24 states it; the card was not read here"
+_TAG = "the hub page's licence tag, read through a search index's copy of the page"
 
 
 def _card(model: str, how: str = _CARD) -> str:
     return f"{HUB}{model} ({how})"
-
-
-def _unknown(model: str, note: str = "") -> Licence:
-    return Licence("unknown", UNKNOWN, _card(model, "the card was not read here"), note=note)
 
 
 def _ldm3d() -> dict[str, Licence]:
@@ -61,9 +57,8 @@ def _ldm3d() -> dict[str, Licence]:
     return {
         "Intel/ldm3d-pano": Licence(openrail, YES, _card("Intel/ldm3d-pano"), note=_OPENRAIL),
         "Intel/ldm3d-4c": Licence(openrail, YES, _card("Intel/ldm3d-4c"), note=_OPENRAIL),
-        "Intel/ldm3d": _unknown("Intel/ldm3d", "its siblings ldm3d-pano and ldm3d-4c are CreativeML OpenRAIL-M"),
-        "Intel/ldm3d-sr": _unknown("Intel/ldm3d-sr", "its siblings ldm3d-pano and ldm3d-4c are CreativeML "
-                                   "OpenRAIL-M"),
+        "Intel/ldm3d": Licence(openrail, YES, _card("Intel/ldm3d", _TAG), note=_OPENRAIL),
+        "Intel/ldm3d-sr": Licence(openrail, YES, _card("Intel/ldm3d-sr", _TAG), note=_OPENRAIL),
     }
 
 
@@ -107,12 +102,17 @@ def _panoramas() -> dict[str, Licence]:
     return {
         "ProGamerGov/qwen-360-diffusion": Licence("MIT", YES, _card("ProGamerGov/qwen-360-diffusion"),
                                                   note="a LoRA on Qwen/Qwen-Image"),
-        "Qwen/Qwen-Image": Licence("Apache-2.0", YES, _card("Qwen/Qwen-Image", _ISSUE)),
-        "ProGamerGov/sdxl-360-diffusion": _unknown("ProGamerGov/sdxl-360-diffusion", "an SDXL fine-tune"),
-        "stabilityai/stable-diffusion-xl-base-1.0": _unknown("stabilityai/stable-diffusion-xl-base-1.0"),
-        "CedarC/Z-Image_360": Licence("Apache-2.0", YES, _card("CedarC/Z-Image_360", _ISSUE),
-                                      note="for Z-Image-Turbo"),
-        "Tongyi-MAI/Z-Image-Turbo": Licence("Apache-2.0", YES, _card("Tongyi-MAI/Z-Image-Turbo", _ISSUE)),
+        "Qwen/Qwen-Image": Licence("Apache-2.0", YES, "https://github.com/QwenLM/Qwen-Image (README: \"Qwen-Image is "
+                                   "licensed under Apache 2.0\"; read through a search index)"),
+        "ProGamerGov/sdxl-360-diffusion": Licence(
+            "none stated", UNKNOWN, _card("ProGamerGov/sdxl-360-diffusion", "the card, read through a mirror: its "
+                                          "metadata declares no licence and the repository has no LICENSE file"),
+            note="a fine-tune of SDXL 1.0 base (CreativeML OpenRAIL++-M); ask its author before commercial use"),
+        "stabilityai/stable-diffusion-xl-base-1.0": Licence(
+            "CreativeML OpenRAIL++-M", YES, _card("stabilityai/stable-diffusion-xl-base-1.0"), note=_OPENRAIL),
+        "CedarC/Z-Image_360": Licence("Apache-2.0", YES, _card("CedarC/Z-Image_360"),
+                                      note="a LoRA for Tongyi-MAI/Z-Image-Turbo (its card's base_model)"),
+        "Tongyi-MAI/Z-Image-Turbo": Licence("Apache-2.0", YES, _card("Tongyi-MAI/Z-Image-Turbo", _TAG)),
         "black-forest-labs/FLUX.1-dev": Licence(flux_nc, NO, f"{civitai}: it reproduces the base model's notice"),
         "civitai:735980": Licence(flux_nc, NO, civitai, note="ProGamerGov's Flux equirectangular 360° LoRA, "
                                   "for FLUX.1 [dev]"),

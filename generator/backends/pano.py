@@ -2,11 +2,15 @@
 360° path gives it depth, and the two become an ordinary RGBD frame.
 
 Supported pipeline classes (ARCHITECTURES, read from ``model_index.json``'s ``_class_name``): Stable Diffusion
-1.x/2.x, SDXL and Z-Image. Seamless at the 0°/360° seam: every zero-padded convolution of a U-Net and of the VAE
-pads circularly across the width (seamless.py); a transformer denoiser has no padding to change, so its latents
-are rolled sideways between steps, a different column at the edge each step, and rolled back before decoding
-(whose VAE wraps too). LoRAs load through the pipeline's own diffusers loader (peft), one named adapter each,
-with per-frame weights as for LDM3D.
+1.x/2.x, SDXL, Z-Image, FLUX and Qwen-Image. Seamless at the 0°/360° seam: every zero-padded convolution of a U-Net
+and of the VAE pads circularly across the width (seamless.py; Qwen-Image's causal 3D convolutions too); a
+transformer denoiser has no padding to change, so its latents are rolled sideways between steps by whole patches, a
+different column at the edge each step, and rolled back before decoding (whose VAE wraps too); it also denoises a
+few columns of context copied from the other edge on each side, blended back after every step (SeamOverlap). FLUX
+and Qwen-Image hand the step callback 2x2 patches packed as tokens: they are unpacked to (B, C, H, W) for the roll
+and packed back. Our guidance g is classifier-free guidance, uncond + g·(cond − uncond); each pipeline gets it in its own
+terms (the ``_*_guidance`` functions). LoRAs load through the pipeline's own diffusers loader (peft), one named
+adapter each, with per-frame weights as for LDM3D.
 """
 
 from __future__ import annotations
@@ -30,32 +34,68 @@ from .lora import LoadedLora, LoraError, LoraSpec, file_sha256, load_all, locate
 log = logging.getLogger("depthfusion.pano")
 
 ROLL_FRACTION = 0.25  # of the latent width, per step (transformer denoisers)
+OVERLAP_FRACTION = 1 / 16  # of the latent width, of context on each side (transformer denoisers)
 LDM3D_CLASSES = ("StableDiffusionLDM3DPipeline", "StableDiffusionUpscaleLDM3DPipeline")
 
 
-def _cfg(guidance: float) -> float:
+def _cfg_guidance(guidance: float) -> dict[str, float]:
     """Stable Diffusion's guidance_scale is ours: uncond + g·(cond − uncond), one pass at g ≤ 1."""
-    return guidance
+    return {"guidance_scale": guidance}
 
 
-def _z_image(guidance: float) -> float:
+def _z_image_guidance(guidance: float) -> dict[str, float]:
     """Z-Image's guidance_scale s means cond + s·(cond − uncond), i.e. ours at g = s + 1; 0 is one pass."""
-    return max(guidance - 1.0, 0.0)
+    return {"guidance_scale": max(guidance - 1.0, 0.0)}
+
+
+def _flux_guidance(guidance: float) -> dict[str, float]:
+    """Not ours: FLUX.1-dev is guidance-distilled, so g goes in as its embedded guidance_scale, which its training
+    taught to imitate classifier-free guidance at that scale in one pass, without a negative prompt (FLUX.1-schnell
+    has no guidance embedding and ignores it). FLUX's true_cfg_scale, an extra negative pass, stays off."""
+    return {"guidance_scale": guidance}
+
+
+def _true_cfg_guidance(guidance: float) -> dict[str, float]:
+    """Qwen-Image's true_cfg_scale with a negative prompt is ours, uncond + g·(cond − uncond), after which it scales
+    each token's prediction back to the conditional one's norm; one pass at g ≤ 1."""
+    return {"true_cfg_scale": guidance}
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Latents that a pipeline keeps as 2x2 patches packed into (B, H/2·W/2, 4C) tokens (FLUX, Qwen-Image), seen
+    as (B, C, H, W) through the pipeline's own ``_unpack_latents``/``_pack_latents``."""
+
+    frame_axis: bool = False  # unpacked as (B, C, 1, H, W): one frame of a video VAE (Qwen-Image)
+    patch: int = 2
+
+    def unpack(self, pipe: Any, latents: Any, height: int, width: int) -> Any:
+        """(B, C, H, W) latents of a ``width`` x ``height`` image from packed tokens."""
+        grid = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        return grid[:, :, 0] if self.frame_axis else grid
+
+    def pack(self, pipe: Any, grid: Any) -> Any:
+        batch, channels, rows, columns = grid.shape
+        return pipe._pack_latents(grid, batch, channels, rows, columns)
 
 
 @dataclass(frozen=True)
 class Architecture:
     denoiser: str  # the pipeline's attribute: unet or transformer
-    guidance: Callable[[float], float]  # our guidance → the pipeline's guidance_scale
+    guidance: Callable[[float], dict[str, float]]  # our guidance → the pipeline's guidance keyword(s)
     own_scheduler: bool  # True: flow matching; our scheduler/spacing/eta parameters do not apply
     load_options: tuple[tuple[str, Any], ...] = ()
+    negative_prompt: bool = True  # it takes ours (passed at g > 1, where it runs an unconditional pass)
+    packing: Packing | None = None  # None: the step callback's latents are (B, C, H, W)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "StableDiffusionPipeline": Architecture("unet", _cfg, False,
+    "StableDiffusionPipeline": Architecture("unet", _cfg_guidance, False,
                                             (("safety_checker", None), ("requires_safety_checker", False))),
-    "StableDiffusionXLPipeline": Architecture("unet", _cfg, False),
-    "ZImagePipeline": Architecture("transformer", _z_image, True),
+    "StableDiffusionXLPipeline": Architecture("unet", _cfg_guidance, False),
+    "ZImagePipeline": Architecture("transformer", _z_image_guidance, True),
+    "FluxPipeline": Architecture("transformer", _flux_guidance, True, negative_prompt=False, packing=Packing()),
+    "QwenImagePipeline": Architecture("transformer", _true_cfg_guidance, True, packing=Packing(frame_axis=True)),
 }
 
 
@@ -159,8 +199,8 @@ class PipelineLoras:
 
 
 class LatentRoller:
-    """A ``callback_on_step_end`` that rolls (B, C, H, W) latents sideways by ``shift`` columns after every step
-    but the last, and after the last rolls them back by the total, so no column stays at the edge."""
+    """Rolls (B, C, H, W) latents sideways by ``shift`` columns after every step but the last, and after the last
+    rolls them back by the total, so no column stays at the edge; ``total`` is how far they are rolled now."""
 
     def __init__(self, shift: int, steps: int) -> None:
         self.shift, self.steps, self.total = shift, steps, 0
@@ -173,6 +213,33 @@ class LatentRoller:
             return torch.roll(latents, self.shift, dims=-1)
         back, self.total = -self.total, 0
         return torch.roll(latents, back, dims=-1)
+
+
+class SeamOverlap:
+    """``columns`` latent columns of context on each side of a seamless transformer's latents: the pipeline denoises
+    [copy of the last columns | latents | copy of the first columns], so the columns at the seam are denoised beside
+    their true neighbours. After every step each edge's two versions (its own, and the copy denoised beyond the
+    other edge) are blended, the copy's weight ramping up to one half at the seam, and the copies made anew."""
+
+    def __init__(self, columns: int, scale: int) -> None:
+        self.columns, self.pixels = columns, columns * scale
+
+    def widen(self, inner: Any) -> Any:
+        import torch
+
+        return torch.cat([inner[..., -self.columns:], inner, inner[..., :self.columns]], dim=-1)
+
+    def join(self, grid: Any) -> Any:
+        """The latents without their copies, each edge blended with the copy of it denoised across the seam."""
+        import torch
+
+        c = self.columns
+        inner = grid[..., c:-c].clone()
+        towards_seam = torch.arange(1, c + 1, dtype=grid.dtype, device=grid.device) / (2 * c)
+        inner[..., -c:] = (1 - towards_seam) * inner[..., -c:] + towards_seam * grid[..., :c]
+        from_seam = towards_seam.flip(0)
+        inner[..., :c] = (1 - from_seam) * inner[..., :c] + from_seam * grid[..., -c:]
+        return inner
 
 
 # ------------------------------------------------------------------ the backend
@@ -191,15 +258,18 @@ class PanoBackend:
         self.loras = PipelineLoras(pipe)
         self.scheduler_config = pipe.scheduler.config
         self.factor = self._size_factor()
+        self.offload = "none"  # or model, sequential: how the weights reach the device (memory.place)
 
     @classmethod
     def load(cls, model: str, *, estimator: str, pipeline: str, device: str = "auto", dtype: str = "auto",
              revision: str | None = None, local_files_only: bool = False, loras: tuple[str | LoraSpec, ...] = (),
              unet: str | None = None, components: tuple[str, ...] = (), fuse_loras: bool = False,
-             compile: bool | str | None = None, decoder: str = "full") -> PanoBackend:
+             compile: bool | str | None = None, decoder: str = "full", offload: str = "none") -> PanoBackend:
         """Load pipeline class ``pipeline`` from a folder or hub id (``unet``: a hub id or folder whose unet/
-        replaces the pipeline's), then its LoRAs and the depth ``estimator``; failures are BackendUnavailable."""
+        replaces the pipeline's), then its LoRAs and the depth ``estimator``; ``offload`` none, model or sequential
+        (memory.py; checked to fit first); failures are BackendUnavailable."""
         from .ldm3d import pick_device, pick_dtype
+        from .memory import check_model_fits, check_offload, place
 
         for option, given in (("--decoder", decoder != "full"), ("--fuse-lora", fuse_loras), ("--compile", compile)):
             if given:
@@ -209,20 +279,26 @@ class PanoBackend:
         is_pano_class(pipeline)
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
+        check_offload(offload, torch_device)
+        unloaded = [name for name, value in ARCHITECTURES[pipeline].load_options if value is None]
+        check_model_fits(model, torch_device, torch_dtype, offload, revision=revision, skip=unloaded,
+                         replace={"unet": unet} if unet else None)
         started = time.perf_counter()
         pipe = _load_pipeline(model, pipeline, torch_dtype, revision, local_files_only, unet)
         backend = cls(model, pipe, None, torch_device, components or tuple(c for c in (model, unet) if c))
         load_all(backend.loras, loras, local_files_only=local_files_only)
-        pipe.to(torch_device)
+        place(pipe, torch_device, offload)
+        backend.offload = offload
         pipe.set_progress_bar_config(disable=True)
         backend.estimator = _load_estimator(estimator, device, local_files_only)
-        log.info("panorama %s: %s, %s, %s, depth from %s, loaded in %.1f s", model, pipeline, torch_device,
-                 str(torch_dtype).removeprefix("torch."), estimator, time.perf_counter() - started)
+        log.info("panorama %s: %s, %s, %s, offload %s, depth from %s, loaded in %.1f s", model, pipeline,
+                 torch_device, str(torch_dtype).removeprefix("torch."), offload, estimator,
+                 time.perf_counter() - started)
         return backend
 
     def _size_factor(self) -> int:
         """Pixels per step of width and height: the VAE's scale factor times the transformer's patch size."""
-        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1) * self._patch
+        return self.pipe.vae_scale_factor * self._patch
 
     @property
     def _transformer(self) -> bool:
@@ -231,6 +307,8 @@ class PanoBackend:
     @property
     def _patch(self) -> int:
         """Latent columns per transformer patch (1 for a U-Net)."""
+        if self.architecture.packing is not None:
+            return self.architecture.packing.patch
         return self.pipe.transformer.config.all_patch_size[0] if self._transformer else 1
 
     def check(self, params: dict[str, Any]) -> dict[str, float]:
@@ -261,18 +339,19 @@ class PanoBackend:
 
     def remix(self, params: dict[str, Any], source: RGBD, mask: np.ndarray, progress: ProgressFn,
               cancelled: CancelledFn) -> RGBD:
-        """``source`` regenerated where ``mask`` is above 0 by latent blending through the pipeline's step callback
-        (U-Net pipelines), then the 360° depth of the result with the source's RGB put back; generator.remixing
-        aligns it to the kept depth."""
+        """``source`` regenerated where ``mask`` is above 0 by latent blending through the pipeline's step callback,
+        then the 360° depth of the result with the source's RGB put back; generator.remixing aligns it to the kept
+        depth."""
         from .remix import pipeline_remix
 
         return pipeline_remix(self, params, source, mask, progress, cancelled)
 
     def _rgb(self, params: dict[str, Any], weights: dict[str, float], step_done: Callable[[int], None],
-             cancelled: CancelledFn, blend: Callable[[int, Any], Any] | None = None,
+             cancelled: CancelledFn, blend: Callable[[int, Any, int], Any] | None = None,
              latents: Any = None) -> np.ndarray:
-        """The pipeline's RGB; ``latents`` its start noise, ``blend(step, latents)`` replacing the latents after each
-        step (remix)."""
+        """The pipeline's RGB; ``latents`` its (B, C, H, W) start noise, ``blend(step, latents, shift)`` replacing
+        the (B, C, H, W) latents after each step (remix), ``shift`` columns rolled round (seamless transformers,
+        which also denoise with SeamOverlap's context columns: the pipeline makes a wider picture, cropped here)."""
         import torch
 
         from .seamless import set_seamless
@@ -283,36 +362,76 @@ class PanoBackend:
         if not self._transformer:
             set_seamless(self.pipe.unet, seamless)
         roller = self._roller(params) if seamless and self._transformer else None
+        overlap = self.overlap(params) if seamless and self._transformer else None
+        wide = {**params, "width": params["width"] + 2 * overlap.pixels} if overlap else params
 
         def on_step_end(_pipe: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if cancelled():
                 raise Cancelled()
             step_done(step + 1)
+            if blend is None and roller is None:
+                return {}
+            grid = self.unpack(tensors["latents"], wide)
+            grid = overlap.join(grid) if overlap else grid
             if blend is not None:
-                return {"latents": blend(step, tensors["latents"])}
-            return {"latents": roller(tensors["latents"], step)} if roller else {}
+                grid = blend(step, grid, roller.total if roller else 0)
+            grid = roller(grid, step) if roller else grid
+            return {"latents": self.pack(overlap.widen(grid) if overlap else grid)}
 
         if cancelled():
             raise Cancelled()
+        if overlap is not None and latents is None:  # the pipeline's own draw would be of the wider picture
+            latents = self.start_noise(params)
         with torch.inference_mode():
-            start = {} if latents is None else {"latents": latents}
-            images = self.pipe(**self._call_options(params), **start, callback_on_step_end=on_step_end,
+            start = {} if latents is None else {"latents": self.pack(overlap.widen(latents) if overlap else latents)}
+            images = self.pipe(**self._call_options(wide), **start, callback_on_step_end=on_step_end,
                                callback_on_step_end_tensor_inputs=["latents"], output_type="np").images
-        return np.clip(np.round(np.asarray(images[0]) * 255.0), 0, 255).astype(np.uint8)
+        image = np.asarray(images[0])
+        if overlap:
+            image = image[:, overlap.pixels:overlap.pixels + params["width"]]
+        return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 
     def _roller(self, params: dict[str, Any]) -> LatentRoller:
         patches = params["width"] // self.factor  # transformer patches across the latent width
         return LatentRoller(max(1, round(patches * ROLL_FRACTION)) * self._patch, params["steps"])
+
+    def overlap(self, params: dict[str, Any]) -> SeamOverlap:
+        """The context columns of a seamless transformer's frame of ``params``' size: whole patches."""
+        scale = self.factor // self._patch
+        columns = max(1, round(params["width"] // scale * OVERLAP_FRACTION / self._patch)) * self._patch
+        return SeamOverlap(columns, scale)
+
+    def start_noise(self, params: dict[str, Any]) -> Any:
+        """(1, C, H, W) start noise of a frame of ``params``: what the pipeline draws from the frame's seed."""
+        import torch
+
+        scale, packing = self.factor // self._patch, self.architecture.packing
+        denoiser = self.pipe.transformer if self._transformer else self.pipe.unet
+        channels = denoiser.config.in_channels // (packing.patch ** 2 if packing else 1)
+        shape = (1, channels, params["height"] // scale, params["width"] // scale)
+        noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(params["seed"]), dtype=self.pipe.dtype)
+        return noise.to(self.device)
+
+    def unpack(self, latents: Any, params: dict[str, Any]) -> Any:
+        """The pipeline's latents of a frame of ``params``' size as (B, C, H, W)."""
+        packing = self.architecture.packing
+        return latents if packing is None else packing.unpack(self.pipe, latents, params["height"], params["width"])
+
+    def pack(self, grid: Any) -> Any:
+        """(B, C, H, W) latents as the pipeline keeps them."""
+        packing = self.architecture.packing
+        return grid if packing is None else packing.pack(self.pipe, grid)
 
     def _call_options(self, params: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         from .ldm3d import make_scheduler
 
-        options = {"prompt": params["prompt"], "negative_prompt": params["negative_prompt"],
-                   "num_inference_steps": params["steps"], "width": params["width"], "height": params["height"],
-                   "guidance_scale": self.architecture.guidance(params["guidance"]),
+        options = {"prompt": params["prompt"], "num_inference_steps": params["steps"], "width": params["width"],
+                   "height": params["height"], **self.architecture.guidance(params["guidance"]),
                    "generator": torch.Generator("cpu").manual_seed(params["seed"])}
+        if self.architecture.negative_prompt and params["guidance"] > 1.0:
+            options["negative_prompt"] = params["negative_prompt"]
         if not self.architecture.own_scheduler:
             self.pipe.scheduler = make_scheduler(params["scheduler"], self.scheduler_config, params["spacing"])
             if params["scheduler"] == "tcd":
@@ -323,11 +442,11 @@ class PanoBackend:
         loras = self.loras.records(weights)
         return {
             "pipeline": self.pipeline, "device": str(self.device),
-            "dtype": str(self.pipe.dtype).removeprefix("torch."),
+            "dtype": str(self.pipe.dtype).removeprefix("torch."), "offload": self.offload,
             "scheduler": type(self.pipe.scheduler).__name__, "seamless": params["seamless"],
-            "seam": ("latent roll + circular VAE" if self._transformer else "circular padding")
-            if params["seamless"] else "none",
-            "guidance_scale": self.architecture.guidance(params["guidance"]),
+            "seam": (f"latent roll, {self.overlap(params).pixels} px overlap each side, circular VAE"
+                     if self._transformer else "circular padding") if params["seamless"] else "none",
+            **self.architecture.guidance(params["guidance"]),
             "loras": loras, "estimator": self.estimator.model, "depth": depth,
             "licences": records([*self.components, *(lora["source"] for lora in loras), self.estimator.model]),
         }

@@ -34,19 +34,28 @@ class PanoPreset:
 
 
 PRESETS: dict[str, PanoPreset] = {preset.name: preset for preset in (
-    PanoPreset("qwen-360", "Qwen/Qwen-Image", "QwenImagePipeline", lora="ProGamerGov/qwen-360-diffusion",
-               params={"width": 2048, "height": 1024},
-               source="https://huggingface.co/ProGamerGov/qwen-360-diffusion (card: a rank-128 LoRA on Qwen-Image)",
-               unverified="steps and guidance; which of the repository's LoRA files to take (name it with --lora)"),
+    PanoPreset("qwen-360", "Qwen/Qwen-Image", "QwenImagePipeline",
+               lora="ProGamerGov/qwen-360-diffusion/qwen-360-diffusion-int8-bf16-v1.safetensors",
+               params={"width": 2048, "height": 1024, "steps": 50, "guidance": 4.0},
+               source="https://huggingface.co/ProGamerGov/qwen-360-diffusion (card: a rank-128 LoRA on Qwen-Image, "
+               "trained at 2048x1024; files qwen-360-diffusion-int8-bf16-v1 and int4 variants); steps 50 and "
+               "true_cfg_scale 4 from https://github.com/QwenLM/Qwen-Image (README example) and Comfy-Org's "
+               "Qwen-Image 360 LoRA workflow template (50 steps, CFG 4, LoRA strength 1.0); trigger words "
+               "'equirectangular', '360 panorama'",
+               unverified="the card's own steps and guidance; which LoRA file suits a bf16 base (the card lists int8 "
+               "and int4 variants: name another with --lora qwen-360=FILE)"),
     PanoPreset("sdxl-360", "stabilityai/stable-diffusion-xl-base-1.0", "StableDiffusionXLPipeline",
-               unet="ProGamerGov/sdxl-360-diffusion",
-               source="https://huggingface.co/ProGamerGov/sdxl-360-diffusion (file listing: unet/ in the diffusers "
-               "layout)", unverified="size, steps and guidance; that the base is SDXL 1.0 base"),
+               unet="ProGamerGov/sdxl-360-diffusion", params={"width": 2048, "height": 1024},
+               source="https://huggingface.co/ProGamerGov/sdxl-360-diffusion (card: a fine-tune of SD-XL 1.0-base, "
+               "images resized to 2048x1024 for training, base_model stabilityai/stable-diffusion-xl-base-1.0; "
+               "files: unet/ in the diffusers layout, no model_index.json); trigger 'equirectangular 360 view'",
+               unverified="steps and guidance (the card's recommendations were not readable here)"),
     PanoPreset("z-image-360", "Tongyi-MAI/Z-Image-Turbo", "ZImagePipeline", lora="CedarC/Z-Image_360",
                params={"steps": 8, "guidance": 1.0},
-               source="issue 24; steps and guidance as diffusers' ZImagePipeline example documents Z-Image-Turbo "
-               "(8 steps, guidance_scale 0, which is guidance 1 here: no unconditional pass)",
-               unverified="that CedarC/Z-Image_360 is a LoRA; its size and steps"),
+               source="https://huggingface.co/CedarC/Z-Image_360 (card: a LoRA, base_model "
+               "Tongyi-MAI/Z-Image-Turbo, trigger '360panorama'); steps and guidance as the Z-Image-Turbo card's "
+               "example (8 transformer passes, guidance_scale 0, which is guidance 1 here: no unconditional pass)",
+               unverified="the LoRA's file name and trained size"),
     PanoPreset("flux-360", "black-forest-labs/FLUX.1-dev", "FluxPipeline",
                params={"width": 1408, "height": 704, "guidance": 2.5},
                source="https://civitai.com/models/735980 (2:1 sizes 1024x512, 1408x704, 2048x1024; LoRA weight "

@@ -6,9 +6,11 @@ the source's latents noised to the next timestep (with the same start noise), so
 in step with, what is kept. After the last step the kept cells are the source's latents exactly. The caller
 (generator.remixing) puts the source's pixels back outside the mask after decoding.
 
-The panorama backend (a diffusers U-Net pipeline): the same blending on the source's RGB latents through the
-pipeline's step callback; then the 360° depth of the new RGB with the source's RGB put back, which the caller aligns
-to the kept depth by scale and shift on the region's border.
+The panorama backend (any of its diffusers pipelines): the same blending on the source's RGB latents through the
+pipeline's step callback — noised by the pipeline's scheduler for a U-Net, along the flow-matching path
+(1 − σ)·source + σ·noise at the next step's σ for a transformer, in the rolled frame of a seamless transformer's
+latents, and unpacked from FLUX's and Qwen-Image's tokens; then the 360° depth of the new RGB with the source's
+RGB put back, which the caller aligns to the kept depth by scale and shift on the region's border.
 """
 
 from __future__ import annotations
@@ -65,30 +67,35 @@ def pipeline_remix(backend: PanoBackend, params: dict[str, Any], source: RGBD, m
                    progress: ProgressFn, cancelled: CancelledFn) -> RGBD:
     """The panorama backend's frame of ``source`` remixed where ``mask`` > 0: the pipeline's RGB (latent blending on
     the source's RGB latents), and the 360° depth of that RGB with the source's put back outside the mask."""
-    from td_bridge.params import ESTIMATION_PARAMS, ParamError, validate
+    from td_bridge.params import ESTIMATION_PARAMS, validate
 
     from ..estimators.frame import estimate_rgbd
     from ..estimators.pano import LAYOUTS
+    from .seamless import set_seamless
 
-    if backend.architecture.denoiser != "unet":
-        raise ParamError(f"{backend.pipeline} cannot remix yet (a U-Net pipeline can: Stable Diffusion 1.x/2.x, SDXL)")
     weights = backend.check(params)
-    pipe, factor = backend.pipe, backend.factor
+    pipe, flow = backend.pipe, backend.architecture.own_scheduler
     estimation = validate({"pano": "yes"}, ESTIMATION_PARAMS)
     total = params["steps"] + len(LAYOUTS[estimation["views"]])
+    set_seamless(pipe.vae, params["seamless"])  # encoded as the frame will be decoded
     with torch.inference_mode():
-        pixels = torch.from_numpy(source.rgb).permute(2, 0, 1)[None].to(backend.device, pipe.vae.dtype) / 127.5 - 1
-        known = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-        shape = (1, pipe.unet.config.in_channels, params["height"] // factor, params["width"] // factor)
-        noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(params["seed"]), dtype=torch.float32)
-        noise = noise.to(backend.device, known.dtype)
-        repaint = latent_mask(mask, factor).to(backend.device, known.dtype)
+        known = encode_rgb(pipe, source.rgb, backend.device)
+        noise = backend.start_noise(params).to(known.dtype)
+        repaint = latent_mask(mask, pipe.vae_scale_factor).to(backend.device, known.dtype)
 
-    def keep(step: int, latents: torch.Tensor) -> torch.Tensor:
-        """After step ``step`` (from 0): the kept cells set to the source noised to the next timestep."""
-        timesteps, index = pipe.scheduler.timesteps, step + 1
-        kept = known if index >= len(timesteps) else pipe.scheduler.add_noise(known, noise, timesteps[index:index + 1])
-        return repaint.to(latents.dtype) * latents + (1 - repaint.to(latents.dtype)) * kept.to(latents.dtype)
+    def keep(step: int, latents: torch.Tensor, shift: int) -> torch.Tensor:
+        """After step ``step`` (from 0): the kept cells set to the source noised to the next step's noise level,
+        both rolled ``shift`` columns round as the latents are."""
+        index = step + 1
+        if index >= len(pipe.scheduler.timesteps):
+            kept = known
+        elif flow:
+            sigma = float(pipe.scheduler.sigmas[index])
+            kept = (1.0 - sigma) * known + sigma * noise
+        else:
+            kept = pipe.scheduler.add_noise(known, noise, pipe.scheduler.timesteps[index:index + 1])
+        cells, kept = (torch.roll(x.to(latents.dtype), shift, dims=-1) for x in (repaint, kept))
+        return cells * latents + (1 - cells) * kept
 
     rgb = backend._rgb(params, weights, lambda step: progress(step, total), cancelled, blend=keep, latents=noise)
     weight = mask[..., None].astype(np.float64)
@@ -98,3 +105,18 @@ def pipeline_remix(backend: PanoBackend, params: dict[str, Any], source: RGBD, m
     info = backend._info(params, weights, depth.info)
     info["remix"] = "latent blending (pipeline), depth of the joined panorama"
     return RGBD(rgb, depth.depth, near=depth.near, far=depth.far, info=info)
+
+
+def encode_rgb(pipe: Any, rgb: np.ndarray, device: Any) -> torch.Tensor:
+    """(1, C, H/f, W/f) latents of an RGB image as ``pipe`` denoises them: the VAE's mean, normalised as the
+    pipeline's decoding undoes it (scale and shift; Qwen-Image's per-channel mean and deviation, one video frame)."""
+    vae, config = pipe.vae, pipe.vae.config
+    pixels = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device, vae.dtype) / 127.5 - 1
+    if getattr(config, "latents_mean", None) is not None:  # Qwen-Image: (B, C, T, H, W), one frame
+        mean = vae.encode(pixels[:, :, None]).latent_dist.mean[:, :, 0]
+        channels = (1, len(config.latents_mean), 1, 1)
+        centre = torch.tensor(config.latents_mean).view(channels).to(mean)
+        spread = torch.tensor(config.latents_std).view(channels).to(mean)
+        return (mean - centre) / spread
+    mean = vae.encode(pixels).latent_dist.mean
+    return (mean - (getattr(config, "shift_factor", None) or 0.0)) * config.scaling_factor

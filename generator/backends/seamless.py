@@ -5,7 +5,8 @@ Every zero-padded Conv2d in a model is switched to pad circularly across the wid
 already indifferent to where the seam lies, so with this on a U-Net or VAE treats the image
 as a cylinder and the left and right edges meet without a visible edge. diffusers' stride-2 downsamplers
 without conv padding (a VAE encoder's) pad one zero column on the right themselves; that column becomes the
-first one.
+first one. Causal 3D convolutions that zero-pad their input themselves (``_padding``, F.pad order: left, right,
+top, bottom, front, back; Qwen-Image's video VAE) wrap the width of their input and cached frames instead.
 """
 
 from __future__ import annotations
@@ -31,6 +32,28 @@ def _wrap_right_pad(module: nn.Conv2d, args: tuple) -> tuple:
     return (torch.cat([x[..., :-1], x[..., :1]], dim=-1), *args[1:])
 
 
+def _wrap_width(module: nn.Module, args: tuple, pad: int) -> tuple:
+    """A causal convolution's input (and cached frames) with ``pad`` columns of each side wrapped round."""
+    return tuple(torch.cat([x[..., -pad:], x, x[..., :pad]], dim=-1) if isinstance(x, torch.Tensor) else x
+                 for x in args)
+
+
+def _set_causal(module: nn.Module, enabled: bool) -> int:
+    """Wrap-around on or off for a self-padding causal Conv3d; 1 if it changed."""
+    hook = getattr(module, "_depthfusion_causal_wrap", None)
+    if enabled and hook is None and module._padding[0]:
+        module._depthfusion_causal_padding, pad = module._padding, module._padding[0]
+        module._padding = (0, 0, *module._padding[2:])
+        module._depthfusion_causal_wrap = module.register_forward_pre_hook(partial(_wrap_width, pad=pad))
+        return 1
+    if not enabled and hook is not None:
+        hook.remove()
+        module._padding = module._depthfusion_causal_padding
+        del module._depthfusion_causal_wrap, module._depthfusion_causal_padding
+        return 1
+    return 0
+
+
 def _is_right_padded(module: nn.Module) -> bool:
     """A diffusers Downsample2D that pads (0, 1, 0, 1) with zeros before a padding-free conv."""
     return (getattr(module, "use_conv", False) and getattr(module, "padding", None) == 0
@@ -38,9 +61,13 @@ def _is_right_padded(module: nn.Module) -> bool:
 
 
 def set_seamless(model: nn.Module, enabled: bool) -> int:
-    """Switch horizontal wrap-around on or off for every padded Conv2d; returns how many."""
+    """Switch horizontal wrap-around on or off for every padded Conv2d and self-padding causal Conv3d; returns how
+    many."""
     count = 0
     for module in model.modules():
+        if isinstance(module, nn.Conv3d) and isinstance(getattr(module, "_padding", None), tuple):
+            count += _set_causal(module, enabled)
+            continue
         if _is_right_padded(module):
             hook = getattr(module.conv, "_depthfusion_wrap_right", None)
             if enabled and hook is None:
@@ -68,6 +95,7 @@ def set_seamless(model: nn.Module, enabled: bool) -> int:
 
 
 def is_seamless(model: nn.Module) -> bool:
-    return any(hasattr(m, "_depthfusion_wrap") or hasattr(m, "_depthfusion_wrap_right") for m in model.modules())
+    return any(hasattr(m, "_depthfusion_wrap") or hasattr(m, "_depthfusion_wrap_right")
+               or hasattr(m, "_depthfusion_causal_wrap") for m in model.modules())
 
 

@@ -43,7 +43,7 @@ log = logging.getLogger("depthfusion.server")
 # ZeroMQ drops a peer that sends a bigger message part: the largest image an estimate request uploads, plus room.
 # A request's JSON part has its own, smaller limit (td_bridge.protocol.MAX_REQUEST_BYTES: an error reply).
 MAX_MESSAGE_BYTES = wire.MAX_UPLOAD_PIXELS * 3 + 1024 * 1024
-UPLOAD_COMMANDS = ("estimate", "live_input")  # the commands whose request carries a second, data part
+UPLOAD_COMMANDS = ("estimate", "live_input", "remix")  # the commands whose request may carry a second, data part
 MAX_ERROR_CHARS = 2000  # a job's error text, so that job summaries stay small
 STATUS_JOBS = 16  # waiting jobs listed in a status event (``queued`` counts them all)
 STATUS_PROMPT_CHARS = 100  # prompts in a status event are cut to this; ``job`` gives them whole
@@ -838,12 +838,16 @@ class GeneratorServer:
 
     def _cmd_remix(self, request_id: Any, args: dict[str, Any]) -> list[Any]:
         """Queue a remix of a kept frame (frame_id, or name: a frame id or cue; by default the newest): the region
-        the remix_* parameters give regenerated with the generation parameters given (prompt, seed, steps, cue: the
-        new frame's), the rest kept. The new frame is published and kept naming its source (source_frame_id)."""
+        the remix_* parameters give, or the mask image uploaded (args 'mask', data part: gray8 bytes of the frame's
+        size), regenerated with the generation parameters given (prompt, seed, steps, cue: the new frame's), the
+        rest kept. The new frame is published and kept naming its source (source_frame_id)."""
+        mask = None
+        if "mask" in args or self._upload is not None:  # sizes checked before the buffer is read
+            mask = wire.decode_upload(args.get("mask"), self._upload, wire.MASK_FORMAT, "mask")
         frame_id, parts = self._find_frame({k: v for k, v in args.items() if k in REMIX_SOURCE_KEYS}, "remix")
         frame = wire.decode_frame_parts([bytes(p) for p in parts])
-        params = self.remixes.job_params({k: v for k, v in args.items() if k not in REMIX_SOURCE_KEYS}, frame,
-                                         self.backend)
+        given = {k: v for k, v in args.items() if k not in (*REMIX_SOURCE_KEYS, "mask")}
+        params = self.remixes.job_params(given, frame, self.backend, mask)
         job = self.jobs.submit(params)
         log.info("job %s queued: remix of %s: %r seed %d", job.id, frame_id, params["prompt"][:80], params["seed"])
         self._publish_status()

@@ -189,6 +189,8 @@ class WebServer:
         app.router.add_get("/schema.json", self._schema)
         app.router.add_get("/mesh.bin", self._mesh)
         app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/access", self._access)
+        app.router.add_get("/model.bin", self._model)
         app.router.add_get("/favicon.ico", self._no_icon)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -237,6 +239,9 @@ class WebServer:
         origin = request.headers.get("Origin")
         if origin != f"http://{request.headers.get('Host', '')}":
             return f"Origin {str(origin)[:100]!r} is not this page's"
+        return self._check_token(request)
+
+    def _check_token(self, request: web.Request) -> str | None:
         if self.token is not None and not secrets.compare_digest(
                 request.query.get("token", "").encode("utf-8", "replace"), self.token.encode()):
             return "missing or wrong access token"
@@ -246,6 +251,17 @@ class WebServer:
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(body=(STATIC / "index.html").read_bytes(), content_type="text/html")
+
+    async def _access(self, request: web.Request) -> web.Response:
+        """204 where the page's token (if any is needed) is right, else 403: lets a page whose WebSocket was
+        refused (a browser hides the handshake's status) tell its user why, instead of retrying."""
+        reason = self._check_token(request)
+        return self.refuse(request, reason) if reason else web.Response(status=204)
+
+    async def _model(self, request: web.Request) -> web.Response:
+        if self.source.model is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=self.source.model, content_type="application/octet-stream")
 
     async def _no_icon(self, request: web.Request) -> web.Response:
         return web.Response(status=204)
@@ -287,7 +303,7 @@ class WebServer:
         page = Page(ws, self.settings, str(request.remote))
         self.pages.add(page)
         sender = asyncio.create_task(page.send_loop())
-        page.push("hello", text("hello", commands=self.source.commands))
+        page.push("hello", text("hello", commands=self.source.commands, model=self.source.model is not None))
         self._push_view(page)
         if self.frame is not None:
             page.push_frame(self.frame)

@@ -1,5 +1,5 @@
 """Where the web viewer's frames come from: a running generator (frames publisher + command socket, as
-TouchDesigner reads them) or one saved frame (``python -m generator view``)."""
+TouchDesigner reads them), one saved frame or an exported mesh (``python -m generator view``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ COMMAND_TIMEOUT_S = 10.0
 
 class FrameSource(Protocol):
     commands: bool  # whether requests reach a generator
+    model: bytes | None  # a mesh to show instead of frames (meshes.pack_model)
 
     def wait_frame(self, timeout: float) -> PackedFrame | None: ...
 
@@ -32,6 +33,7 @@ class GeneratorLink:
     loop."""
 
     commands = True
+    model = None
 
     def __init__(self, frames: str, commands: str) -> None:
         self.receiver = FrameReceiver(frames, prepare=pack_frame)
@@ -55,6 +57,7 @@ class SavedFrame:
     """One frame read from disk; there is no generator to command."""
 
     commands = False
+    model: bytes | None = None
 
     def __init__(self, frame: Frame) -> None:
         self.packed: PackedFrame | None = pack_frame(frame)
@@ -73,3 +76,11 @@ class SavedFrame:
 
     def close(self) -> None:
         pass
+
+
+class SavedMesh(SavedFrame):
+    """An exported mesh (meshes.pack_model), shown as it is: no frames, no generator."""
+
+    def __init__(self, model: bytes) -> None:
+        self.packed = None
+        self.model = model

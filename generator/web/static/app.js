@@ -2,11 +2,13 @@
 // by viewer.js, drag to look around, side-by-side stereo and WebXR.
 
 import { Viewer } from "./viewer.js";
+import { followOrientation } from "./orientation.js";
 import { enterVR, xrSupported } from "./xr.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { yaw: 0, pitch: 0, mode: "mono", frames: 0, pending: new Map(), nextId: 1, socket: null, xr: null,
-  connected: false };
+  connected: false, refused: false, model: false, device: null, stopDevice: null,
+  drawn: null };
 
 function send(cmd, args = {}) {
   const id = `web-${state.nextId++}`;
@@ -34,7 +36,9 @@ function onText(viewer, message) {
   } else if (message.type === "hello") {
     state.connected = true;
     for (const id of ["prompt", "seed", "go", "cancel", "live", "search"]) $(id).disabled = !message.commands;
-    $("status").textContent = message.commands ? "connected" : "a saved frame";
+    $("status").textContent = message.commands ? "connected" : message.model ? "an exported mesh" : "a saved frame";
+    state.model = message.model;
+    if (message.model && !viewer.model) viewer.loadModel().catch(showError);
   } else if (message.type === "view") {
     viewer.setSettings(message).catch(showError);
     showSettings(message);
@@ -53,8 +57,10 @@ function showSettings(message) {
   const { display, view } = message;
   $("mapping").value = display.mapping;
   $("strength").value = display.strength;
-  $("strength").disabled = display.mapping !== "linear";
   $("edges").value = view.edges;
+  // an exported mesh is displaced already: its mapping, strength and edges were fixed when it was written
+  $("mapping").disabled = $("edges").disabled = state.model;
+  $("strength").disabled = state.model || display.mapping !== "linear";
   $("ipd").value = view.ipd;
   $("ipd").title = `${view.ipd} m`;
 }
@@ -66,6 +72,8 @@ function connect(viewer) {
   const socket = new WebSocket(url);
   socket.binaryType = "arraybuffer";
   state.socket = socket;
+  let opened = false;
+  socket.onopen = () => { opened = true; };
   socket.onmessage = (event) => {
     if (typeof event.data === "string") {
       onText(viewer, JSON.parse(event.data));
@@ -75,11 +83,19 @@ function connect(viewer) {
       $("prompt").placeholder = header.prompt || "prompt";
     }
   };
-  socket.onclose = () => {
+  socket.onclose = async () => {
     state.connected = false;
-    $("status").textContent = "disconnected; retrying…";
     for (const waiting of state.pending.values()) waiting.reject(new Error("disconnected"));
     state.pending.clear();
+    // A refused handshake hides its reason from the page: ask whether it was the token (then retrying is no use).
+    const access = opened ? null : await fetch(`/access${query}`).catch(() => null);
+    if (access && access.status === 403) {
+      state.refused = true;
+      $("status").textContent = "refused: missing or wrong access token; open the address the generator's log " +
+        "prints, ?token=… included";
+      return;
+    }
+    $("status").textContent = "disconnected; retrying…";
     setTimeout(() => connect(viewer), 2000);
   };
 }
@@ -145,6 +161,32 @@ function setUpDrag(canvas) {
   });
 }
 
+// Where the head looks: the settings' yaw and pitch, turned by dragging and, while the phone is followed, by its
+// orientation (yaw relative to where it pointed at the start, pitch as held).
+function look(viewer) {
+  const { view } = viewer.settings;
+  const device = state.device || { yaw: 0, pitch: view.pitch };
+  return { yaw: view.yaw + device.yaw + state.yaw, pitch: Math.max(-90, Math.min(90, device.pitch + state.pitch)) };
+}
+
+function setUpOrientation() {
+  if (!globalThis.DeviceOrientationEvent) return;
+  const box = $("gyro");
+  box.parentElement.hidden = false;
+  box.onchange = async () => {
+    if (state.stopDevice) state.stopDevice();
+    state.stopDevice = null;
+    state.device = null;
+    if (!box.checked) return;
+    try {
+      state.stopDevice = await followOrientation((device) => { state.device = device; });
+    } catch (error) {
+      box.checked = false;
+      showError(error);
+    }
+  };
+}
+
 function render(viewer) {
   requestAnimationFrame(() => render(viewer));
   if (state.xr || !viewer.ready) return;
@@ -152,8 +194,7 @@ function render(viewer) {
   const scale = window.devicePixelRatio || 1;
   const [w, h] = [Math.round(canvas.clientWidth * scale), Math.round(canvas.clientHeight * scale)];
   if (canvas.width !== w || canvas.height !== h) Object.assign(canvas, { width: w, height: h });
-  const yaw = viewer.settings.view.yaw + state.yaw;
-  const pitch = Math.max(-90, Math.min(90, viewer.settings.view.pitch + state.pitch));
+  const { yaw, pitch } = look(viewer);
   viewer.begin(null);
   if (state.mode === "sbs") {
     const half = Math.floor(w / 2);
@@ -162,6 +203,7 @@ function render(viewer) {
   } else {
     viewer.drawEye("mono", yaw, pitch, 0, 0, w, h);
   }
+  state.drawn = state.mode;
 }
 
 async function main() {
@@ -170,20 +212,26 @@ async function main() {
   await viewer.init();
   setUpControls(viewer, schema);
   setUpDrag(viewer.canvas);
+  setUpOrientation();
   if (await xrSupported()) {
     $("vr").hidden = false;
     $("vr").onclick = () => enterVR(viewer, () => { state.xr = null; })
       .then((session) => { state.xr = session; }).catch(showError);
   }
-  // For automation and tests: the connection, the frame count, a command, and a fixed view read back (RGBA, row 0
-  // on top).
+  // For automation and tests: the connection, the frame count, a command, a fixed view read back (RGBA, row 0
+  // on top), and in a WebXR session the views of its last frame (eye, row-major world → clip, viewport).
   window.depthfusion = {
     connected: () => state.connected,
+    refused: () => state.refused,
     frames: () => state.frames,
     frame: () => viewer.frame,
     ready: () => viewer.ready,
     send,
     snapshot: (eye, yaw, pitch, width, height) => viewer.snapshot(eye, yaw, pitch, width, height),
+    xr: () => Boolean(state.xr),
+    look: () => (viewer.settings ? look(viewer) : null),
+    drawn: () => state.drawn,
+    xrViews: () => viewer.xrViews,
   };
   connect(viewer);
   render(viewer);

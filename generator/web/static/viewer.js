@@ -2,17 +2,11 @@
 // generator/web/shaders.py) with td_bridge's mesh, uniforms and clip planes (from the server).
 
 import { eyeMatrix } from "./camera.js";
+import { ModelMesh } from "./model.js";
+import { link } from "./program.js";
 
 const UNITS = { sDepth: 0, sColor: 1, sDepthPrev: 3, sColorPrev: 4 };
 const UNIFORM_VECTORS = ["uMapping", "uRange", "uPoles", "uMeshStep", "uBlend"];
-
-function compile(gl, type, source) {
-  const shader = gl.createShader(type);
-  gl.shaderSource(shader, source);
-  gl.compileShader(shader);
-  if (!gl.getShaderParameter(shader, gl.COMPILE_STATUS)) throw new Error(gl.getShaderInfoLog(shader));
-  return shader;
-}
 
 async function fetchOk(url) {
   const response = await fetch(url);
@@ -32,18 +26,15 @@ export class Viewer {
     this.meshKey = "";
     this.textures = null;
     this.frame = null;
+    this.xrViews = [];  // the last WebXR frame's views, for automation
+    this.model = null;  // an exported mesh shown instead of frames (view MESH.glb)
   }
 
   async init() {
     const gl = this.gl;
     const [vertex, pixel] = await Promise.all(["vertex", "pixel"].map(async (stage) =>
       (await fetchOk(`/shaders/${stage}.glsl`)).text()));
-    const program = gl.createProgram();
-    gl.attachShader(program, compile(gl, gl.VERTEX_SHADER, vertex));
-    gl.attachShader(program, compile(gl, gl.FRAGMENT_SHADER, pixel));
-    gl.bindAttribLocation(program, 0, this.attribute);
-    gl.linkProgram(program);
-    if (!gl.getProgramParameter(program, gl.LINK_STATUS)) throw new Error(gl.getProgramInfoLog(program));
+    const program = link(gl, vertex, pixel, { [this.attribute]: 0 });
     this.program = program;
     this.locations = {};
     for (const name of [...UNIFORM_VECTORS, ...Object.keys(UNITS), "uTDWorldToProj"])
@@ -112,6 +103,11 @@ export class Viewer {
     return header;
   }
 
+  // Show the server's /model.bin (an exported mesh) instead of frames.
+  async loadModel() {
+    this.model = new ModelMesh(this.gl, await (await fetchOk("/model.bin")).arrayBuffer());
+  }
+
   parameters(filter, wrapS) {
     const gl = this.gl;
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, filter);
@@ -121,7 +117,7 @@ export class Viewer {
   }
 
   get ready() {
-    return Boolean(this.program && this.mesh && this.textures && this.settings);
+    return Boolean(this.settings && (this.model || (this.program && this.mesh && this.textures)));
   }
 
   // Clear the framebuffer bound now (null: the canvas) and set the material's blending (fade: premultiplied).
@@ -137,8 +133,12 @@ export class Viewer {
   draw(matrix, x, y, w, h) {
     if (!this.ready) return;
     const gl = this.gl;
-    const fade = this.settings.view.edges === "fade";
     gl.viewport(x, y, w, h);
+    if (this.model) {
+      this.model.draw(matrix);
+      return;
+    }
+    const fade = this.settings.view.edges === "fade";
     gl.enable(gl.DEPTH_TEST);
     gl.disable(gl.CULL_FACE);
     if (fade) {
@@ -164,7 +164,8 @@ export class Viewer {
 
   // One eye (mono, left or right) of the schema's view settings turned by yaw/pitch, into a viewport.
   drawEye(eye, yaw, pitch, x, y, w, h) {
-    const { view, clip } = this.settings;
+    const { view } = this.settings;
+    const clip = this.model ? this.model.clip : this.settings.clip;
     this.draw(eyeMatrix(view, clip, eye, w / h, yaw, pitch), x, y, w, h);
   }
 

@@ -20,11 +20,14 @@ export async function enterVR(viewer, onEnd) {
     const pose = xrFrame.getViewerPose(space);
     if (!pose) return;
     viewer.begin(layer.framebuffer);
+    const drawn = [];
     for (const view of pose.views) {
       const vp = layer.getViewport(view);
       const matrix = multiply(fromColumnMajor(view.projectionMatrix), fromColumnMajor(view.transform.inverse.matrix));
       viewer.draw(matrix, vp.x, vp.y, vp.width, vp.height);
+      drawn.push({ eye: view.eye, matrix, viewport: [vp.x, vp.y, vp.width, vp.height] });
     }
+    viewer.xrViews = drawn;
   };
   session.requestAnimationFrame(frame);
   return session;
