@@ -427,16 +427,21 @@ def _start_web(args: argparse.Namespace, source: Any, settings: dict[str, Any]) 
 
     host, port = parse_address(args.web, args.allow_lan)
     web = WebServer(source, host, port, allow_lan=args.allow_lan, settings=settings)
-    announce_page(web.start(), web.token is not None, sys.stderr)
+    web.start()
+    announce_page(web.url, web.urls, web.token is not None, sys.stderr)
     return web
 
 
-def announce_page(url: str, lan: bool, stream: Any) -> None:
-    """Log the page's address; a LAN address (with its token) also as a QR code on ``stream`` for a phone."""
+def announce_page(bound: str, urls: list[str], lan: bool, stream: Any) -> None:
+    """Log the page's address (``bound``) and, where that is a wildcard, the ``urls`` a browser opens; a LAN page's
+    first URL (with its token) also as a QR code on ``stream`` for a phone."""
     from .web.qr import print_qr
 
-    log.info("web viewer on %s", url)
-    if lan and not print_qr(url, stream):
+    log.info("web viewer on %s", bound)
+    if urls != [bound]:
+        log.info("open it at %s", " or ".join(urls) if urls else
+                 "this computer's LAN address (none found here) with the same port and token")
+    if lan and urls and not print_qr(urls[0], stream):
         log.info("(this console cannot show the QR code's block characters: type the address)")
 
 

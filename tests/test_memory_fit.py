@@ -145,6 +145,10 @@ def test_a_replaced_unet_counts_instead_of_the_pipelines(sd, weights, tmp_path, 
     memory.check_model_fits(str(sd), CPU, torch.float32)
     with pytest.raises(BackendUnavailable, match="tiny-sd does not fit on cpu: the whole pipeline"):
         memory.check_model_fits(str(sd), CPU, torch.float32, replace={"unet": str(other)}, label="tiny-sd")
+    base = tmp_path / "base"  # as diffusers caches a base whose unet is replaced: without unet/ (never fetched)
+    shutil.copytree(sd, base, ignore=lambda folder, names: ["unet"] if folder == str(sd) else [])
+    with pytest.raises(BackendUnavailable, match="base does not fit on cpu: the whole pipeline"):
+        memory.check_model_fits(str(base), CPU, torch.float32, replace={"unet": str(other)}, label="base")
 
 
 # ------------------------------------------------------------------ through the backend and the CLI

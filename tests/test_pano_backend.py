@@ -146,13 +146,63 @@ def test_transformer_latents_roll_between_steps_and_back_before_decoding(transfo
     assert [frame.rgb.shape for frame in frames] == [(64, 128, 3)] * 2
     overlap, roller = backend.overlap(params()), backend._roller(params(steps=3))
     c, width = overlap.columns, 128 // (backend.factor // backend._patch)
-    assert len(received) == 3 and all(grid.shape[-1] == width + 2 * c for grid in received)
+    assert len(received) == 4 and all(grid.shape[-1] == width + 2 * c for grid in received)  # 3 steps, the result
     first = handed[1]  # handed[0]: the widened start noise
     assert torch.equal(first[..., c:-c], torch.roll(overlap.join(received[0]), roller.shift, dims=-1))
     assert torch.equal(first[..., :c], first[..., -2 * c:-c]) and torch.equal(first[..., -c:], first[..., c:2 * c])
-    wide, plain = decoded  # the start noise dominates a tiny model's result: rolled back, the two line up
-    rolled = wide[..., c:-c]
-    assert rolled.shape == plain.shape and correlation(rolled, plain) > 0.9 > correlation(rolled, plain.roll(32, -1))
+    rolled, plain = decoded  # only the frame's own columns are decoded: the wide picture's ends are not neighbours
+    assert rolled.shape == plain.shape and rolled.shape[-1] == width
+    # the start noise dominates a tiny model's result: rolled back, the two line up
+    assert correlation(rolled, plain) > 0.9 > correlation(rolled, plain.roll(32, -1))
+
+
+@pytest.mark.parametrize("any_kind", tiny_pipelines.KINDS)
+def test_our_decoding_is_the_pipelines_own(any_kind, backends):
+    """decode_latents (the seamless transformers' decoding of their own columns) gives what the pipeline's own
+    output_type="np" decoding gives for the same latents: scale, shift, Qwen-Image's per-channel statistics."""
+    from generator.backends.vae_latents import decode_latents
+
+    backend = backends[any_kind]
+    given = params(seamless=False, steps=1)
+    with torch.inference_mode():
+        latents = backend.pipe(**backend._call_options(given), output_type="latent").images
+        image = backend.pipe(**backend._call_options(given), output_type="np").images[0]
+        ours = decode_latents(backend.pipe, backend.unpack(latents, given))
+    assert ours.shape == image.shape == (64, 128, 3)
+    np.testing.assert_allclose(ours, image, atol=1e-5)
+
+
+def test_a_vae_that_asks_for_it_runs_in_fp32_and_goes_back_after(backends):
+    """SDXL's VAE config says force_upcast (it overflows in fp16): our encode and decode run it in fp32, as diffusers'
+    pipelines do, then hand it back in fp16; under model offload the pipeline's hooks put it back on the CPU."""
+    import copy
+    from types import SimpleNamespace
+
+    from generator.backends.vae_latents import _running
+
+    for asks, inside in ((True, torch.float32), (False, torch.float16)):
+        vae, freed = copy.deepcopy(backends["sdxl"].pipe.vae).half(), []
+        vae.register_to_config(force_upcast=asks)
+        with _running(SimpleNamespace(vae=vae, maybe_free_model_hooks=lambda: freed.append(True))) as dtype:
+            assert dtype == vae.dtype == inside
+        assert vae.dtype == torch.float16 and freed == [True]
+
+
+def test_auto_precision_is_bf16_for_transformers(models, estimator, monkeypatch):
+    """--dtype auto asks for bf16 first for the transformer pipelines (trained in bf16; Qwen-Image overflows fp16)."""
+    import generator.backends.ldm3d as ldm3d
+
+    asked, pick = {}, ldm3d.pick_dtype
+    monkeypatch.setattr(ldm3d, "pick_dtype", lambda name, device, bf16_first=False: asked.update(
+        {name: bf16_first}) or pick(name, device, bf16_first))
+    for kind_, first in (("sd", False), ("z-image", True)):
+        load_backend(str(models[kind_]), estimator=str(estimator))
+        assert asked == {"auto": first}
+    cuda = torch.device("cuda")
+    for supported, expected in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, supported=supported, **k: supported)
+        assert pick("auto", cuda, bf16_first=True) is expected
+        assert pick("auto", cuda) is torch.float16 and pick("auto", torch.device("cpu"), True) is torch.float32
 
 
 def test_the_seam_overlap_blends_each_edge_with_its_copy_towards_the_seam():
@@ -226,6 +276,25 @@ def test_the_vae_wraps_while_seamless(transformer_kind, backends):
             decode = lambda z: backend.pipe.vae.decode(z).sample  # noqa: E731
             mismatch[seamless] = (torch.roll(decode(latents), 64, dims=-1) - decode(torch.roll(latents, 32, -1))).abs().max()
     assert mismatch[True] < 1e-4 < mismatch[False]
+
+
+@pytest.mark.parametrize("transformer_kind", TRANSFORMER_KINDS)
+def test_the_vae_encoder_wraps_while_seamless(transformer_kind, backends):
+    """Remix encodes its source with the wrapping VAE: an image rolled by whole latent cells encodes to the rolled
+    encoding (the stride-2 downsamplers' own one-column right pad included: Qwen-Image's is a ZeroPad2d)."""
+    from generator.backends.seamless import set_seamless
+    from generator.backends.vae_latents import encode_rgb
+
+    backend = backends[transformer_kind]
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    mismatch = {}
+    for seamless in (True, False):
+        set_seamless(backend.pipe.vae, seamless)
+        with torch.inference_mode():
+            plain = encode_rgb(backend.pipe, rgb, backend.device)
+            rolled = encode_rgb(backend.pipe, np.roll(rgb, 64, axis=1), backend.device)
+        mismatch[seamless] = (torch.roll(plain, 64 // backend.pipe.vae_scale_factor, dims=-1) - rolled).abs().max()
+    assert mismatch[True] < 1e-4 < mismatch[False], mismatch
 
 
 # ------------------------------------------------------------------ LoRAs

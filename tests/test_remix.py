@@ -293,7 +293,8 @@ def test_pano_remix_ends_on_the_sources_latents_outside_the_region(pano, kind, m
     """What the pipeline decodes: outside the region exactly the source's latents (encoded as the pipeline
     normalises them), inside new ones; for a seamless transformer after its latents were rolled round and back,
     and for FLUX and Qwen-Image after unpacking their tokens."""
-    from generator.backends.remix import encode_rgb, latent_mask
+    from generator.backends.remix import latent_mask
+    from generator.backends.vae_latents import encode_rgb
     from generator.frames import make_frame
 
     backend = pano[kind]
@@ -328,7 +329,7 @@ def test_pano_remix_matches_diffusers_inpainting_pipeline(pano, monkeypatch, one
     from PIL import Image
 
     from generator.backends.base import RGBD
-    from generator.backends.remix import encode_rgb
+    from generator.backends.vae_latents import encode_rgb
 
     backend = pano["sd"]
     rng = np.random.default_rng(4)

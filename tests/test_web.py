@@ -181,6 +181,28 @@ def test_a_lan_address_needs_the_token(server, caplog) -> None:
         WebServer(GeneratorLink(server.frames, server.commands), "0.0.0.0", 0)
 
 
+def test_a_lan_mesh_needs_the_token() -> None:
+    """The mesh `view MESH.glb` serves is the user's own: behind the token, as the WebSocket is."""
+    from generator.web.sources import SavedMesh
+
+    web = WebServer(SavedMesh(b"the mesh"), "0.0.0.0", 0, allow_lan=True)
+    web.start()
+    try:
+        base = f"http://127.0.0.1:{web.port}/model.bin"
+
+        async def fetch() -> list[tuple[int, bytes]]:
+            async with aiohttp.ClientSession() as session:
+                answers = []
+                for query in ("", "?token=wrong", f"?token={web.token}"):
+                    async with session.get(base + query) as response:
+                        answers.append((response.status, await response.read()))
+                return answers
+        (none, _), (wrong, _), right = run(fetch())
+    finally:
+        web.stop()
+    assert (none, wrong, right) == (403, 403, (200, b"the mesh"))
+
+
 def test_commands_reach_the_generator_and_frames_come_back(web: WebServer) -> None:
     async def generate() -> None:
         async with aiohttp.ClientSession() as session:
@@ -294,12 +316,37 @@ def test_a_lan_page_address_is_printed_as_a_qr_code_that_scans(tmp_path, caplog)
     url = "http://192.168.1.20:8080/?token=" + "Ab-_9" * 6 + "xy"
     stream = io.StringIO()
     with caplog.at_level("INFO", logger="depthfusion"):
-        announce_page(url, True, stream)
-    assert f"web viewer on {url}" in caplog.text
+        announce_page(url, [url], True, stream)
+    assert f"web viewer on {url}" in caplog.text and "open it at" not in caplog.text
     assert _scan(stream.getvalue(), tmp_path) == url
     quiet = io.StringIO()
-    announce_page("http://127.0.0.1:8080/", False, quiet)  # loopback: no phone can open it, no code
+    announce_page("http://127.0.0.1:8080/", ["http://127.0.0.1:8080/"], False, quiet)  # loopback: no code
     assert quiet.getvalue() == ""
+
+
+def test_a_page_on_every_interface_is_announced_at_the_lan_addresses(tmp_path, monkeypatch, caplog) -> None:
+    """0.0.0.0 is where it listens, not where a phone goes: the QR code holds a LAN address found here."""
+    import io
+
+    from generator.__main__ import announce_page
+    from generator.web import server as web_server
+    from generator.web.sources import SavedMesh
+
+    web = WebServer(SavedMesh(b"a mesh"), "0.0.0.0", 8080, allow_lan=True)  # not started: only its addresses
+    monkeypatch.setattr(web_server, "lan_addresses", lambda: ["192.168.1.20", "10.0.0.5"])
+    assert web.url == f"http://0.0.0.0:8080/?token={web.token}"
+    assert web.urls == [f"http://192.168.1.20:8080/?token={web.token}", f"http://10.0.0.5:8080/?token={web.token}"]
+    stream = io.StringIO()
+    with caplog.at_level("INFO", logger="depthfusion"):
+        announce_page(web.url, web.urls, True, stream)
+    assert f"open it at {web.urls[0]} or {web.urls[1]}" in caplog.text
+    assert _scan(stream.getvalue(), tmp_path) == web.urls[0]
+    monkeypatch.setattr(web_server, "lan_addresses", lambda: [])  # offline: no address to give, no code
+    none = io.StringIO()
+    with caplog.at_level("INFO", logger="depthfusion"):
+        announce_page(web.url, web.urls, True, none)
+    assert none.getvalue() == "" and "none found here" in caplog.text
+    assert all(not address.startswith("127.") for address in web_server.lan_addresses())  # this machine's, if any
 
 
 def test_a_console_without_block_characters_gets_the_address_only(caplog) -> None:
@@ -309,7 +356,7 @@ def test_a_console_without_block_characters_gets_the_address_only(caplog) -> Non
 
     legacy = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")
     with caplog.at_level("INFO", logger="depthfusion"):
-        announce_page("http://10.0.0.5:8080/?token=abc", True, legacy)
+        announce_page("http://10.0.0.5:8080/?token=abc", ["http://10.0.0.5:8080/?token=abc"], True, legacy)
     assert "web viewer on http://10.0.0.5:8080/?token=abc" in caplog.text and "type the address" in caplog.text
 
 
@@ -352,18 +399,52 @@ def test_an_exported_mesh_is_read_and_packed_for_the_page(tmp_path) -> None:
     assert plain.texture.shape == (1, 1, 3) and (plain.colors == [10, 200, 30]).all()
 
 
-@pytest.mark.parametrize("content, message", [(b"glTF\x02\x00\x00\x00junk", "not a readable glTF binary"),
-                                              (None, "no such file")])
-def test_a_bad_mesh_file_is_refused_with_the_reason(tmp_path, content, message) -> None:
-    from generator.web.meshes import load_model
+def glb(positions: list, indices: list, nodes: int = 1, **position_accessor: Any) -> bytes:
+    """A glTF binary of one triangle mesh placed by ``nodes`` nodes (glTF 2.0's layout, written here);
+    ``position_accessor`` overrides the POSITION accessor's fields."""
+    pos, idx = np.asarray(positions, "<f4"), np.asarray(indices, "<u4")
+    binary = pos.tobytes() + idx.tobytes()
+    gltf = {"asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": list(range(nodes))}],
+            "nodes": [{"mesh": 0}] * nodes, "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1}]}],
+            "buffers": [{"byteLength": len(binary)}],
+            "bufferViews": [{"buffer": 0, "byteLength": pos.nbytes},
+                            {"buffer": 0, "byteOffset": pos.nbytes, "byteLength": idx.nbytes}],
+            "accessors": [{"bufferView": 0, "count": len(pos), "type": "VEC3", "componentType": 5126,
+                           **position_accessor},
+                          {"bufferView": 1, "count": len(idx), "type": "SCALAR", "componentType": 5125}]}
+    text = json.dumps(gltf).encode()
+    text += b" " * (-len(text) % 4)
+    chunks = struct.pack("<II", len(text), 0x4E4F534A) + text + struct.pack("<II", len(binary), 0x004E4942) + binary
+    return struct.pack("<III", 0x46546C67, 2, 12 + len(chunks)) + chunks
 
+
+TRIANGLE = [[0, 0, -1], [1, 0, -1], [0, 1, -1]]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"glTF\x02\x00\x00\x00junk", "not a glTF binary"),
+    (b"glTF\x02\x00\x00\x00" + b"\x00" * 12 + b"junk", "not a glTF 2.0 binary this viewer reads"),
+    (None, "no such file"),
+    (glb(TRIANGLE, [0, 1, 2], count=30_000_000), "reads past its buffer view"),  # trimesh would allocate it
+    (glb(TRIANGLE, [0, 1, 2], bufferView=None), "an accessor without a buffer view"),  # zeros of its count
+    (glb(TRIANGLE, [0, 1, 2], componentType=1), "not a readable glTF binary"),
+    (glb(TRIANGLE, [0, 1, 2], nodes=5), "15 vertices as its nodes place them"),  # at most 12 here
+    (glb(TRIANGLE, [0, 1, 1_000_000]), "triangles name vertices the mesh does not have"),
+    (glb([[0, 0, 0], [1e20, 0, 0], [0, 1, 0]], [0, 1, 2]), "a vertex 1e\\+20 m away"),
+])
+def test_a_bad_mesh_file_is_refused_with_the_reason(tmp_path, monkeypatch, content, message) -> None:
+    from generator.web import meshes
+
+    monkeypatch.setattr(meshes, "MAX_VERTICES", 12)
     path = tmp_path / "broken.glb"
     if content is not None:
         path.write_bytes(content)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        load_model(path)
+        meshes.load_model(path)
     with pytest.raises(ValueError, match="glTF binary meshes"):
-        load_model(tmp_path / "mesh.obj")
+        meshes.load_model(tmp_path / "mesh.obj")
+    path.write_bytes(glb(TRIANGLE, [0, 1, 2], nodes=4))  # the same mesh within bounds loads
+    assert len(meshes.load_model(path).positions) == 12
 
 
 def test_view_serves_an_exported_mesh(tmp_path) -> None:
@@ -380,4 +461,4 @@ def test_view_serves_an_exported_mesh(tmp_path) -> None:
     broken.write_bytes(b"not a mesh")
     refused = subprocess.run([sys.executable, "-m", "generator", "view", str(broken), "--no-library"], cwd=ROOT,
                              env=CLI_ENV, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and "not a readable glTF binary" in refused.stderr
+    assert refused.returncode == 2 and "not a glTF binary" in refused.stderr

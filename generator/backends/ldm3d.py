@@ -64,9 +64,12 @@ def compile_mode(compile: bool | str | None) -> str | None:
     return compile
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: fp16 on CUDA and MPS, fp32 on CPU."""
+def pick_dtype(name: str, device: torch.device, bf16_first: bool = False) -> torch.dtype:
+    """``auto``: fp16 on CUDA and MPS, fp32 on CPU; ``bf16_first``: bf16 on a CUDA GPU that has it (models trained
+    in bf16 whose activations overflow fp16, as Qwen-Image's do)."""
     if name == "auto":
+        if bf16_first and device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if name not in DTYPES:
         raise BackendUnavailable(f"dtype must be auto, {', '.join(DTYPES)}; got {name!r}")

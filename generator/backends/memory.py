@@ -247,8 +247,9 @@ def check_model_fits(model: str, device: Any, dtype: Any, offload: str = "none",
     """Check that ``model`` (a folder or a cached hub id; named ``label`` in messages) fits before it loads
     (:func:`check_fit`); ``replace`` maps a component to the model whose same-named component is loaded instead.
     Unknown sizes or free memory skip the check, with a log line."""
-    weights = model_weights(model, revision=revision, only=only, skip=skip)
-    for name, source in (replace or {}).items():
+    replace = replace or {}
+    weights = model_weights(model, revision=revision, only=only, skip=[*skip, *replace])  # not fetched: replaced
+    for name, source in replace.items():
         part = None if weights is None else model_weights(source, only=(name,))
         weights = None if part is None else Weights({**weights.components, **part.components})
     if weights is None:

@@ -6,7 +6,8 @@ Supported pipeline classes (ARCHITECTURES, read from ``model_index.json``'s ``_c
 and of the VAE pads circularly across the width (seamless.py; Qwen-Image's causal 3D convolutions too); a
 transformer denoiser has no padding to change, so its latents are rolled sideways between steps by whole patches, a
 different column at the edge each step, and rolled back before decoding (whose VAE wraps too); it also denoises a
-few columns of context copied from the other edge on each side, blended back after every step (SeamOverlap). FLUX
+few columns of context copied from the other edge on each side, blended back after every step (SeamOverlap), and
+only the frame's own columns are decoded (vae_latents.py), so the wrapping VAE joins them at the true seam. FLUX
 and Qwen-Image hand the step callback 2x2 patches packed as tokens: they are unpacked to (B, C, H, W) for the roll
 and packed back. Our guidance g is classifier-free guidance, uncond + g·(cond − uncond); each pipeline gets it in its own
 terms (the ``_*_guidance`` functions). LoRAs load through the pipeline's own diffusers loader (peft), one named
@@ -229,6 +230,10 @@ class SeamOverlap:
 
         return torch.cat([inner[..., -self.columns:], inner, inner[..., :self.columns]], dim=-1)
 
+    def crop(self, wide: Any) -> Any:
+        """The frame's own latents of widened ones (their edges already joined by the last step)."""
+        return wide[..., self.columns:-self.columns]
+
     def join(self, grid: Any) -> Any:
         """The latents without their copies, each edge blended with the copy of it denoised across the seam."""
         import torch
@@ -278,7 +283,7 @@ class PanoBackend:
             raise BackendUnavailable("the panorama backend takes its depth from --estimator; none leaves it none")
         is_pano_class(pipeline)
         torch_device = pick_device(device)
-        torch_dtype = pick_dtype(dtype, torch_device)
+        torch_dtype = pick_dtype(dtype, torch_device, bf16_first=ARCHITECTURES[pipeline].denoiser == "transformer")
         check_offload(offload, torch_device)
         unloaded = [name for name, value in ARCHITECTURES[pipeline].load_options if value is None]
         check_model_fits(model, torch_device, torch_dtype, offload, revision=revision, skip=unloaded,
@@ -351,10 +356,12 @@ class PanoBackend:
              latents: Any = None) -> np.ndarray:
         """The pipeline's RGB; ``latents`` its (B, C, H, W) start noise, ``blend(step, latents, shift)`` replacing
         the (B, C, H, W) latents after each step (remix), ``shift`` columns rolled round (seamless transformers,
-        which also denoise with SeamOverlap's context columns: the pipeline makes a wider picture, cropped here)."""
+        which also denoise with SeamOverlap's context columns: the pipeline denoises wider latents, of which
+        only the frame's own are decoded)."""
         import torch
 
         from .seamless import set_seamless
+        from .vae_latents import decode_latents
 
         self.loras.activate(weights)
         seamless = params["seamless"]
@@ -385,11 +392,12 @@ class PanoBackend:
         with torch.inference_mode():
             start = {} if latents is None else {"latents": self.pack(overlap.widen(latents) if overlap else latents)}
             images = self.pipe(**self._call_options(wide), **start, callback_on_step_end=on_step_end,
-                               callback_on_step_end_tensor_inputs=["latents"], output_type="np").images
-        image = np.asarray(images[0])
-        if overlap:
-            image = image[:, overlap.pixels:overlap.pixels + params["width"]]
-        return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+                               callback_on_step_end_tensor_inputs=["latents"],
+                               output_type="latent" if overlap else "np").images
+            # The wide picture's ends are not neighbours: decoded with the wrapping VAE they would meet a few
+            # columns from the seam. Only the frame's own latents are decoded; they wrap at the true seam.
+            image = decode_latents(self.pipe, overlap.crop(self.unpack(images, wide))) if overlap else images[0]
+        return np.clip(np.round(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)
 
     def _roller(self, params: dict[str, Any]) -> LatentRoller:
         patches = params["width"] // self.factor  # transformer patches across the latent width

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import RGBD, CancelledFn, ProgressFn
+from .vae_latents import encode_rgb
 
 if TYPE_CHECKING:
     from .ldm3d import LDM3DBackend
@@ -105,18 +106,3 @@ def pipeline_remix(backend: PanoBackend, params: dict[str, Any], source: RGBD, m
     info = backend._info(params, weights, depth.info)
     info["remix"] = "latent blending (pipeline), depth of the joined panorama"
     return RGBD(rgb, depth.depth, near=depth.near, far=depth.far, info=info)
-
-
-def encode_rgb(pipe: Any, rgb: np.ndarray, device: Any) -> torch.Tensor:
-    """(1, C, H/f, W/f) latents of an RGB image as ``pipe`` denoises them: the VAE's mean, normalised as the
-    pipeline's decoding undoes it (scale and shift; Qwen-Image's per-channel mean and deviation, one video frame)."""
-    vae, config = pipe.vae, pipe.vae.config
-    pixels = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device, vae.dtype) / 127.5 - 1
-    if getattr(config, "latents_mean", None) is not None:  # Qwen-Image: (B, C, T, H, W), one frame
-        mean = vae.encode(pixels[:, :, None]).latent_dist.mean[:, :, 0]
-        channels = (1, len(config.latents_mean), 1, 1)
-        centre = torch.tensor(config.latents_mean).view(channels).to(mean)
-        spread = torch.tensor(config.latents_std).view(channels).to(mean)
-        return (mean - centre) / spread
-    mean = vae.encode(pixels).latent_dist.mean
-    return (mean - (getattr(config, "shift_factor", None) or 0.0)) * config.scaling_factor

@@ -4,8 +4,8 @@ Every zero-padded Conv2d in a model is switched to pad circularly across the wid
 0°/360° seam) and with zeros across the height (the poles). Group norms and attention are
 already indifferent to where the seam lies, so with this on a U-Net or VAE treats the image
 as a cylinder and the left and right edges meet without a visible edge. diffusers' stride-2 downsamplers
-without conv padding (a VAE encoder's) pad one zero column on the right themselves; that column becomes the
-first one. Causal 3D convolutions that zero-pad their input themselves (``_padding``, F.pad order: left, right,
+without conv padding (a VAE encoder's; Qwen-Image's as a ZeroPad2d before the conv) pad one zero column on the
+right themselves; that column becomes the first one. Causal 3D convolutions that zero-pad their input themselves (``_padding``, F.pad order: left, right,
 top, bottom, front, back; Qwen-Image's video VAE) wrap the width of their input and cached frames instead.
 """
 
@@ -54,10 +54,16 @@ def _set_causal(module: nn.Module, enabled: bool) -> int:
     return 0
 
 
-def _is_right_padded(module: nn.Module) -> bool:
-    """A diffusers Downsample2D that pads (0, 1, 0, 1) with zeros before a padding-free conv."""
-    return (getattr(module, "use_conv", False) and getattr(module, "padding", None) == 0
-            and isinstance(getattr(module, "conv", None), nn.Conv2d))
+def _right_padded_conv(module: nn.Module) -> nn.Conv2d | None:
+    """The padding-free conv after a (0, 1, 0, 1) zero pad: a diffusers Downsample2D's (it pads in its forward), or
+    a Sequential of ZeroPad2d((0, 1, 0, 1)) and a Conv2d (Qwen-Image's and Wan's VAE downsamplers)."""
+    if (getattr(module, "use_conv", False) and getattr(module, "padding", None) == 0
+            and isinstance(getattr(module, "conv", None), nn.Conv2d)):
+        return module.conv
+    if (isinstance(module, nn.Sequential) and len(module) == 2 and isinstance(module[0], nn.ZeroPad2d)
+            and tuple(module[0].padding) == (0, 1, 0, 1) and isinstance(module[1], nn.Conv2d)):
+        return module[1]
+    return None
 
 
 def set_seamless(model: nn.Module, enabled: bool) -> int:
@@ -68,14 +74,15 @@ def set_seamless(model: nn.Module, enabled: bool) -> int:
         if isinstance(module, nn.Conv3d) and isinstance(getattr(module, "_padding", None), tuple):
             count += _set_causal(module, enabled)
             continue
-        if _is_right_padded(module):
-            hook = getattr(module.conv, "_depthfusion_wrap_right", None)
+        conv = _right_padded_conv(module)
+        if conv is not None:
+            hook = getattr(conv, "_depthfusion_wrap_right", None)
             if enabled and hook is None:
-                module.conv._depthfusion_wrap_right = module.conv.register_forward_pre_hook(_wrap_right_pad)
+                conv._depthfusion_wrap_right = conv.register_forward_pre_hook(_wrap_right_pad)
                 count += 1
             elif not enabled and hook is not None:
                 hook.remove()
-                del module.conv._depthfusion_wrap_right
+                del conv._depthfusion_wrap_right
                 count += 1
         if not isinstance(module, nn.Conv2d) or module.padding_mode != "zeros":
             continue

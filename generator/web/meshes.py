@@ -16,9 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-MAX_VERTICES = 4_000_000
+MAX_VERTICES = 4_000_000  # drawn, counting every node's instance of a mesh
 MAX_TEXTURE_SIDE = 16384
+MAX_RADIUS = 1e6  # m
 NEAR = 0.01  # m: the camera sits inside the mesh
+GLB_MAGIC, GLB_JSON = b"glTF", 0x4E4F534A
+COMPONENT_BYTES = {5120: 1, 5121: 1, 5122: 2, 5123: 2, 5125: 4, 5126: 4}  # glTF 2.0 accessor componentType
+TYPE_COMPONENTS = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT2": 4, "MAT3": 9, "MAT4": 16}
 
 
 @dataclass(frozen=True)
@@ -31,11 +35,12 @@ class Model:
 
     @property
     def radius(self) -> float:
-        return float(np.linalg.norm(self.positions, axis=1).max())
+        return float(np.linalg.norm(self.positions.astype(np.float64), axis=1).max())
 
 
 def load_model(path: Path) -> Model:
-    """The one mesh in ``path`` (.glb); ValueError saying what is wrong with a file it cannot show."""
+    """The meshes in ``path`` (.glb) joined into one as its nodes place them; ValueError saying what is wrong with
+    a file it cannot show."""
     import trimesh
 
     path = Path(path)
@@ -43,6 +48,10 @@ def load_model(path: Path) -> Model:
         raise ValueError(f"{path.name}: the viewer shows glTF binary meshes (.glb), as `export` writes them")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    try:
+        _check_glb(path.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     try:
         mesh = trimesh.load(path, file_type="glb", force="mesh", process=False)
     except Exception as exc:  # trimesh raises many kinds for a broken file  # noqa: BLE001
@@ -53,10 +62,56 @@ def load_model(path: Path) -> Model:
         raise ValueError(f"{path}: no triangles to show")
     if len(positions) > MAX_VERTICES:
         raise ValueError(f"{path}: {len(positions)} vertices; the viewer takes at most {MAX_VERTICES}")
+    if triangles.min() < 0 or triangles.max() >= len(positions):
+        raise ValueError(f"{path}: triangles name vertices the mesh does not have")
     if not np.isfinite(positions).all():
         raise ValueError(f"{path}: vertex positions that are not finite numbers")
     uvs, colors, texture = _appearance(mesh, len(positions))
-    return Model(positions, uvs, colors, triangles.astype(np.uint32), texture)
+    model = Model(positions, uvs, colors, triangles.astype(np.uint32), texture)
+    if model.radius > MAX_RADIUS:
+        raise ValueError(f"{path}: a vertex {model.radius:.3g} m away; the viewer shows meshes within {MAX_RADIUS:g} m")
+    return model
+
+
+def _check_glb(data: bytes) -> None:
+    """ValueError unless ``data`` is a glTF 2.0 binary whose accessors lie inside its buffers and whose meshes, as
+    its nodes instance them, stay within MAX_VERTICES: checked before trimesh, which allocates what a file
+    declares."""
+    if len(data) < 20 or data[:4] != GLB_MAGIC:
+        raise ValueError("not a glTF binary (no glTF header)")
+    version, length, json_length, json_type = struct.unpack_from("<4I", data, 4)
+    if version != 2 or length > len(data) or json_type != GLB_JSON or 20 + json_length > length:
+        raise ValueError("not a glTF 2.0 binary this viewer reads (header or JSON chunk)")
+    try:
+        gltf = json.loads(data[20:20 + json_length])
+        buffers = [int(b.get("byteLength", 0)) for b in gltf.get("buffers", [])]
+        views = gltf.get("bufferViews", [])
+        accessors = gltf.get("accessors", [])
+        for accessor in accessors:
+            _check_accessor(accessor, views, buffers, len(data))
+        vertices = [sum(accessors[int(p["attributes"]["POSITION"])]["count"] for p in m.get("primitives", []))
+                    for m in gltf.get("meshes", [])]
+        placed = sum(vertices[int(node["mesh"])] for node in gltf.get("nodes", []) if "mesh" in node)
+        drawn = max(placed, sum(vertices))
+    except (TypeError, KeyError, IndexError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a readable glTF binary ({type(exc).__name__}: {exc})") from None
+    if drawn > MAX_VERTICES:
+        raise ValueError(f"{drawn} vertices as its nodes place them; the viewer takes at most {MAX_VERTICES}")
+
+
+def _check_accessor(accessor: dict, views: list, buffers: list[int], size: int) -> None:
+    """ValueError unless ``accessor`` reads only bytes its buffer view has, inside a buffer of at most ``size``."""
+    count, offset = int(accessor["count"]), int(accessor.get("byteOffset", 0))
+    if accessor.get("bufferView") is None or "sparse" in accessor:
+        raise ValueError("an accessor without a buffer view (or sparse): not what `export` writes")
+    view = views[int(accessor["bufferView"])]
+    buffer = buffers[int(view.get("buffer", 0))]
+    element = COMPONENT_BYTES[int(accessor["componentType"])] * TYPE_COMPONENTS[str(accessor["type"])]
+    stride = int(view.get("byteStride", element))
+    start, length = int(view.get("byteOffset", 0)), int(view["byteLength"])
+    if count < 1 or offset < 0 or stride < element or start < 0 or start + length > min(buffer, size) or \
+            offset + (count - 1) * stride + element > length:
+        raise ValueError(f"an accessor of {count} elements reads past its buffer view")
 
 
 def _appearance(mesh: object, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -67,10 +122,9 @@ def _appearance(mesh: object, count: int) -> tuple[np.ndarray, np.ndarray, np.nd
     uv = getattr(visual, "uv", None)
     white = np.full((count, 3), 255, np.uint8)
     if image is not None and uv is not None and len(uv) == count:
-        texture = np.asarray(image.convert("RGB"), np.uint8)
-        if max(texture.shape[:2]) > MAX_TEXTURE_SIDE:
-            raise ValueError(f"texture {texture.shape[1]}x{texture.shape[0]} is larger than {MAX_TEXTURE_SIDE}")
-        return np.asarray(uv, np.float32), white, texture
+        if max(image.size) > MAX_TEXTURE_SIDE:  # before it is decoded
+            raise ValueError(f"texture {image.size[0]}x{image.size[1]} is larger than {MAX_TEXTURE_SIDE}")
+        return np.asarray(uv, np.float32), white, np.asarray(image.convert("RGB"), np.uint8)
     colors = getattr(visual, "vertex_colors", None)
     vertex = np.asarray(colors, np.uint8)[:, :3] if colors is not None and len(colors) == count else white
     return np.zeros((count, 2), np.float32), vertex, np.full((1, 1, 3), 255, np.uint8)
@@ -81,7 +135,7 @@ def pack_model(model: Model) -> bytes:
     height, width = model.texture.shape[:2]
     header = json.dumps({"vertices": len(model.positions), "indices": model.triangles.size, "width": width,
                          "height": height, "radius": model.radius,
-                         "clip": [NEAR, 2.0 * model.radius + 1.0]}).encode()
+                         "clip": [NEAR, 2.0 * model.radius + 1.0]}, allow_nan=False).encode()
     return b"".join([struct.pack("<I", len(header)), header, model.positions.astype("<f4").tobytes(),
                      model.uvs.astype("<f4").tobytes(), model.colors.tobytes(),
                      model.triangles.astype("<u4").tobytes(), np.ascontiguousarray(model.texture[::-1]).tobytes()])

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 import secrets
+import socket
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,8 @@ MAX_BAD_MESSAGES = 20  # a page that keeps sending malformed messages is disconn
 POLL_S = 0.2
 EVENT_FIELDS = {"status": ("state", "job", "queued", "live", "last_frame_id", "backend", "model"),
                 "progress": ("job_id", "step", "total")}
+WILDCARDS = ("0.0.0.0", "::")  # listen on every interface: no browser opens these
+ROUTE_PROBE = ("192.0.2.1", 9)  # TEST-NET-1 (RFC 5737): a UDP connect picks the outgoing interface, sends nothing
 _ADDRESS_RE = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
 
 
@@ -124,6 +127,23 @@ class Page:
             pass
 
 
+def lan_addresses() -> list[str]:
+    """This computer's IPv4 addresses other than loopback: the one its default route leaves from first, then those
+    its host name resolves to; none where neither is known (offline)."""
+    found = []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(ROUTE_PROBE)
+            found.append(probe.getsockname()[0])
+    except OSError:
+        pass
+    try:
+        found += socket.gethostbyname_ex(socket.gethostname())[2]
+    except OSError:
+        pass
+    return list(dict.fromkeys(a for a in found if not is_loopback(a) and a not in WILDCARDS))
+
+
 class WebServer:
     """Serves the page for ``source`` at ``host``:``port`` until ``stop()``; ``settings`` are the display and view
     values given on the command line (validated), the start of every page's own."""
@@ -150,7 +170,17 @@ class WebServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """The page at the address it is bound to (with the token on a LAN address)."""
+        return self._url(self.host)
+
+    @property
+    def urls(self) -> list[str]:
+        """Where a browser opens the page: the bound address; for a wildcard one (all interfaces), each of this
+        computer's LAN addresses found (maybe none)."""
+        return [self._url(address) for address in lan_addresses()] if self.host in WILDCARDS else [self.url]
+
+    def _url(self, host: str) -> str:
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
     def start(self, timeout: float = 10.0) -> str:
@@ -259,6 +289,10 @@ class WebServer:
         return self.refuse(request, reason) if reason else web.Response(status=204)
 
     async def _model(self, request: web.Request) -> web.Response:
+        """The mesh ``view MESH.glb`` shows: the user's own data, so behind the token like the WebSocket."""
+        reason = self._check_token(request)
+        if reason:
+            return self.refuse(request, reason)
         if self.source.model is None:
             raise web.HTTPNotFound()
         return web.Response(body=self.source.model, content_type="application/octet-stream")

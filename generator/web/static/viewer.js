@@ -28,6 +28,7 @@ export class Viewer {
     this.frame = null;
     this.xrViews = [];  // the last WebXR frame's views, for automation
     this.model = null;  // an exported mesh shown instead of frames (view MESH.glb)
+    this.modelLoading = null;  // its fetch while it runs
   }
 
   async init() {
@@ -104,8 +105,12 @@ export class Viewer {
   }
 
   // Show the server's /model.bin (an exported mesh) instead of frames.
-  async loadModel() {
-    this.model = new ModelMesh(this.gl, await (await fetchOk("/model.bin")).arrayBuffer());
+  // Once: a reconnect while it loads reuses the same fetch. The token, if the page has one, goes with it.
+  loadModel() {
+    this.modelLoading ??= fetchOk(`/model.bin${location.search}`).then((r) => r.arrayBuffer())
+      .then((bytes) => { this.model = new ModelMesh(this.gl, bytes); })
+      .catch((error) => { this.modelLoading = null; throw error; });  // the next hello tries again
+    return this.modelLoading;
   }
 
   parameters(filter, wrapS) {
