@@ -120,6 +120,11 @@ def test_a_size_that_cannot_be_read_skips_the_check(sd, tmp_path, monkeypatch, c
     assert model_weights(str(bin_only)) is None and "no safetensors weights for unet" in caplog.text
     monkeypatch.setattr(memory, "free_memory", lambda device: 1)
     memory.check_model_fits(str(bin_only), CPU, torch.float32)  # unknown size: no refusal
+    broken = tmp_path / "broken"
+    shutil.copytree(sd, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\xff" * 8 + b"not a header")
+    assert model_weights(str(broken)) is None and "cannot read the weights' sizes" in caplog.text
+    memory.check_model_fits(str(broken), CPU, torch.float32)
 
 
 def test_a_cached_hub_snapshot_is_read_without_fetching(sd, weights, tmp_path, monkeypatch):

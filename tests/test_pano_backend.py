@@ -172,6 +172,32 @@ def test_our_decoding_is_the_pipelines_own(any_kind, backends):
     np.testing.assert_allclose(ours, image, atol=1e-5)
 
 
+@pytest.mark.parametrize("packed_kind", ("flux", "qwen-image"))
+def test_our_encoding_is_the_img2img_pipelines_own(packed_kind, backends, monkeypatch):
+    """encode_rgb (remix's source latents) gives what diffusers' own img2img pipeline of the family encodes for the
+    same image (its _encode_vae_image, with the VAE's mean where it samples): FLUX's shift and scale, Qwen-Image's
+    per-channel statistics of one video frame."""
+    import importlib
+
+    from generator.backends.vae_latents import encode_rgb
+
+    backend = backends[packed_kind]
+    name, cls = {"flux": ("flux.pipeline_flux_img2img", "FluxImg2ImgPipeline"),
+                 "qwen-image": ("qwenimage.pipeline_qwenimage_img2img", "QwenImageImg2ImgPipeline")}[packed_kind]
+    module = importlib.import_module(f"diffusers.pipelines.{name}")
+    reference = getattr(module, cls)
+    monkeypatch.setattr(module, "retrieve_latents", lambda output, generator=None: output.latent_dist.mode())
+    rgb = np.random.default_rng(3).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    pixels = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.inference_mode():
+        ours = encode_rgb(backend.pipe, rgb, backend.device)
+        theirs = reference._encode_vae_image(backend.pipe, pixels[:, :, None] if packed_kind == "qwen-image"
+                                             else pixels, generator=None)
+    theirs = theirs[:, :, 0] if packed_kind == "qwen-image" else theirs
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_a_vae_that_asks_for_it_runs_in_fp32_and_goes_back_after(backends):
     """SDXL's VAE config says force_upcast (it overflows in fp16): our encode and decode run it in fp32, as diffusers'
     pipelines do, then hand it back in fp16; under model offload the pipeline's hooks put it back on the CPU."""

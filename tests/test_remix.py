@@ -320,6 +320,37 @@ def test_pano_remix_ends_on_the_sources_latents_outside_the_region(pano, kind, m
     assert (last[:, cells] - known[0][:, cells]).abs().mean() > 0.1
 
 
+@pytest.mark.parametrize("kind", ("z-image", "flux", "qwen-image"))
+def test_flow_remix_keeps_the_source_on_the_flow_path_between_steps(pano, kind, monkeypatch, one_torch_thread):
+    """After the first of three steps the kept cells are the source on the flow-matching path at the next step's
+    noise level, (1 − σ₁)·source + σ₁·noise with the frame's start noise: the scheduler's scale_noise at the step
+    diffusers' inpainting pipelines call it."""
+    from generator.backends.remix import latent_mask
+    from generator.backends.vae_latents import encode_rgb
+    from generator.frames import make_frame
+
+    backend = pano[kind]
+    params = remix_params(generation(steps=3, guidance=3.0, seamless=False), 128, 64)
+    _, source = make_frame(backend, {k: v for k, v in params.items() if not k.startswith("remix_")},
+                           lambda s, n: None, lambda: False)
+    region = {**defaults(REMIX_PARAMS), "remix_feather": 0.0}
+    mask = region_mask(region, 128, 64)
+    grids = []
+    pack = backend.pack
+    monkeypatch.setattr(backend, "pack", lambda grid: grids.append(grid) or pack(grid))
+    given = remix_params(generation(prompt="a desert at night", steps=3, guidance=3.0, seamless=False, **region),
+                         128, 64)
+    backend.remix(given, source, mask, lambda s, n: None, lambda: False)
+    known = encode_rgb(backend.pipe, source.rgb, backend.device)[0]
+    noise = backend.start_noise(given)[0]
+    sigma = float(backend.pipe.scheduler.sigmas[1])
+    cells = latent_mask(mask, backend.pipe.vae_scale_factor)[0, 0].bool()
+    after_first = grids[1][0]  # grids[0]: the start noise handed in
+    assert 0 < sigma < 1 and after_first.shape == known.shape
+    torch.testing.assert_close(after_first[:, ~cells], ((1 - sigma) * known + sigma * noise)[:, ~cells],
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_pano_remix_matches_diffusers_inpainting_pipeline(pano, monkeypatch, one_torch_thread):
     """The reference: diffusers' StableDiffusionInpaintPipeline on the same tiny weights (a 4-channel U-Net: it
     blends latents the way we do), same prompt, start noise, scheduler and a mask on whole latent cells, gives the

@@ -1,8 +1,8 @@
 """Memory for big models: will the weights fit on the device (checked before loading), the offload modes, and the
 peak memory a frame took.
 
-The weights' size comes from the safetensors headers of the model's components (8-byte header length, then a JSON
-header naming each tensor's dtype and shape; no tensor is read), with floating-point tensors counted at the dtype
+The weights' size comes from the safetensors headers of the model's components (each tensor's dtype and shape,
+read through safetensors' ``safe_open``; no tensor is read), with floating-point tensors counted at the dtype
 they will be loaded in and integer ones as stored. The fit rule, each with MARGIN on top for activations, the
 depth model and the allocator's slack (an estimate that refuses only what surely cannot fit, not a guarantee):
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,6 @@ OFFLOADS = ("none", "model", "sequential")
 FLOATS = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}  # loaded in the target dtype
 FIXED = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
          "F8_E4M3": 1, "F8_E5M2": 1}  # loaded as stored
-MAX_HEADER = 100 * 1024 ** 2
 
 
 @dataclass
@@ -80,30 +79,23 @@ class Weights:
 # ------------------------------------------------------------------ sizes from safetensors headers
 
 
-def read_header(path: Path) -> dict[str, dict[str, Any]]:
-    """A safetensors file's tensor entries (name → dtype, shape, offsets), from its header alone."""
-    with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        if length > MAX_HEADER:
-            raise ValueError(f"{path}: a {length}-byte header is not a safetensors header")
-        header = json.loads(handle.read(length))
-    return {name: entry for name, entry in header.items() if name != "__metadata__"}
-
-
 def add_file(layers: dict[str, Layer], path: Path) -> None:
-    """Add a safetensors file's tensors to ``layers``, grouped by module prefix."""
-    for name, entry in read_header(path).items():
-        count = 1
-        for dim in entry["shape"]:
-            count *= int(dim)
-        layer = layers.setdefault(name.rpartition(".")[0], Layer())
-        if entry["dtype"] in FLOATS:
-            layer.floats += count
-            layer.float_bytes += count * FLOATS[entry["dtype"]]
-        elif entry["dtype"] in FIXED:
-            layer.fixed += count * FIXED[entry["dtype"]]
-        else:
-            raise ValueError(f"{path}: tensor {name} has dtype {entry['dtype']}, of unknown size")
+    """Add a safetensors file's tensors to ``layers``, grouped by module prefix: their dtypes and shapes from its
+    header, through safetensors (the file is mapped, no tensor is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as file:
+        for name in file.keys():
+            tensor = file.get_slice(name)
+            count, dtype = math.prod(tensor.get_shape()), tensor.get_dtype()
+            layer = layers.setdefault(name.rpartition(".")[0], Layer())
+            if dtype in FLOATS:
+                layer.floats += count
+                layer.float_bytes += count * FLOATS[dtype]
+            elif dtype in FIXED:
+                layer.fixed += count * FIXED[dtype]
+            else:
+                raise ValueError(f"{path}: tensor {name} has dtype {dtype}, of unknown size")
 
 
 def weight_files(component: Path) -> list[Path] | None:
@@ -156,9 +148,11 @@ def model_weights(model: str, *, revision: str | None = None, only: Iterable[str
         except Exception:  # not cached (yet): the size is known only once it is downloaded
             log.info("memory check skipped: %s is not in the Hugging Face cache yet, so its size is unknown", model)
             return None
+    from safetensors import SafetensorError
+
     try:
         return folder_weights(folder, only, skip)
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         log.info("memory check skipped: cannot read the weights' sizes in %s (%s)", folder, exc)
         return None
 

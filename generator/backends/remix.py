@@ -7,9 +7,9 @@ in step with, what is kept. After the last step the kept cells are the source's 
 (generator.remixing) puts the source's pixels back outside the mask after decoding.
 
 The panorama backend (any of its diffusers pipelines): the same blending on the source's RGB latents through the
-pipeline's step callback — noised by the pipeline's scheduler for a U-Net, along the flow-matching path
-(1 − σ)·source + σ·noise at the next step's σ for a transformer, in the rolled frame of a seamless transformer's
-latents, and unpacked from FLUX's and Qwen-Image's tokens; then the 360° depth of the new RGB with the source's
+pipeline's step callback — noised by the pipeline's scheduler: ``add_noise`` for a U-Net, ``scale_noise`` (the
+flow-matching path (1 − σ)·source + σ·noise at the next step's σ) for a transformer — in the rolled frame of a
+seamless transformer's latents, and unpacked from FLUX's and Qwen-Image's tokens; then the 360° depth of the new RGB with the source's
 RGB put back, which the caller aligns to the kept depth by scale and shift on the region's border.
 """
 
@@ -90,9 +90,8 @@ def pipeline_remix(backend: PanoBackend, params: dict[str, Any], source: RGBD, m
         index = step + 1
         if index >= len(pipe.scheduler.timesteps):
             kept = known
-        elif flow:
-            sigma = float(pipe.scheduler.sigmas[index])
-            kept = (1.0 - sigma) * known + sigma * noise
+        elif flow:  # the scheduler's own forward process, as diffusers' flow-matching inpainting pipelines use it
+            kept = pipe.scheduler.scale_noise(known, pipe.scheduler.timesteps[index:index + 1], noise)
         else:
             kept = pipe.scheduler.add_noise(known, noise, pipe.scheduler.timesteps[index:index + 1])
         cells, kept = (torch.roll(x.to(latents.dtype), shift, dims=-1) for x in (repaint, kept))

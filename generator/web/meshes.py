@@ -49,7 +49,7 @@ def load_model(path: Path) -> Model:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        _check_glb(path.read_bytes())
+        _check_glb(path)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     try:
@@ -73,22 +73,26 @@ def load_model(path: Path) -> Model:
     return model
 
 
-def _check_glb(data: bytes) -> None:
-    """ValueError unless ``data`` is a glTF 2.0 binary whose accessors lie inside its buffers and whose meshes, as
-    its nodes instance them, stay within MAX_VERTICES: checked before trimesh, which allocates what a file
-    declares."""
-    if len(data) < 20 or data[:4] != GLB_MAGIC:
-        raise ValueError("not a glTF binary (no glTF header)")
-    version, length, json_length, json_type = struct.unpack_from("<4I", data, 4)
-    if version != 2 or length > len(data) or json_type != GLB_JSON or 20 + json_length > length:
-        raise ValueError("not a glTF 2.0 binary this viewer reads (header or JSON chunk)")
+def _check_glb(path: Path) -> None:
+    """ValueError unless ``path`` is a glTF 2.0 binary whose accessors lie inside its buffers and whose meshes, as
+    its nodes instance them, stay within MAX_VERTICES: checked from its header and JSON chunk (the binary chunk is
+    not read) before trimesh, which allocates what a file declares."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        header = file.read(20)
+        if len(header) < 20 or header[:4] != GLB_MAGIC:
+            raise ValueError("not a glTF binary (no glTF header)")
+        version, length, json_length, json_type = struct.unpack_from("<4I", header, 4)
+        if version != 2 or length > size or json_type != GLB_JSON or 20 + json_length > length:
+            raise ValueError("not a glTF 2.0 binary this viewer reads (header or JSON chunk)")
+        text = file.read(json_length)
     try:
-        gltf = json.loads(data[20:20 + json_length])
+        gltf = json.loads(text)
         buffers = [int(b.get("byteLength", 0)) for b in gltf.get("buffers", [])]
         views = gltf.get("bufferViews", [])
         accessors = gltf.get("accessors", [])
         for accessor in accessors:
-            _check_accessor(accessor, views, buffers, len(data))
+            _check_accessor(accessor, views, buffers, size)
         vertices = [sum(accessors[int(p["attributes"]["POSITION"])]["count"] for p in m.get("primitives", []))
                     for m in gltf.get("meshes", [])]
         placed = sum(vertices[int(node["mesh"])] for node in gltf.get("nodes", []) if "mesh" in node)
